@@ -1,0 +1,154 @@
+//! `tuwen`: the command-line face of the tuwen library. It parses arguments, calls the library
+//! and prints; the work happens in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tuwen::burn::prelude::Device;
+
+mod classify;
+mod info;
+
+#[derive(Parser)]
+#[command(
+    name = "tuwen",
+    version,
+    about = "Vision and vision-language models: run, train, evaluate"
+)]
+struct Cli {
+    /// Compute device: cpu, cuda, cuda:N, wgpu (GPU backends need the matching cargo feature).
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    /// CPU threads for decoding, preprocessing and the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify images with an image-classification checkpoint.
+    Classify(classify::ClassifyArgs),
+    /// Parameter count and compute of a checkpoint or a standard architecture.
+    Info(info::InfoArgs),
+    /// Re-save a checkpoint as one model.safetensors with transformers' names (merges shards).
+    Convert(ConvertArgs),
+    /// The container-with-most-water answer for a list of heights (LeetCode 11).
+    Water(WaterArgs),
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Checkpoint folder or HF repo id.
+    #[arg(long)]
+    model: String,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct WaterArgs {
+    /// Heights: non-negative integers.
+    #[arg(allow_negative_numbers = true, allow_hyphen_values = true)]
+    heights: Vec<String>,
+    /// Read heights from a file (whitespace- or comma-separated) instead.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Print `{"max_area": N}`.
+    #[arg(long)]
+    json: bool,
+}
+
+fn water(args: WaterArgs) -> Result<()> {
+    let heights = match (&args.file, args.heights.is_empty()) {
+        (Some(_), false) => bail!("give heights either as arguments or with --file, not both"),
+        (Some(path), true) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            tuwen::water::parse_heights(&text)?
+        }
+        (None, _) => args
+            .heights
+            .iter()
+            .map(|h| tuwen::water::parse_height(h))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let area = tuwen::water::max_area(&heights)?;
+    if args.json {
+        println!(
+            "{}",
+            json!({ "max_area": area.to_string().parse::<serde_json::Number>()? })
+        );
+    } else {
+        println!("{area}");
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        tuwen::device::set_threads(n)?;
+    }
+    let device = || -> Result<Device> { Ok(tuwen::device::parse(&cli.device)?) };
+    match cli.command {
+        Command::Classify(args) => classify::run(args, &device()?),
+        Command::Info(args) => info::run(args),
+        Command::Convert(args) => {
+            tuwen::pipeline::convert(&args.model, &args.out, &device()?)?;
+            eprintln!("wrote {}", args.out.display());
+            Ok(())
+        }
+        Command::Water(args) => water(args),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TUWEN_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    // Never show a user a backtrace: a panic is our bug, reported as one line.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let msg = msg.lines().next().unwrap_or("").to_string();
+        eprintln!("error: internal error (please report): {msg}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            eprintln!("{first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+        Err(_) => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,9 @@
+//! Image decoding and transformers' image-processor semantics.
+
+pub mod decode;
+pub mod processor;
+pub mod resize;
+
+pub use decode::{decode_rgb, open_rgb, to_rgb8_like_pil};
+pub use processor::{ImageProcessor, Size};
+pub use resize::{Resample, resize};

@@ -1,0 +1,47 @@
+//! The compute device, chosen at run time: model code never names a backend.
+
+use burn::prelude::Device;
+
+use crate::{Error, Result};
+
+/// Parses `--device`: `cpu` (burn-flex), `cuda`/`cuda:N`, `wgpu`, `tch` where compiled in.
+pub fn parse(name: &str) -> Result<Device> {
+    let (kind, index) = match name.split_once(':') {
+        Some((k, i)) => {
+            let i: usize = i
+                .parse()
+                .map_err(|_| Error::Device(format!("bad device index in {name:?}")))?;
+            (k, i)
+        }
+        None => (name, 0),
+    };
+    let _ = index;
+    match kind {
+        "cpu" | "flex" => Ok(Device::flex()),
+        #[cfg(feature = "cuda")]
+        "cuda" => Ok(Device::cuda(index)),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(burn::prelude::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "tch")]
+        #[allow(deprecated)]
+        "tch" => Ok(Device::libtorch()),
+        "cuda" | "wgpu" | "tch" => Err(Error::Device(format!(
+            "device {kind:?} is not compiled in: rebuild with `--features {kind}`"
+        ))),
+        other => Err(Error::Device(format!(
+            "unknown device {other:?} (expected cpu, cuda, cuda:N, wgpu or tch)"
+        ))),
+    }
+}
+
+/// Sets the number of CPU threads for decoding, preprocessing and the CPU backend. Call it once,
+/// before any work; a second call is an error.
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::InvalidInput("--threads must be at least 1".into()));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| Error::InvalidInput(format!("cannot set threads: {e}")))
+}

@@ -1,0 +1,385 @@
+//! Checkpoint folders in the HuggingFace layout, local or from the hub.
+//!
+//! A model is a folder with config.json, model.safetensors (or a sharded
+//! model.safetensors.index.json) and, for image models, preprocessor_config.json. `--model`
+//! names such a folder or an HF repo id (`google/vit-base-patch16-224`), which resolves through
+//! the HF cache (`HF_HOME`, `HF_HUB_CACHE`) and downloads when online.
+//!
+//! Weights keep transformers' tensor names: module fields are named as transformers names
+//! them, and burn-store's PyTorch adapters transpose linear weights and rename norm parameters.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::{
+    BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
+    SafetensorsStore,
+};
+use burn::tensor::DType;
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// The weights file of an unsharded checkpoint.
+pub const WEIGHTS: &str = "model.safetensors";
+/// The index of a sharded checkpoint.
+pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
+
+/// Resolves `--model`: an existing folder, or an HF repo id fetched into the HF cache.
+pub fn resolve(model: &str) -> Result<PathBuf> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.exists() {
+        return Err(Error::InvalidInput(format!(
+            "--model {model}: expected a checkpoint folder or an HF repo id, found a file"
+        )));
+    }
+    if !looks_like_repo_id(model) {
+        return Err(Error::InvalidInput(format!(
+            "--model {model}: no such folder (and not an HF repo id)"
+        )));
+    }
+    fetch_repo(model)
+}
+
+/// `name` or `owner/name`, with the characters the hub allows.
+pub fn looks_like_repo_id(s: &str) -> bool {
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && !p.starts_with(['.', '-'])
+            && !p.contains("..")
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    let parts: Vec<&str> = s.split('/').collect();
+    matches!(parts.len(), 1 | 2) && parts.iter().all(|p| ok_part(p))
+}
+
+fn hf_cache() -> hf_hub::Cache {
+    // hf-hub reads HF_HOME; HF_HUB_CACHE, when set, names the hub folder itself.
+    match std::env::var_os("HF_HUB_CACHE") {
+        Some(dir) => hf_hub::Cache::new(PathBuf::from(dir)),
+        None => hf_hub::Cache::from_env(),
+    }
+}
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Finds the repo's files in the HF cache, downloading the missing ones unless offline.
+fn fetch_repo(repo_id: &str) -> Result<PathBuf> {
+    let cache = hf_cache();
+    let cached = cache.model(repo_id.to_string());
+    let how_to = format!(
+        "download it with `hf download {repo_id}` (or `huggingface-cli download {repo_id}`) \
+         on a machine that is online, or pass a local checkpoint folder"
+    );
+    if let Some(config) = cached.get("config.json") {
+        let dir = config
+            .parent()
+            .expect("cached file has a folder")
+            .to_path_buf();
+        if dir.join(WEIGHTS).exists() || dir.join(WEIGHTS_INDEX).exists() {
+            return Ok(dir);
+        }
+    }
+    if offline() {
+        return Err(Error::Hub(format!(
+            "model {repo_id} is not in the HF cache ({}) and HF_HUB_OFFLINE is set: {how_to}",
+            cache.path().display()
+        )));
+    }
+    let fail = |e: String| {
+        Error::Hub(format!(
+            "model {repo_id} is not in the HF cache ({}) and could not be downloaded ({e}): {how_to}",
+            cache.path().display()
+        ))
+    };
+    let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+        .with_progress(true)
+        .build()
+        .map_err(|e| fail(e.to_string()))?;
+    let repo = api.model(repo_id.to_string());
+    let config = repo.get("config.json").map_err(|e| fail(e.to_string()))?;
+    let dir = config
+        .parent()
+        .expect("cached file has a folder")
+        .to_path_buf();
+    for optional in [
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        let _ = repo.get(optional);
+    }
+    match repo.get(WEIGHTS) {
+        Ok(_) => {}
+        Err(_) => {
+            let index = repo.get(WEIGHTS_INDEX).map_err(|e| fail(e.to_string()))?;
+            for shard in shard_files(&index)? {
+                repo.get(&shard).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))
+}
+
+/// The config.json of a checkpoint folder, with its `model_type`.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// `model_type`, e.g. "vit".
+    pub model_type: String,
+    /// `architectures[0]`, e.g. "ViTForImageClassification", when given.
+    pub architecture: Option<String>,
+    /// The whole JSON, for the family's own config struct.
+    pub json: Value,
+}
+
+impl ModelConfig {
+    /// Reads `<folder>/config.json`.
+    pub fn read(folder: &Path) -> Result<Self> {
+        let path = folder.join("config.json");
+        let json = read_json(&path)?;
+        let model_type = json
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::config(&path, "no \"model_type\""))?
+            .to_string();
+        let architecture = json
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(ModelConfig {
+            path,
+            model_type,
+            architecture,
+            json,
+        })
+    }
+
+    /// Deserializes the family's config struct, naming the file on error.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.json.clone())
+            .map_err(|e| Error::config(&self.path, e.to_string()))
+    }
+}
+
+/// The weight files of a checkpoint folder: one file, or the shards its index lists.
+pub fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
+    let single = folder.join(WEIGHTS);
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = folder.join(WEIGHTS_INDEX);
+    if index.exists() {
+        return Ok(shard_files(&index)?
+            .into_iter()
+            .map(|f| folder.join(f))
+            .collect());
+    }
+    Err(Error::Weights {
+        path: folder.to_path_buf(),
+        message: format!("no {WEIGHTS} or {WEIGHTS_INDEX} in the folder"),
+    })
+}
+
+/// The distinct shard file names of a model.safetensors.index.json, in order.
+fn shard_files(index: &Path) -> Result<Vec<String>> {
+    let json = read_json(index)?;
+    let map = json
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::config(index, "no \"weight_map\" object"))?;
+    let mut files = BTreeSet::new();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .filter(|f| !f.contains('/') && !f.contains('\\') && !f.starts_with('.'))
+            .ok_or_else(|| Error::config(index, format!("bad shard for {name}: {file}")))?;
+        files.insert(file.to_string());
+    }
+    Ok(files.into_iter().collect())
+}
+
+/// The tensor names and shapes in a safetensors file, from its header alone.
+pub fn safetensors_header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
+    use std::io::Read;
+    let bad = |m: String| Error::Weights {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| bad("too short for a safetensors file".into()))?;
+    let len = u64::from_le_bytes(len);
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > 100 << 20 || len + 8 > file_len {
+        return Err(bad("not a safetensors file (bad header length)".into()));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let json: Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| bad("header is not an object".into()))?;
+    let mut out = BTreeMap::new();
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape = info
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+            .ok_or_else(|| bad(format!("tensor {name} has no shape")))?;
+        out.insert(name.clone(), shape);
+    }
+    Ok(out)
+}
+
+/// Loads a checkpoint folder's weights into `module`, by transformers' tensor names.
+///
+/// `renames` are (regex, replacement) pairs applied in order to each file's tensor names (e.g.
+/// stripping a `vit.` prefix when a classifier checkpoint is loaded into a bare encoder);
+/// `optional` lists module paths that may stay as initialised. Any other module parameter
+/// missing from the files, or any shape mismatch, is an error.
+pub fn load_weights<M: Module>(
+    mut module: M,
+    folder: &Path,
+    renames: &[(&str, &str)],
+    optional: &[&str],
+) -> Result<M> {
+    let files = weight_files(folder)?;
+    let mut applied = BTreeSet::new();
+    let mut missing = BTreeSet::new();
+    for file in &files {
+        if !file.exists() {
+            return Err(Error::io(
+                file,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "shard listed in the index is missing",
+                ),
+            ));
+        }
+        // Check the header first: burn-store would report a truncated file less clearly.
+        safetensors_header(file)?;
+        let mut store = SafetensorsStore::from_file(file)
+            .with_from_adapter(ChainAdapter::new(
+                PyTorchToBurnAdapter,
+                FloatCastAdapter::to(DType::F32),
+            ))
+            .allow_partial(true)
+            .validate(true);
+        for (from, to) in renames {
+            store = store.with_key_remapping(from, *to);
+        }
+        let result = module.load_from(&mut store).map_err(|e| Error::Weights {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        if let Some(err) = result.errors.first() {
+            return Err(Error::Weights {
+                path: file.clone(),
+                message: err.to_string(),
+            });
+        }
+        applied.extend(result.applied);
+        missing.extend(result.missing.into_iter().map(|(p, _)| p));
+    }
+    let not_loaded: Vec<&String> = missing
+        .iter()
+        .filter(|p| !applied.contains(*p) && !optional.iter().any(|o| p.starts_with(o)))
+        .collect();
+    if let Some(first) = not_loaded.first() {
+        return Err(Error::Weights {
+            path: folder.to_path_buf(),
+            message: format!(
+                "{} parameter(s) missing, first {first} (does config.json match the weights?)",
+                not_loaded.len()
+            ),
+        });
+    }
+    Ok(module)
+}
+
+/// Writes `module` and `config` as a checkpoint folder transformers can load: config.json and
+/// model.safetensors with transformers' tensor names. Each file is written atomically.
+pub fn save_pretrained<M: Module>(module: &M, config: &Value, folder: &Path) -> Result<()> {
+    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    let weights = folder.join(WEIGHTS);
+    let mut store = SafetensorsStore::from_file(&weights)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .skip_enum_variants(true)
+        .metadata("format", "pt")
+        .overwrite(true);
+    module.save_into(&mut store).map_err(|e| Error::Weights {
+        path: weights.clone(),
+        message: e.to_string(),
+    })?;
+    let text = serde_json::to_string_pretty(config).expect("JSON value serializes");
+    write_atomic(&folder.join("config.json"), text.as_bytes())
+}
+
+/// Writes a file through a temporary sibling and a rename, so readers never see half of it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_ids() {
+        assert!(looks_like_repo_id("google/vit-base-patch16-224"));
+        assert!(looks_like_repo_id("gpt2"));
+        assert!(!looks_like_repo_id("./local"));
+        assert!(!looks_like_repo_id("/abs/path"));
+        assert!(!looks_like_repo_id("a/b/c"));
+        assert!(!looks_like_repo_id("a/../b"));
+        assert!(!looks_like_repo_id(""));
+    }
+
+    #[test]
+    fn offline_uncached_repo_is_one_clear_error() {
+        let dir = std::env::temp_dir().join(format!("tuwen-hf-{}", std::process::id()));
+        // SAFETY: tests in this module that touch the environment run in this one test.
+        unsafe {
+            std::env::set_var("HF_HUB_CACHE", &dir);
+            std::env::set_var("HF_HUB_OFFLINE", "1");
+        }
+        let err = resolve("nobody/no-such-model").unwrap_err().to_string();
+        unsafe {
+            std::env::remove_var("HF_HUB_CACHE");
+            std::env::remove_var("HF_HUB_OFFLINE");
+        }
+        assert!(err.contains("nobody/no-such-model"), "{err}");
+        assert!(err.contains("not in the HF cache"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+}

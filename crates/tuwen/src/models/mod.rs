@@ -1,0 +1,4 @@
+//! The model families, one module each, named and structured as the papers (and transformers)
+//! name and structure them.
+
+pub mod vit;

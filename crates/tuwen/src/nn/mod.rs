@@ -1,0 +1,8 @@
+//! Blocks shared by the model families: activations, attention, position-embedding resizing.
+
+pub mod activation;
+pub mod attention;
+pub mod pos_embed;
+
+pub use activation::Activation;
+pub use attention::scaled_dot_product_attention;

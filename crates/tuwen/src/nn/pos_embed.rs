@@ -1,0 +1,78 @@
+//! Resizing a grid of learned position embeddings, as `torch.nn.functional.interpolate(...,
+//! mode="bicubic", align_corners=False)` does it (transformers' `interpolate_pos_encoding`).
+//!
+//! Interpolation is linear in the embeddings, so it is two matrix products: one per axis, with
+//! the bicubic weights (A = -0.75, border indices clamped) as matrices. Gradients flow back to
+//! the original grid through them.
+
+use burn::prelude::*;
+
+/// The `[out, in]` matrix of PyTorch's bicubic resampling along one axis.
+pub fn bicubic_matrix(in_size: usize, out_size: usize) -> Vec<f32> {
+    const A: f64 = -0.75;
+    let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let scale = in_size as f64 / out_size as f64;
+    let mut m = vec![0f32; out_size * in_size];
+    for o in 0..out_size {
+        let src = (o as f64 + 0.5) * scale - 0.5;
+        let base = src.floor();
+        let t = src - base;
+        let w = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
+        for (k, wk) in w.iter().enumerate() {
+            let idx = (base as i64 - 1 + k as i64).clamp(0, in_size as i64 - 1) as usize;
+            m[o * in_size + idx] += *wk as f32;
+        }
+    }
+    m
+}
+
+/// Resizes `[1, h_in * w_in, dim]` grid embeddings (row-major) to `[1, h_out * w_out, dim]`.
+pub fn resize_grid(
+    grid: Tensor<3>,
+    (h_in, w_in): (usize, usize),
+    (h_out, w_out): (usize, usize),
+) -> Tensor<3> {
+    if (h_in, w_in) == (h_out, w_out) {
+        return grid;
+    }
+    let device = grid.device();
+    let dim = grid.dims()[2];
+    let mh = Tensor::<2>::from_data(
+        TensorData::new(bicubic_matrix(h_in, h_out), [h_out, h_in]),
+        &device,
+    );
+    let mw = Tensor::<2>::from_data(
+        TensorData::new(bicubic_matrix(w_in, w_out), [w_out, w_in]),
+        &device,
+    );
+    // [h_in, w_in * dim] -> rows resized -> [h_out, w_in, dim]
+    let x = mh
+        .matmul(grid.reshape([h_in, w_in * dim]))
+        .reshape([h_out, w_in, dim]);
+    // Columns: for each output row, [w_out, w_in] x [w_in, dim].
+    let x = mw.unsqueeze::<3>().repeat_dim(0, h_out).matmul(x);
+    x.reshape([1, h_out * w_out, dim])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_sum_to_one_and_identity_when_same_size() {
+        for (i, o) in [(4, 7), (7, 4), (14, 16), (3, 3)] {
+            let m = bicubic_matrix(i, o);
+            for r in 0..o {
+                let s: f32 = m[r * i..(r + 1) * i].iter().sum();
+                assert!((s - 1.0).abs() < 1e-6);
+            }
+        }
+        let m = bicubic_matrix(5, 5);
+        for r in 0..5 {
+            for c in 0..5 {
+                assert!((m[r * 5 + c] - if r == c { 1.0 } else { 0.0 }).abs() < 1e-6);
+            }
+        }
+    }
+}

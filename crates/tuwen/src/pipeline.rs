@@ -1,0 +1,139 @@
+//! Ready-to-use tasks that tie a checkpoint, its image processor and its labels together, for
+//! programs and for the CLI.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+
+use crate::data::ImageProcessor;
+use crate::hub::{self, ModelConfig};
+use crate::models::vit::ViTForImageClassification;
+use crate::{Error, Result};
+
+/// Copies a float tensor's values to the host, row-major.
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::InvalidInput(format!("tensor readback failed: {e:?}")))
+}
+
+/// The preprocessor_config.json of a folder, or the family's defaults when it has none.
+pub fn image_processor(folder: &Path, default_type: &str) -> Result<ImageProcessor> {
+    let path = folder.join("preprocessor_config.json");
+    if path.exists() {
+        ImageProcessor::from_file(&path)
+    } else {
+        ImageProcessor::for_type(default_type).map_err(|m| Error::config(&path, m))
+    }
+}
+
+/// An image classifier: a checkpoint, its preprocessing and its class names.
+pub struct ImageClassification {
+    model: ViTForImageClassification,
+    /// The preprocessing the checkpoint expects.
+    pub processor: ImageProcessor,
+    /// Class names in id order.
+    pub labels: Vec<String>,
+    device: Device,
+}
+
+impl ImageClassification {
+    /// Loads a classifier from a folder or HF repo id.
+    pub fn load(model: &str, device: &Device) -> Result<Self> {
+        let folder = hub::resolve(model)?;
+        let mc = ModelConfig::read(&folder)?;
+        match mc.model_type.as_str() {
+            "vit" => {
+                let (model, cfg) = ViTForImageClassification::load(&folder, device)?;
+                let labels = cfg.labels().map_err(|m| Error::config(&mc.path, m))?;
+                Ok(ImageClassification {
+                    model,
+                    processor: image_processor(&folder, "ViTImageProcessor")?,
+                    labels,
+                    device: device.clone(),
+                })
+            }
+            other => Err(Error::Unsupported(format!(
+                "{}: image classification supports model_type \"vit\", not {other:?}",
+                mc.path.display()
+            ))),
+        }
+    }
+
+    /// Logits for preprocessed pixels `[n, 3, h, w]`: `[n, num_labels]`.
+    pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
+        self.model.forward(pixel_values)
+    }
+
+    /// Logits per image file, in the order given, `batch_size` images per forward pass;
+    /// `progress` is told how many images each finished batch held.
+    pub fn logits(
+        &self,
+        images: &[PathBuf],
+        batch_size: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        if batch_size == 0 {
+            return Err(Error::InvalidInput("batch size must be at least 1".into()));
+        }
+        let k = self.labels.len();
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(batch_size) {
+            let pixels = self.processor.load_batch(chunk, &self.device)?;
+            let values = to_vec(self.forward(pixels))?;
+            out.extend(values.chunks(k).map(<[f32]>::to_vec));
+            progress(chunk.len());
+        }
+        Ok(out)
+    }
+}
+
+/// Softmax of one row of logits, computed in f64.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = logits.iter().map(|&x| f64::from(x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|&x| (x / s) as f32).collect()
+}
+
+/// Loads a checkpoint and writes it again as one model.safetensors with transformers' tensor
+/// names (merging shards, renaming transformers 5's internal names to the published ones), with
+/// its config and the processor and tokenizer files next to it.
+pub fn convert(model: &str, out: &Path, device: &Device) -> Result<()> {
+    use crate::models::vit::ViTModel;
+    let folder = hub::resolve(model)?;
+    let mc = ModelConfig::read(&folder)?;
+    if mc.model_type != "vit" {
+        return Err(Error::Unsupported(format!(
+            "{}: convert supports model_type \"vit\", not {:?}",
+            mc.path.display(),
+            mc.model_type
+        )));
+    }
+    if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(&folder).ok() {
+        return Err(Error::InvalidInput(
+            "--out must differ from the input folder".into(),
+        ));
+    }
+    let classifier = mc.architecture.as_deref() == Some("ViTForImageClassification");
+    if classifier {
+        let (m, cfg) = ViTForImageClassification::load(&folder, device)?;
+        m.save(&cfg, out)?;
+    } else {
+        let (m, cfg) = ViTModel::load(&folder, device)?;
+        m.save(&cfg, out)?;
+    }
+    for extra in [
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        let src = folder.join(extra);
+        if src.exists() {
+            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            hub::write_atomic(&out.join(extra), &bytes)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! Shared helpers: the fixtures written by python/make_fixtures.py.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use safetensors::{Dtype, SafeTensors};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+pub enum Array {
+    F32(Vec<f32>, Vec<usize>),
+    U8(Vec<u8>, Vec<usize>),
+    U64(Vec<u64>),
+}
+
+/// Every array of tests/fixtures/reference.safetensors, by name.
+pub fn reference() -> BTreeMap<String, Array> {
+    let bytes = std::fs::read(fixtures().join("reference.safetensors")).expect("reference file");
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    st.iter()
+        .map(|(name, view)| {
+            let shape = view.shape().to_vec();
+            let data = view.data();
+            let arr = match view.dtype() {
+                Dtype::F32 => Array::F32(
+                    data.chunks(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                    shape,
+                ),
+                Dtype::U8 => Array::U8(data.to_vec(), shape),
+                Dtype::U64 => Array::U64(
+                    data.chunks(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ),
+                other => panic!("unexpected dtype {other:?}"),
+            };
+            (name.to_string(), arr)
+        })
+        .collect()
+}
+
+pub fn f32s(r: &BTreeMap<String, Array>, key: &str) -> (Vec<f32>, Vec<usize>) {
+    match r.get(key) {
+        Some(Array::F32(v, s)) => (v.clone(), s.clone()),
+        _ => panic!("no f32 array {key}"),
+    }
+}
+
+/// [height, width, channels, FNV-1a-64], as the fixture script computes it.
+pub fn fingerprint(bytes: &[u8], h: usize, w: usize, c: usize) -> Vec<u64> {
+    let mut x: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        x = (x ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    vec![h as u64, w as u64, c as u64, x]
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The image files of the fixtures, sorted.
+pub fn image_names() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(fixtures().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
