@@ -73,6 +73,20 @@ def write_images():
     chelsea.crop((100, 30, 132, 62)).save(IMAGES / "chelsea_32.png")
 
 
+# Gradients checked, by transformers 5's own parameter names.
+GRAD_PARAMS = [
+    "classifier.weight",
+    "classifier.bias",
+    "vit.embeddings.cls_token",
+    "vit.embeddings.position_embeddings",
+    "vit.embeddings.patch_embeddings.projection.weight",
+    "vit.layers.0.attention.q_proj.weight",
+    "vit.layers.0.mlp.fc1.bias",
+    "vit.layers.1.layernorm_after.weight",
+    "vit.layernorm.bias",
+]
+
+
 def write_png16(path, rgb):
     """A 16-bit RGB PNG, written by hand (PIL cannot write one)."""
     h, w, _ = rgb.shape
@@ -217,6 +231,18 @@ def main():
     with torch.no_grad():
         ref["interp/pixels"] = px.numpy()
         ref["interp/logits"] = tiny(pixel_values=px, interpolate_pos_encoding=True).logits.numpy()
+
+    # Gradients of a cross-entropy loss at that other input size, so the backward pass through
+    # every block, including the position-embedding interpolation, is checked.
+    tiny.zero_grad()
+    logits = tiny(pixel_values=px, interpolate_pos_encoding=True).logits
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([3, 7]))
+    loss.backward()
+    ref["grad/loss"] = loss.detach().numpy().reshape(1)
+    params = dict(tiny.named_parameters())
+    for name in GRAD_PARAMS:
+        ref[f"grad/{name}"] = params[name].grad.numpy()
+    tiny.zero_grad()
 
     # Model 3: a bare ViTModel with a pooler, saved with transformers 5's own tensor names.
     base_cfg = tiny_config(pooler_output_size=20, pooler_act="tanh")

@@ -7,13 +7,12 @@ use tuwen::hub;
 use tuwen::models::vit::{self, ViTConfig};
 
 #[derive(Args)]
-#[group(required = true, multiple = false, id = "what")]
 pub struct InfoArgs {
     /// Checkpoint folder or HF repo id.
-    #[arg(long, group = "what")]
+    #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
     model: Option<String>,
     /// A standard architecture: vit-ti16, vit-s16, vit-b16, vit-b32, vit-l16, vit-l32, vit-h14.
-    #[arg(long, group = "what")]
+    #[arg(long)]
     arch: Option<String>,
     /// Classes of the classifier head built for --arch.
     #[arg(long, default_value_t = 1000)]

@@ -699,8 +699,19 @@ mod tests {
 
     #[test]
     fn paper_parameter_counts() {
-        assert_eq!(arch("vit-b16", 1000).unwrap().num_params(true), 86_567_656);
-        assert_eq!(arch("vit-l16", 1000).unwrap().num_params(true), 304_326_632);
+        // As transformers builds ViTForImageClassification with 1000 classes.
+        for (name, params) in [
+            ("vit-ti16", 5_717_416),
+            ("vit-s16", 22_050_664),
+            ("vit-b16", 86_567_656),
+            ("vit-b32", 88_224_232),
+            ("vit-l16", 304_326_632),
+            ("vit-h14", 632_045_800),
+        ] {
+            assert_eq!(arch(name, 1000).unwrap().num_params(true), params, "{name}");
+        }
+        // ViT-B/16 at 224px: the 17.6 GMACs usually quoted.
+        assert_eq!(arch("vit-b16", 1000).unwrap().macs(true) / 100_000_000, 175);
     }
 
     #[test]

@@ -1,0 +1,381 @@
+//! The `tuwen` binary as a user runs it: outputs, JSON fields, and one-line errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn tuwen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env(
+            "HF_HUB_CACHE",
+            std::env::temp_dir().join("tuwen-test-empty-hf-cache"),
+        )
+        .output()
+        .expect("binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A failure must be one clear line on stderr, a non-zero exit, and no panic.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err:?}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{err}"
+    );
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "{err:?} lacks {needle:?}"
+    );
+}
+
+#[test]
+fn water_example_and_errors() {
+    let o = tuwen(&["water", "1", "8", "6", "2", "5", "4", "8", "3", "7"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "49\n");
+    assert_one_line_error(&tuwen(&["water", "5"]), "at least two");
+    assert_one_line_error(&tuwen(&["water"]), "at least two");
+    assert_one_line_error(&tuwen(&["water", "1", "-2", "3"]), "negative");
+    assert_one_line_error(&tuwen(&["water", "1", "2.5"]), "2.5");
+    assert_one_line_error(
+        &tuwen(&["water", "--file", "/no/such/heights.txt"]),
+        "/no/such/heights.txt",
+    );
+}
+
+#[test]
+fn water_reads_100k_heights_from_a_file() {
+    // h[i] = i + 1: the best pair is (i, n-1) maximising (i+1)(n-1-i).
+    let n: u64 = 100_000;
+    let text: Vec<String> = (1..=n).map(|h| h.to_string()).collect();
+    let path = std::env::temp_dir().join(format!("tuwen-water-{}.txt", std::process::id()));
+    std::fs::write(&path, text.join("\n")).unwrap();
+    let expect = (0..n).map(|i| (i + 1) * (n - 1 - i)).max().unwrap();
+    let o = tuwen(&["water", "--file", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).trim(), expect.to_string());
+}
+
+#[test]
+fn info_counts_match_the_paper() {
+    for (arch, params) in [("vit-b16", 86_567_656u64), ("vit-l16", 304_326_632)] {
+        let o = tuwen(&["info", "--arch", arch, "--json"]);
+        assert!(o.status.success());
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["params"], params, "{arch}");
+        assert!(v["flops"].as_u64().unwrap() > 0);
+    }
+    let o = tuwen(&["info", "--arch", "vit-b16"]);
+    assert!(stdout(&o).contains("86,567,656"));
+    assert_one_line_error(&tuwen(&["info", "--arch", "vit-z99"]), "unknown --arch");
+    assert_one_line_error(&tuwen(&["info"]), "--model");
+}
+
+#[test]
+fn info_on_a_checkpoint_counts_its_tensors() {
+    let o = tuwen(&[
+        "info",
+        "--model",
+        fixtures().join("vit-tiny").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // hidden 48, 2 layers, mlp 96, 32px images in 8px patches, 10 classes.
+    let d = 48u64;
+    let expect = 3 * 64 * d
+        + d
+        + d
+        + 17 * d
+        + 2 * (4 * d * d + 4 * d + 2 * d * 96 + 96 + d + 4 * d)
+        + 2 * d
+        + (d + 1) * 10;
+    assert_eq!(v["params"], expect);
+    assert_eq!(v["architecture"], "ViTForImageClassification");
+}
+
+fn reference_logits(model: &str, image: &str) -> Vec<f32> {
+    let bytes = std::fs::read(fixtures().join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(&format!("logits/{model}/{image}")).unwrap();
+    t.data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn classify_json_matches_transformers() {
+    let images = [
+        "astronaut.png",
+        "coffee.bmp",
+        "rocket.webp",
+        "camera_gray16.png",
+    ];
+    let mut args = vec![
+        "classify".to_string(),
+        "--model".into(),
+        fixtures().join("vit-odd").to_string_lossy().into_owned(),
+        "--json".into(),
+        "--batch-size".into(),
+        "3".into(),
+    ];
+    for i in images {
+        args.push("--image".into());
+        args.push(
+            fixtures()
+                .join("images")
+                .join(i)
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = tuwen(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["labels"][0], "tabby cat");
+    assert_eq!(v["labels"].as_array().unwrap().len(), 10);
+    for (row, image) in images.iter().enumerate() {
+        let expect = reference_logits("vit-odd", image);
+        let got: Vec<f32> = v["logits"][row]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let diff = got
+            .iter()
+            .zip(&expect)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "{image}: {diff}");
+        let p: f64 = v["probs"][row]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn classify_prints_top_k_for_people() {
+    let img = fixtures().join("images/chelsea.jpg");
+    let o = tuwen(&[
+        "classify",
+        "--model",
+        fixtures().join("vit-tiny").to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--top-k",
+        "3",
+    ]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[0].ends_with("chelsea.jpg"));
+    // Sorted by probability, descending.
+    let pct: Vec<f32> = lines[1..]
+        .iter()
+        .map(|l| l.split('%').next().unwrap().trim().parse().unwrap())
+        .collect();
+    assert!(pct.windows(2).all(|w| w[0] >= w[1]), "{out}");
+}
+
+#[test]
+fn classify_bad_inputs_are_one_line_errors() {
+    let model = fixtures().join("vit-tiny");
+    let model = model.to_str().unwrap();
+    let good = fixtures().join("images/astronaut.png");
+    let good = good.to_str().unwrap();
+    assert_one_line_error(
+        &tuwen(&["classify", "--model", model, "--image", "/no/such.png"]),
+        "/no/such.png",
+    );
+    let bogus = std::env::temp_dir().join(format!("tuwen-bogus-{}.png", std::process::id()));
+    std::fs::write(&bogus, b"this is not an image").unwrap();
+    assert_one_line_error(
+        &tuwen(&[
+            "classify",
+            "--model",
+            model,
+            "--image",
+            bogus.to_str().unwrap(),
+        ]),
+        "cannot decode image",
+    );
+    let truncated = std::env::temp_dir().join(format!("tuwen-trunc-{}.png", std::process::id()));
+    let bytes = std::fs::read(good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    assert_one_line_error(
+        &tuwen(&[
+            "classify",
+            "--model",
+            model,
+            "--image",
+            truncated.to_str().unwrap(),
+        ]),
+        "cannot decode image",
+    );
+    assert_one_line_error(
+        &tuwen(&["classify", "--model", "/no/such/model", "--image", good]),
+        "no such folder",
+    );
+    assert_one_line_error(
+        &tuwen(&["classify", "--model", "someone/not-cached", "--image", good]),
+        "someone/not-cached",
+    );
+    assert_one_line_error(
+        &tuwen(&[
+            "classify", "--model", model, "--image", good, "--top-k", "0",
+        ]),
+        "top-k",
+    );
+    assert_one_line_error(
+        &tuwen(&[
+            "classify",
+            "--model",
+            model,
+            "--image",
+            good,
+            "--batch-size",
+            "x",
+        ]),
+        "batch-size",
+    );
+    assert_one_line_error(
+        &tuwen(&[
+            "classify", "--model", model, "--image", good, "--device", "tpu",
+        ]),
+        "unknown device",
+    );
+    // A base checkpoint without a classifier head.
+    assert_one_line_error(
+        &tuwen(&[
+            "classify",
+            "--model",
+            fixtures().join("vit-base-newnames").to_str().unwrap(),
+            "--image",
+            good,
+        ]),
+        "not a classifier",
+    );
+    let _ = std::fs::remove_file(bogus);
+    let _ = std::fs::remove_file(truncated);
+}
+
+/// Copies a fixture checkpoint to a scratch folder so a test can break it.
+fn scratch_copy(name: &str, tag: &str) -> PathBuf {
+    let dst = std::env::temp_dir().join(format!("tuwen-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+#[test]
+fn broken_checkpoints_are_one_line_errors() {
+    let img = fixtures().join("images/astronaut.png");
+    let img = img.to_str().unwrap();
+    let run =
+        |dir: &PathBuf| tuwen(&["classify", "--model", dir.to_str().unwrap(), "--image", img]);
+
+    let d = scratch_copy("vit-tiny", "unknown-type");
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"model_type\": \"vit\"", "\"model_type\": \"wobble\""),
+    )
+    .unwrap();
+    assert_one_line_error(&run(&d), "wobble");
+
+    let d = scratch_copy("vit-tiny", "wrong-size");
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"intermediate_size\": 96", "\"intermediate_size\": 64"),
+    )
+    .unwrap();
+    assert_one_line_error(&run(&d), "bad weights");
+
+    let d = scratch_copy("vit-tiny", "bad-json");
+    std::fs::write(d.join("config.json"), "{ not json").unwrap();
+    assert_one_line_error(&run(&d), "bad config");
+
+    let d = scratch_copy("vit-tiny", "bad-heads");
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"),
+    )
+    .unwrap();
+    assert_one_line_error(&run(&d), "num_attention_heads");
+
+    let d = scratch_copy("vit-tiny", "truncated-weights");
+    let w = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    assert_one_line_error(&run(&d), "model.safetensors");
+
+    let d = scratch_copy("vit-tiny", "no-weights");
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    assert_one_line_error(&run(&d), "no model.safetensors");
+
+    let d = scratch_copy("vit-sharded", "missing-shard");
+    let shard = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("-of-"))
+        .unwrap();
+    std::fs::remove_file(&shard).unwrap();
+    assert_one_line_error(&run(&d), "missing");
+
+    let d = scratch_copy("vit-tiny", "bad-processor");
+    std::fs::write(d.join("preprocessor_config.json"), r#"{"resample": 7}"#).unwrap();
+    assert_one_line_error(&run(&d), "resample");
+}
+
+#[test]
+fn convert_merges_shards_with_transformers_names() {
+    let out = std::env::temp_dir().join(format!("tuwen-convert-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = tuwen(&[
+        "convert",
+        "--model",
+        fixtures().join("vit-sharded").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.join("model.safetensors").exists() && out.join("preprocessor_config.json").exists()
+    );
+    // The merged checkpoint classifies exactly as the original.
+    let img = fixtures().join("images/astronaut.png");
+    let run = |m: &PathBuf| {
+        stdout(&tuwen(&[
+            "classify",
+            "--model",
+            m.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--json",
+        ]))
+    };
+    assert_eq!(run(&out), run(&fixtures().join("vit-tiny")));
+    std::fs::remove_dir_all(&out).unwrap();
+}
