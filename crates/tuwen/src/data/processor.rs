@@ -240,7 +240,7 @@ impl ImageProcessor {
             Some(v) => parse_triple(v, "image_std")?,
             None => d.std,
         };
-        if std.iter().any(|&s| s == 0.0) {
+        if std.contains(&0.0) {
             return Err("image_std must not contain zero".into());
         }
         let normalize = raw.do_normalize.unwrap_or(true).then_some((mean, std));
