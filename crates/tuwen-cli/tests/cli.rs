@@ -344,6 +344,24 @@ fn broken_checkpoints_are_one_line_errors() {
     std::fs::remove_file(&shard).unwrap();
     assert_one_line_error(&run(&d), "missing");
 
+    let d = scratch_copy("vit-tiny", "no-resize");
+    std::fs::write(
+        d.join("preprocessor_config.json"),
+        r#"{"do_resize": false}"#,
+    )
+    .unwrap();
+    let other = fixtures().join("images/coffee.bmp");
+    let o = tuwen(&[
+        "classify",
+        "--model",
+        d.to_str().unwrap(),
+        "--image",
+        img,
+        "--image",
+        other.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "different sizes");
+
     let d = scratch_copy("vit-tiny", "bad-processor");
     std::fs::write(d.join("preprocessor_config.json"), r#"{"resample": 7}"#).unwrap();
     assert_one_line_error(&run(&d), "resample");

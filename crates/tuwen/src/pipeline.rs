@@ -31,6 +31,7 @@ pub fn image_processor(folder: &Path, default_type: &str) -> Result<ImageProcess
 /// An image classifier: a checkpoint, its preprocessing and its class names.
 pub struct ImageClassification {
     model: ViTForImageClassification,
+    patch_size: usize,
     /// The preprocessing the checkpoint expects.
     pub processor: ImageProcessor,
     /// Class names in id order.
@@ -47,8 +48,16 @@ impl ImageClassification {
             "vit" => {
                 let (model, cfg) = ViTForImageClassification::load(&folder, device)?;
                 let labels = cfg.labels().map_err(|m| Error::config(&mc.path, m))?;
+                if cfg.num_channels != 3 {
+                    return Err(Error::Unsupported(format!(
+                        "{}: the model takes {} input channels; images are fed as RGB",
+                        mc.path.display(),
+                        cfg.num_channels
+                    )));
+                }
                 Ok(ImageClassification {
                     model,
+                    patch_size: cfg.patch_size,
                     processor: image_processor(&folder, "ViTImageProcessor")?,
                     labels,
                     device: device.clone(),
@@ -81,6 +90,13 @@ impl ImageClassification {
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch_size) {
             let pixels = self.processor.load_batch(chunk, &self.device)?;
+            let [_, _, h, w] = pixels.dims();
+            if h < self.patch_size || w < self.patch_size {
+                return Err(Error::InvalidInput(format!(
+                    "images preprocess to {h}x{w}, smaller than one {p}x{p} patch",
+                    p = self.patch_size
+                )));
+            }
             let values = to_vec(self.forward(pixels))?;
             out.extend(values.chunks(k).map(<[f32]>::to_vec));
             progress(chunk.len());
