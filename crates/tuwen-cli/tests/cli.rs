@@ -44,6 +44,9 @@ fn water_example_and_errors() {
     assert!(o.status.success());
     assert_eq!(stdout(&o), "49\n");
     assert_one_line_error(&tuwen(&["water", "5"]), "at least two");
+    assert_one_line_error(&tuwen(&["--threads", "0", "water", "1", "2"]), "--threads");
+    let o = tuwen(&["--threads", "1", "water", "3", "1", "3"]);
+    assert_eq!(stdout(&o), "6\n");
     assert_one_line_error(&tuwen(&["water"]), "at least two");
     assert_one_line_error(&tuwen(&["water", "1", "-2", "3"]), "negative");
     assert_one_line_error(&tuwen(&["water", "1", "2.5"]), "2.5");
@@ -297,33 +300,33 @@ fn broken_checkpoints_are_one_line_errors() {
     let run =
         |dir: &PathBuf| tuwen(&["classify", "--model", dir.to_str().unwrap(), "--image", img]);
 
-    let d = scratch_copy("vit-tiny", "unknown-type");
-    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
-    std::fs::write(
-        d.join("config.json"),
-        cfg.replace("\"model_type\": \"vit\"", "\"model_type\": \"wobble\""),
-    )
-    .unwrap();
+    // A copy of vit-tiny whose config.json has `from` replaced by `to`.
+    let edited = |tag: &str, from: &str, to: &str| {
+        let d = scratch_copy("vit-tiny", tag);
+        let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+        assert!(cfg.contains(from), "{from} not in config.json");
+        std::fs::write(d.join("config.json"), cfg.replace(from, to)).unwrap();
+        d
+    };
+    let d = edited(
+        "unknown-type",
+        r#""model_type": "vit""#,
+        r#""model_type": "wobble""#,
+    );
     assert_one_line_error(&run(&d), "wobble");
-
-    let d = scratch_copy("vit-tiny", "wrong-size");
-    std::fs::write(
-        d.join("config.json"),
-        cfg.replace("\"intermediate_size\": 96", "\"intermediate_size\": 64"),
-    )
-    .unwrap();
+    let d = edited(
+        "wrong-size",
+        r#""intermediate_size": 96"#,
+        r#""intermediate_size": 64"#,
+    );
     assert_one_line_error(&run(&d), "bad weights");
-
-    let d = scratch_copy("vit-tiny", "bad-json");
-    std::fs::write(d.join("config.json"), "{ not json").unwrap();
+    let d = edited("bad-json", "{", "{ not json");
     assert_one_line_error(&run(&d), "bad config");
-
-    let d = scratch_copy("vit-tiny", "bad-heads");
-    std::fs::write(
-        d.join("config.json"),
-        cfg.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5"),
-    )
-    .unwrap();
+    let d = edited(
+        "bad-heads",
+        r#""num_attention_heads": 4"#,
+        r#""num_attention_heads": 5"#,
+    );
     assert_one_line_error(&run(&d), "num_attention_heads");
 
     let d = scratch_copy("vit-tiny", "truncated-weights");

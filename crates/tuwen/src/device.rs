@@ -4,7 +4,7 @@ use burn::prelude::Device;
 
 use crate::{Error, Result};
 
-/// Parses `--device`: `cpu` (burn-flex), `cuda`/`cuda:N`, `wgpu`, `tch` where compiled in.
+/// Parses `--device`: `cpu` (burn-flex), `cuda`/`cuda:N` and `wgpu` where compiled in.
 pub fn parse(name: &str) -> Result<Device> {
     let (kind, index) = match name.split_once(':') {
         Some((k, i)) => {
@@ -15,21 +15,21 @@ pub fn parse(name: &str) -> Result<Device> {
         }
         None => (name, 0),
     };
-    let _ = index;
+    // Only CUDA takes an index; the others have one device each here.
+    if index != 0 && kind != "cuda" {
+        return Err(Error::Device(format!("device {kind:?} takes no index")));
+    }
     match kind {
         "cpu" | "flex" => Ok(Device::flex()),
         #[cfg(feature = "cuda")]
         "cuda" => Ok(Device::cuda(index)),
         #[cfg(feature = "wgpu")]
         "wgpu" => Ok(Device::wgpu(burn::prelude::DeviceKind::DefaultDevice)),
-        #[cfg(feature = "tch")]
-        #[allow(deprecated)]
-        "tch" => Ok(Device::libtorch()),
-        "cuda" | "wgpu" | "tch" => Err(Error::Device(format!(
+        "cuda" | "wgpu" => Err(Error::Device(format!(
             "device {kind:?} is not compiled in: rebuild with `--features {kind}`"
         ))),
         other => Err(Error::Device(format!(
-            "unknown device {other:?} (expected cpu, cuda, cuda:N, wgpu or tch)"
+            "unknown device {other:?} (expected cpu, cuda, cuda:N or wgpu)"
         ))),
     }
 }
@@ -44,4 +44,29 @@ pub fn set_threads(n: usize) -> Result<()> {
         .num_threads(n)
         .build_global()
         .map_err(|e| Error::InvalidInput(format!("cannot set threads: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices_and_explains_missing_backends() {
+        assert!(parse("cpu").is_ok());
+        assert!(parse("cpu:1").unwrap_err().to_string().contains("no index"));
+        assert!(parse("cuda:x").unwrap_err().to_string().contains("index"));
+        assert!(
+            parse("tpu")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown device")
+        );
+        #[cfg(not(feature = "cuda"))]
+        assert!(
+            parse("cuda")
+                .unwrap_err()
+                .to_string()
+                .contains("--features cuda")
+        );
+    }
 }

@@ -53,6 +53,8 @@ pub struct ImageProcessor {
 #[derive(Deserialize, Default)]
 struct RawConfig {
     image_processor_type: Option<String>,
+    /// Older checkpoints name a feature extractor instead (`ViTFeatureExtractor`).
+    feature_extractor_type: Option<String>,
     do_resize: Option<bool>,
     size: Option<Value>,
     resample: Option<u32>,
@@ -202,7 +204,12 @@ impl ImageProcessor {
     }
 
     fn from_raw(raw: RawConfig) -> Result<Self, String> {
-        let d = defaults(raw.image_processor_type.as_deref().unwrap_or(""))?;
+        let kind = match (&raw.image_processor_type, &raw.feature_extractor_type) {
+            (Some(t), _) => t.clone(),
+            (None, Some(t)) => t.replace("FeatureExtractor", "ImageProcessor"),
+            (None, None) => String::new(),
+        };
+        let d = defaults(&kind)?;
         let resize = if raw.do_resize.unwrap_or(true) {
             Some(parse_size(
                 raw.size.as_ref().unwrap_or(&d.size),
@@ -398,6 +405,30 @@ mod tests {
         assert_eq!(clip.resize, Some(Size::ShortestEdge(224)));
         assert_eq!(clip.center_crop, Some((224, 224)));
         assert_eq!(clip.resample, Resample::Bicubic);
+    }
+
+    #[test]
+    fn reads_legacy_feature_extractor_configs() {
+        // google/vit-base-patch16-224 and openai/clip-vit-base-patch32 as published.
+        let vit = ImageProcessor::from_json(
+            r#"{"do_normalize": true, "do_resize": true, "feature_extractor_type": "ViTFeatureExtractor",
+                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2, "size": 224}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            vit.resize,
+            Some(Size::Exact {
+                height: 224,
+                width: 224
+            })
+        );
+        let clip = ImageProcessor::from_json(
+            r#"{"crop_size": 224, "do_center_crop": true, "do_normalize": true, "do_resize": true,
+                "feature_extractor_type": "CLIPFeatureExtractor", "resample": 3, "size": 224}"#,
+        )
+        .unwrap();
+        assert_eq!(clip.resize, Some(Size::ShortestEdge(224)));
+        assert_eq!(clip.center_crop, Some((224, 224)));
     }
 
     #[test]
