@@ -23,6 +23,7 @@ fn classifier_logits_match_on_transformers_pixels() {
             let logits = to_vec(vit.forward(tensor4(px, &[1, s[0], s[1], s[2]], &device))).unwrap();
             let (expect, _) = f32s(&r, &format!("logits/{model}/{name}"));
             let diff = max_abs_diff(&logits, &expect);
+            eprintln!("{model} {name} (transformers' pixels): max |logit diff| {diff:.2e}");
             assert!(diff < 1e-4, "{model} {name}: {diff}");
         }
     }
@@ -47,6 +48,7 @@ fn end_to_end_from_image_files() {
             let diff = max_abs_diff(ours, &expect);
             // JPEG decoders differ by a level or two; everything else is exact.
             let tol = if name.ends_with(".jpg") { 0.05 } else { 1e-4 };
+            eprintln!("{model} {name}: max |logit diff| {diff:.2e}");
             assert!(diff < tol, "{model} {name}: {diff}");
         }
     }
