@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::store::{
-    BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
-    SafetensorsStore,
+    BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, ModuleAdapter, ModuleContext,
+    ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, bridge,
 };
-use burn::tensor::DType;
+use burn::store::burn_pack::Tensor as PackTensor;
+use burn::tensor::{DType, Shape, TensorData};
 use serde_json::Value;
 
 use crate::{Error, Result};
@@ -281,8 +282,8 @@ pub fn load_weights<M: Module>(
         safetensors_header(file)?;
         let mut store = SafetensorsStore::from_file(file)
             .with_from_adapter(ChainAdapter::new(
-                PyTorchToBurnAdapter,
-                FloatCastAdapter::to(DType::F32),
+                ChainAdapter::new(PyTorchToBurnAdapter, FloatCastAdapter::to(DType::F32)),
+                ScalarAdapter { to_scalar: vec![] },
             ))
             .allow_partial(true)
             .validate(true);
@@ -318,13 +319,56 @@ pub fn load_weights<M: Module>(
     Ok(module)
 }
 
+/// Reshapes PyTorch's 0-d tensors (CLIP's `logit_scale`) to the `[1]` a burn parameter holds
+/// on load, and the named ones back to 0-d on save.
+#[derive(Clone)]
+struct ScalarAdapter {
+    /// On save: parameter paths that transformers stores as scalars.
+    to_scalar: Vec<String>,
+}
+
+impl ModuleAdapter for ScalarAdapter {
+    fn adapt(&self, t: PackTensor, _ctx: ModuleContext<'_>) -> PackTensor {
+        let dims = t.shape.num_dims();
+        let target = if dims == 0 {
+            Shape::new([1])
+        } else if dims == 1 && t.shape.num_elements() == 1 && self.to_scalar.contains(&t.name) {
+            Shape::from(Vec::<usize>::new())
+        } else {
+            return t;
+        };
+        let (name, dtype) = (t.name.clone(), t.dtype);
+        let shape = target.clone();
+        bridge::map_data(t, name, dtype, target, move |d| {
+            let (bytes, _, dtype) = d.into_parts();
+            TensorData::from_bytes(bytes, shape.clone(), dtype)
+        })
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
+}
+
 /// Writes `module` and `config` as a checkpoint folder transformers can load: config.json and
 /// model.safetensors with transformers' tensor names. Each file is written atomically.
 pub fn save_pretrained<M: Module>(module: &M, config: &Value, folder: &Path) -> Result<()> {
+    save_pretrained_with_scalars(module, config, folder, &[])
+}
+
+/// [`save_pretrained`], writing the parameters at `scalars` as 0-d tensors, as transformers
+/// stores them (CLIP's `logit_scale`).
+pub fn save_pretrained_with_scalars<M: Module>(
+    module: &M,
+    config: &Value,
+    folder: &Path,
+    scalars: &[&str],
+) -> Result<()> {
     std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
     let weights = folder.join(WEIGHTS);
+    let to_scalar = scalars.iter().map(|s| s.to_string()).collect();
     let mut store = SafetensorsStore::from_file(&weights)
-        .with_to_adapter(BurnToPyTorchAdapter)
+        .with_to_adapter(ChainAdapter::new(BurnToPyTorchAdapter, ScalarAdapter { to_scalar }))
         .skip_enum_variants(true)
         .metadata("format", "pt")
         .overwrite(true);

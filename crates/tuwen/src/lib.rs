@@ -14,6 +14,7 @@ pub mod hub;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod text;
 pub mod water;
 
 pub use burn;

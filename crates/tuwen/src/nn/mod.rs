@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod encoder;
 pub mod pos_embed;
 
 pub use activation::Activation;
