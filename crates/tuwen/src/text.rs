@@ -1,0 +1,139 @@
+//! Text to token ids, from a checkpoint's tokenizer.json (the `tokenizers` crate), with the
+//! truncation, padding and canonicalisation transformers applies for each family.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::hub::read_json;
+use crate::{Error, Result};
+
+/// How a family wants its texts laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Pad each batch to its longest text (CLIP: pooling at the end token ignores padding).
+    Longest,
+    /// Pad every text to the model's length (SigLIP: trained that way, pooled at the last slot).
+    MaxLength,
+}
+
+/// A tokenizer with its model's length limit and padding.
+pub struct TextTokenizer {
+    tokenizer: Tokenizer,
+    /// The longest token sequence the model takes.
+    pub max_len: usize,
+    /// The id texts are padded with.
+    pub pad_id: u32,
+    padding: Padding,
+    /// SigLIP's canonicalisation (lower case, no punctuation, single spaces), when its
+    /// tokenizer class applies it.
+    canonicalize: Option<bool>,
+}
+
+fn token_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// Loads `<folder>/tokenizer.json` and, when present, tokenizer_config.json.
+    /// `max_positions` is the model's position-embedding count; `config_pad` its pad id.
+    pub fn load(
+        folder: &Path,
+        max_positions: usize,
+        padding: Padding,
+        config_pad: Option<i64>,
+    ) -> Result<Self> {
+        let path = folder.join("tokenizer.json");
+        if !path.exists() {
+            return Err(Error::Unsupported(format!(
+                "{}: no tokenizer.json (tuwen reads tokenizers in the `tokenizers` JSON format; \
+                 save one with transformers' `AutoTokenizer.from_pretrained(...).save_pretrained(...)`)",
+                folder.display()
+            )));
+        }
+        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| Error::config(&path, e.to_string()))?;
+        let cfg_path = folder.join("tokenizer_config.json");
+        let cfg = if cfg_path.exists() { read_json(&cfg_path)? } else { Value::Null };
+        let mut max_len = max_positions;
+        if let Some(m) = cfg.get("model_max_length").and_then(Value::as_u64) {
+            max_len = max_len.min(m as usize);
+        }
+        let pad_id = cfg
+            .get("pad_token")
+            .and_then(token_string)
+            .and_then(|t| tokenizer.token_to_id(&t))
+            .or_else(|| config_pad.and_then(|p| u32::try_from(p).ok()))
+            .unwrap_or(0);
+        let class = cfg.get("tokenizer_class").and_then(Value::as_str).unwrap_or("");
+        let canonicalize = class
+            .starts_with("SiglipTokenizer")
+            .then(|| cfg.get("do_lower_case").and_then(Value::as_bool).unwrap_or(true));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                direction: TruncationDirection::Right,
+                stride: 0,
+            }))
+            .map_err(|e| Error::config(&path, e.to_string()))?;
+        tokenizer.with_padding(None);
+        Ok(TextTokenizer {
+            tokenizer,
+            max_len,
+            pad_id,
+            padding,
+            canonicalize,
+        })
+    }
+
+    /// Token ids for `texts`, one row each, padded as the family wants: `(ids, rows, cols)`.
+    pub fn encode(&self, texts: &[String]) -> Result<(Vec<i64>, usize, usize)> {
+        let rows: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| {
+                let text = match self.canonicalize {
+                    Some(lower) => canonicalize_siglip(t, lower),
+                    None => t.clone(),
+                };
+                self.tokenizer
+                    .encode(text, true)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| Error::InvalidInput(format!("cannot tokenize {t:?}: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        let cols = match self.padding {
+            Padding::MaxLength => self.max_len,
+            Padding::Longest => rows.iter().map(Vec::len).max().unwrap_or(0).max(1),
+        };
+        let mut ids = Vec::with_capacity(rows.len() * cols);
+        for row in &rows {
+            ids.extend(row.iter().map(|&i| i64::from(i)));
+            ids.extend(std::iter::repeat_n(i64::from(self.pad_id), cols - row.len()));
+        }
+        Ok((ids, rows.len(), cols))
+    }
+}
+
+/// SigLIP's text canonicalisation (big_vision's, as transformers' `SiglipTokenizer` applies it):
+/// optionally lower-case, drop ASCII punctuation, collapse whitespace, trim.
+pub fn canonicalize_siglip(text: &str, lower: bool) -> String {
+    let text = if lower { text.to_lowercase() } else { text.to_string() };
+    let kept: String = text.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    kept.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonicalizes_like_big_vision() {
+        assert_eq!(canonicalize_siglip("  A Close-up PHOTO,\tof a cat!! ", true), "a closeup photo of a cat");
+        assert_eq!(canonicalize_siglip("Hi!", false), "Hi");
+    }
+}
