@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
+use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::{
     BurnToPyTorchAdapter, ChainAdapter, FloatCastAdapter, ModuleAdapter, ModuleContext,
     ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore, bridge,
 };
-use burn::store::burn_pack::Tensor as PackTensor;
 use burn::tensor::{DType, Shape, TensorData};
 use serde_json::Value;
 
@@ -368,7 +368,10 @@ pub fn save_pretrained_with_scalars<M: Module>(
     let weights = folder.join(WEIGHTS);
     let to_scalar = scalars.iter().map(|s| s.to_string()).collect();
     let mut store = SafetensorsStore::from_file(&weights)
-        .with_to_adapter(ChainAdapter::new(BurnToPyTorchAdapter, ScalarAdapter { to_scalar }))
+        .with_to_adapter(ChainAdapter::new(
+            BurnToPyTorchAdapter,
+            ScalarAdapter { to_scalar },
+        ))
         .skip_enum_variants(true)
         .metadata("format", "pt")
         .overwrite(true);

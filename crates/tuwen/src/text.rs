@@ -56,9 +56,14 @@ impl TextTokenizer {
                 folder.display()
             )));
         }
-        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| Error::config(&path, e.to_string()))?;
+        let mut tokenizer =
+            Tokenizer::from_file(&path).map_err(|e| Error::config(&path, e.to_string()))?;
         let cfg_path = folder.join("tokenizer_config.json");
-        let cfg = if cfg_path.exists() { read_json(&cfg_path)? } else { Value::Null };
+        let cfg = if cfg_path.exists() {
+            read_json(&cfg_path)?
+        } else {
+            Value::Null
+        };
         let mut max_len = max_positions;
         if let Some(m) = cfg.get("model_max_length").and_then(Value::as_u64) {
             max_len = max_len.min(m as usize);
@@ -69,10 +74,15 @@ impl TextTokenizer {
             .and_then(|t| tokenizer.token_to_id(&t))
             .or_else(|| config_pad.and_then(|p| u32::try_from(p).ok()))
             .unwrap_or(0);
-        let class = cfg.get("tokenizer_class").and_then(Value::as_str).unwrap_or("");
-        let canonicalize = class
-            .starts_with("SiglipTokenizer")
-            .then(|| cfg.get("do_lower_case").and_then(Value::as_bool).unwrap_or(true));
+        let class = cfg
+            .get("tokenizer_class")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let canonicalize = class.starts_with("SiglipTokenizer").then(|| {
+            cfg.get("do_lower_case")
+                .and_then(Value::as_bool)
+                .unwrap_or(true)
+        });
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: max_len,
@@ -113,7 +123,10 @@ impl TextTokenizer {
         let mut ids = Vec::with_capacity(rows.len() * cols);
         for row in &rows {
             ids.extend(row.iter().map(|&i| i64::from(i)));
-            ids.extend(std::iter::repeat_n(i64::from(self.pad_id), cols - row.len()));
+            ids.extend(std::iter::repeat_n(
+                i64::from(self.pad_id),
+                cols - row.len(),
+            ));
         }
         Ok((ids, rows.len(), cols))
     }
@@ -122,7 +135,11 @@ impl TextTokenizer {
 /// SigLIP's text canonicalisation (big_vision's, as transformers' `SiglipTokenizer` applies it):
 /// optionally lower-case, drop ASCII punctuation, collapse whitespace, trim.
 pub fn canonicalize_siglip(text: &str, lower: bool) -> String {
-    let text = if lower { text.to_lowercase() } else { text.to_string() };
+    let text = if lower {
+        text.to_lowercase()
+    } else {
+        text.to_string()
+    };
     let kept: String = text.chars().filter(|c| !c.is_ascii_punctuation()).collect();
     kept.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -133,7 +150,10 @@ mod tests {
 
     #[test]
     fn canonicalizes_like_big_vision() {
-        assert_eq!(canonicalize_siglip("  A Close-up PHOTO,\tof a cat!! ", true), "a closeup photo of a cat");
+        assert_eq!(
+            canonicalize_siglip("  A Close-up PHOTO,\tof a cat!! ", true),
+            "a closeup photo of a cat"
+        );
         assert_eq!(canonicalize_siglip("Hi!", false), "Hi");
     }
 }

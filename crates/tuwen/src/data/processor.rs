@@ -101,14 +101,24 @@ fn defaults(processor_type: &str) -> Result<Defaults, String> {
             std: IMAGENET_STANDARD_STD,
             efficientnet: false,
         },
-        "CLIPImageProcessor" | "SiglipImageProcessor" | "BlipImageProcessor" => Defaults {
+        "CLIPImageProcessor" => Defaults {
             size: serde_json::json!({"shortest_edge": 224}),
-            default_to_square: base != "CLIPImageProcessor",
+            default_to_square: false,
             resample: 3,
-            do_center_crop: base == "CLIPImageProcessor",
+            do_center_crop: true,
             crop_size: serde_json::json!({"height": 224, "width": 224}),
             mean: OPENAI_CLIP_MEAN,
             std: OPENAI_CLIP_STD,
+            efficientnet: false,
+        },
+        "SiglipImageProcessor" => Defaults {
+            size: serde_json::json!({"height": 224, "width": 224}),
+            default_to_square: false,
+            resample: 3,
+            do_center_crop: false,
+            crop_size: serde_json::json!({"height": 224, "width": 224}),
+            mean: IMAGENET_STANDARD_MEAN,
+            std: IMAGENET_STANDARD_STD,
             efficientnet: false,
         },
         "EfficientNetImageProcessor" => Defaults {

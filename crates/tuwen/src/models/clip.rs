@@ -174,7 +174,10 @@ impl ClipConfig {
             ("text_config.hidden_size", t.hidden_size),
             ("text_config.num_attention_heads", t.num_attention_heads),
             ("text_config.vocab_size", t.vocab_size),
-            ("text_config.max_position_embeddings", t.max_position_embeddings),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+            ),
             ("vision_config.hidden_size", v.hidden_size),
             ("vision_config.num_attention_heads", v.num_attention_heads),
             ("vision_config.patch_size", v.patch_size),
@@ -186,10 +189,14 @@ impl ClipConfig {
             }
         }
         if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
-            return Err("text_config.hidden_size is not a multiple of its num_attention_heads".into());
+            return Err(
+                "text_config.hidden_size is not a multiple of its num_attention_heads".into(),
+            );
         }
         if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
-            return Err("vision_config.hidden_size is not a multiple of its num_attention_heads".into());
+            return Err(
+                "vision_config.hidden_size is not a multiple of its num_attention_heads".into(),
+            );
         }
         if v.patch_size > v.image_size {
             return Err("vision_config.patch_size exceeds image_size".into());
@@ -215,7 +222,11 @@ impl ClipVisionEmbeddings {
         let x = self.patch_embedding.forward(pixels);
         let [b, d, gh, gw] = x.dims();
         let patches = x.reshape([b, d, gh * gw]).swap_dims(1, 2);
-        let cls = self.class_embedding.val().reshape([1, 1, d]).expand([b, 1, d]);
+        let cls = self
+            .class_embedding
+            .val()
+            .reshape([1, 1, d])
+            .expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, patches], 1);
         x + grid_positions(self.position_embedding.weight.val(), gh, gw)
     }

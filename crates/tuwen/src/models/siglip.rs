@@ -157,7 +157,10 @@ impl SiglipConfig {
             ("text_config.hidden_size", t.hidden_size),
             ("text_config.num_attention_heads", t.num_attention_heads),
             ("text_config.vocab_size", t.vocab_size),
-            ("text_config.max_position_embeddings", t.max_position_embeddings),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+            ),
             ("vision_config.hidden_size", v.hidden_size),
             ("vision_config.num_attention_heads", v.num_attention_heads),
             ("vision_config.patch_size", v.patch_size),

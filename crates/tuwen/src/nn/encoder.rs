@@ -1,7 +1,9 @@
 //! The pre-norm transformer encoder of CLIP, SigLIP (and BLIP's vision tower), with transformers'
 //! names: `layers.N.{self_attn.{q,k,v,out}_proj, layer_norm1, mlp.{fc1,fc2}, layer_norm2}`.
 
-use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
 use burn::prelude::*;
 
 use super::{Activation, scaled_dot_product_attention};
@@ -164,6 +166,5 @@ pub fn causal_mask(n: usize, device: &Device) -> Tensor<4> {
     let values: Vec<f32> = (0..n * n)
         .map(|i| if i % n > i / n { f32::MIN } else { 0.0 })
         .collect();
-    Tensor::<2>::from_data(TensorData::new(values, [n, n]), device)
-        .reshape([1, 1, n, n])
+    Tensor::<2>::from_data(TensorData::new(values, [n, n]), device).reshape([1, 1, n, n])
 }

@@ -1,6 +1,10 @@
 //! Ready-to-use tasks that tie a checkpoint, its image processor and its labels together, for
 //! programs and for the CLI.
 
+pub mod image_text;
+
+pub use image_text::{ImageText, ZeroShotClassifier};
+
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
