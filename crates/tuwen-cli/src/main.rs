@@ -10,6 +10,7 @@ use serde_json::json;
 use tuwen::burn::prelude::Device;
 
 mod classify;
+mod embed;
 mod info;
 
 #[derive(Parser)]
@@ -31,8 +32,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Classify images with an image-classification checkpoint.
+    /// Classify images: with a classifier checkpoint, or zero-shot with CLIP/SigLIP and --labels.
     Classify(classify::ClassifyArgs),
+    /// Unit-length image and text embeddings of a CLIP or SigLIP model.
+    Embed(embed::EmbedArgs),
+    /// The image x text similarity matrix of a CLIP or SigLIP model.
+    Similarity(embed::SimilarityArgs),
     /// Parameter count and compute of a checkpoint or a standard architecture.
     Info(info::InfoArgs),
     /// Re-save a checkpoint as one model.safetensors with transformers' names (merges shards).
@@ -98,6 +103,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Classify(args) => classify::run(args, &device()?),
         Command::Info(args) => info::run(args),
+        Command::Embed(args) => embed::run(args, &device()?),
+        Command::Similarity(args) => embed::similarity(args, &device()?),
         Command::Convert(args) => {
             tuwen::pipeline::convert(&args.model, &args.out, &device()?)?;
             eprintln!("wrote {}", args.out.display());

@@ -128,3 +128,59 @@ fn image_embeddings_and_logits_match_transformers() {
         }
     }
 }
+
+#[test]
+fn zero_shot_matches_transformers_logits() {
+    let r = clip_reference();
+    let names = image_names();
+    let paths: Vec<_> = names.iter().map(|n| fixtures().join("images").join(n)).collect();
+    for tag in MODELS {
+        let m = ImageText::load_folder(&fixtures().join(tag), &Device::flex()).unwrap();
+        // One template, "{}": each class embedding is the text's own embedding.
+        let zs = m.zero_shot(&texts(), &["{}".to_string()]).unwrap();
+        let images = m.encode_images(&paths, 8).unwrap();
+        let (logits, probs) = zs.classify(&images);
+        let (expect, shape) = &r.f32s[&format!("{tag}/logits_per_image")];
+        for (i, name) in names.iter().enumerate() {
+            if name.ends_with(".jpg") {
+                continue;
+            }
+            let e = &expect[i * shape[1]..(i + 1) * shape[1]];
+            assert!(max_abs_diff(&logits[i], e) < 1e-3, "{tag} {name}");
+            let sum: f32 = probs[i].iter().sum();
+            if tag.starts_with("siglip") {
+                // Independent sigmoids: each is sigmoid(logit), they need not sum to 1.
+                for (p, l) in probs[i].iter().zip(e) {
+                    assert!((p - 1.0 / (1.0 + (-l).exp())).abs() < 1e-4);
+                }
+            } else {
+                assert!((sum - 1.0).abs() < 1e-5, "{tag}: softmax sums to {sum}");
+            }
+        }
+    }
+}
+
+#[test]
+fn template_ensemble_is_the_renormalised_mean() {
+    let m = ImageText::load_folder(&fixtures().join("clip-tiny"), &Device::flex()).unwrap();
+    let templates = vec!["a photo of a {}.".to_string(), "art of the {}.".to_string()];
+    let zs = m.zero_shot(&["cat".to_string()], &templates).unwrap();
+    let e = m
+        .encode_texts(&["a photo of a cat.".to_string(), "art of the cat.".to_string()], 2)
+        .unwrap();
+    let mut mean: Vec<f32> = e[0].iter().zip(&e[1]).map(|(a, b)| (a + b) / 2.0).collect();
+    let n = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+    mean.iter_mut().for_each(|x| *x /= n);
+    assert!(max_abs_diff(&zs.class_embeds[0], &mean) < 1e-6);
+    assert!(m.zero_shot(&["cat".to_string()], &["no placeholder".to_string()]).is_err());
+}
+
+#[test]
+fn image_bytes_embed_like_files() {
+    let m = ImageText::load_folder(&fixtures().join("siglip-tiny"), &Device::flex()).unwrap();
+    let path = fixtures().join("images/astronaut.png");
+    let bytes = std::fs::read(&path).unwrap();
+    let a = m.encode_images(&[path], 1).unwrap();
+    let b = m.encode_image_bytes(&[&bytes], 1).unwrap();
+    assert_eq!(a, b);
+}

@@ -1,6 +1,7 @@
 //! Image decoding and transformers' image-processor semantics.
 
 pub mod decode;
+pub mod files;
 pub mod processor;
 pub mod resize;
 

@@ -255,6 +255,43 @@ impl ImageText {
         Ok(out)
     }
 
+    /// Embeds many image files with bounded memory, `batch_size` at a time, skipping files
+    /// that cannot be read or decoded. `on_skip` hears about each skipped file and
+    /// `on_progress` how many files each batch covered. Returns the embedded paths and their
+    /// unit-length embeddings, in input order.
+    pub fn encode_images_lenient(
+        &self,
+        paths: &[PathBuf],
+        batch_size: usize,
+        mut on_skip: impl FnMut(&Path, &Error),
+        mut on_progress: impl FnMut(usize),
+    ) -> Result<(Vec<PathBuf>, Vec<Vec<f32>>)> {
+        use rayon::prelude::*;
+        check_batch(batch_size)?;
+        let (mut kept, mut embeds) = (Vec::new(), Vec::new());
+        for chunk in paths.chunks(batch_size) {
+            let loaded: Vec<Result<(Vec<f32>, [usize; 3])>> = chunk
+                .par_iter()
+                .map(|p| crate::data::open_rgb(p).map(|img| self.processor.preprocess(&img)))
+                .collect();
+            let mut items = Vec::new();
+            for (path, item) in chunk.iter().zip(loaded) {
+                match item {
+                    Ok(item) => {
+                        kept.push(path.clone());
+                        items.push(item);
+                    }
+                    Err(e) => on_skip(path, &e),
+                }
+            }
+            if !items.is_empty() {
+                embeds.extend(self.embed_pixels(batch_tensor(items, &self.device)?)?);
+            }
+            on_progress(chunk.len());
+        }
+        Ok((kept, embeds))
+    }
+
     /// Embeds preprocessed pixels, as host rows.
     pub fn embed_pixels(&self, pixels: Tensor<4>) -> Result<Vec<Vec<f32>>> {
         let e = self.image_embeds(pixels);
