@@ -7,6 +7,8 @@ tokenizers, and transformers' embeddings, logits and token ids on real photos an
 import json
 import re
 import string
+import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -206,6 +208,32 @@ def main():
     save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, FIX / "clip_reference.safetensors")
     (FIX / "clip_texts.json").write_text(json.dumps(TEXTS, indent=1))
     print(f"wrote {len(ref)} arrays")
+    for tag, model, proc, *_ in specs:
+        prove_saved_folder_loads(tag, model, proc)
+
+
+def prove_saved_folder_loads(tag, model, proc):
+    """tuwen re-saves the checkpoint; transformers must load it with every weight and give the
+    same embeddings."""
+    cls = type(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "resaved"
+        subprocess.run(["cargo", "run", "-q", "--", "convert", "--model", str(FIX / tag), "--out", str(out)],
+                       cwd=ROOT, check=True)
+        again, info = cls.from_pretrained(out, output_loading_info=True)
+        problems = {k: v for k, v in info.items() if v}
+        assert not problems, f"{tag}: transformers reports {problems}"
+        px = proc(images=load_like_transformers(IMAGES / "astronaut.png"), return_tensors="pt")["pixel_values"]
+        ids = torch.tensor([[3, 4, 5, 6]])
+        with torch.no_grad():
+            a = model.get_image_features(pixel_values=px).pooler_output
+            b = again.eval().get_image_features(pixel_values=px).pooler_output
+            c = model.get_text_features(input_ids=ids).pooler_output
+            d = again.get_text_features(input_ids=ids).pooler_output
+        diff = max((a - b).abs().max().item(), (c - d).abs().max().item(),
+                   (model.logit_scale - again.logit_scale).abs().max().item())
+        print(f"{tag}: tuwen-saved folder reloaded in transformers, max difference {diff:.2e}")
+        assert diff < 1e-5, diff
 
 
 if __name__ == "__main__":

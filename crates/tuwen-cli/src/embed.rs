@@ -41,8 +41,10 @@ fn progress(n: usize, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     ProgressBar::new(n as u64).with_style(
-        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} {{elapsed}}<{{eta}}"))
-            .expect("valid template"),
+        ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {what} {{elapsed}}<{{eta}}"
+        ))
+        .expect("valid template"),
     )
 }
 
@@ -55,7 +57,10 @@ pub fn run(args: EmbedArgs, device: &Device) -> Result<()> {
         Some(p) => match p.extension().and_then(|e| e.to_str()) {
             Some("npy") => Some("npy"),
             Some("safetensors") => Some("safetensors"),
-            _ => bail!("--out {}: the file must end in .npy or .safetensors", p.display()),
+            _ => bail!(
+                "--out {}: the file must end in .npy or .safetensors",
+                p.display()
+            ),
         },
     };
     let model = ImageText::load(&args.model, device)?;
@@ -83,7 +88,11 @@ pub fn run(args: EmbedArgs, device: &Device) -> Result<()> {
             kept.len(),
             files.len(),
             dir.display(),
-            if skipped > 0 { format!(" ({skipped} skipped)") } else { String::new() }
+            if skipped > 0 {
+                format!(" ({skipped} skipped)")
+            } else {
+                String::new()
+            }
         );
         image_paths.extend(kept);
         image_embeds.extend(embeds);
@@ -95,11 +104,16 @@ pub fn run(args: EmbedArgs, device: &Device) -> Result<()> {
             let rows = match (image_embeds.is_empty(), text_embeds.is_empty()) {
                 (false, true) => &image_embeds,
                 (true, false) => &text_embeds,
-                _ => bail!("--out .npy holds one array: embed images or texts, or use .safetensors"),
+                _ => {
+                    bail!("--out .npy holds one array: embed images or texts, or use .safetensors")
+                }
             };
             write_npy(path, rows)?;
         } else {
-            let names: Vec<String> = image_paths.iter().map(|p| p.display().to_string()).collect();
+            let names: Vec<String> = image_paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
             let mut arrays: Vec<(&str, &[Vec<f32>])> = Vec::new();
             if !image_embeds.is_empty() {
                 arrays.push(("image_embeds", &image_embeds));

@@ -400,3 +400,314 @@ fn convert_merges_shards_with_transformers_names() {
     assert_eq!(run(&out), run(&fixtures().join("vit-tiny")));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+fn clip_ref(key: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(fixtures().join("clip_reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(key).unwrap();
+    let v = t
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (v, t.shape().to_vec())
+}
+
+fn json_rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn embed_json_matches_transformers() {
+    let texts: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("clip_texts.json")).unwrap())
+            .unwrap();
+    for tag in ["clip-tiny", "siglip-tiny"] {
+        let model = fixtures().join(tag);
+        let img = fixtures().join("images/coffee.bmp");
+        let mut args = vec![
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            img.to_str().unwrap(),
+            "--json",
+        ];
+        for t in &texts {
+            args.push("--text");
+            args.push(t);
+        }
+        let o = tuwen(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let (text_ref, shape) = clip_ref(&format!("{tag}/text_embeds"));
+        let ours = json_rows(&v["text_embeds"]);
+        assert_eq!(ours.len(), texts.len());
+        for (i, row) in ours.iter().enumerate() {
+            assert!(
+                max_diff(row, &text_ref[i * shape[1]..(i + 1) * shape[1]]) < 1e-4,
+                "{tag} text {i}"
+            );
+        }
+        // coffee.bmp is image 7 of the sorted fixture images.
+        let (img_ref, shape) = clip_ref(&format!("{tag}/image_embeds"));
+        let ours = json_rows(&v["image_embeds"]);
+        assert!(
+            max_diff(&ours[0], &img_ref[7 * shape[1]..8 * shape[1]]) < 1e-4,
+            "{tag} image"
+        );
+    }
+}
+
+#[test]
+fn zero_shot_classify_and_similarity() {
+    let model = fixtures().join("clip-tiny");
+    let img = fixtures().join("images/astronaut.png");
+    let o = tuwen(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--labels",
+        "a photo of a cat,coffee,zebra xylophone",
+        "--template",
+        "{}",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["labels"][2], "zebra xylophone");
+    // Texts 0, 2 and 4 of the fixture; astronaut.png is image 0.
+    let (r, shape) = clip_ref("clip-tiny/logits_per_image");
+    let expect = [r[0], r[2], r[4]];
+    let logits = json_rows(&v["logits_per_image"]);
+    assert!(
+        max_diff(&logits[0], &expect) < 1e-3,
+        "{logits:?} vs {expect:?}"
+    );
+    let _ = shape;
+    let p: f32 = json_rows(&v["probs"])[0].iter().sum();
+    assert!((p - 1.0).abs() < 1e-5);
+
+    let o = tuwen(&[
+        "similarity",
+        "--model",
+        fixtures().join("siglip-tiny").to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--text",
+        "coffee",
+        "--text",
+        "zebra xylophone",
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let (r, shape) = clip_ref("siglip-tiny/logits_per_image");
+    let logits = json_rows(&v["logits_per_image"]);
+    assert!(max_diff(&logits[0], &[r[2], r[4]]) < 1e-3);
+    let per_text = json_rows(&v["logits_per_text"]);
+    assert_eq!(per_text.len(), 2);
+    let _ = shape;
+    // SigLIP probabilities are independent sigmoids.
+    let probs = json_rows(&v["probs"]);
+    assert!((probs[0][0] - 1.0 / (1.0 + (-logits[0][0]).exp())).abs() < 1e-5);
+
+    let o = tuwen(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--labels",
+        "cat,dog",
+        "--templates",
+        "imagenet",
+    ]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o).lines().count(), 3);
+}
+
+#[test]
+fn image_text_bad_inputs_are_one_line_errors() {
+    let clip = fixtures().join("clip-tiny");
+    let clip = clip.to_str().unwrap();
+    let img = fixtures().join("images/astronaut.png");
+    let img = img.to_str().unwrap();
+    assert_one_line_error(&tuwen(&["embed", "--model", clip]), "nothing to embed");
+    assert_one_line_error(
+        &tuwen(&[
+            "embed",
+            "--model",
+            clip,
+            "--image",
+            img,
+            "--text",
+            "x",
+            "--out",
+            "/tmp/x.npy",
+        ]),
+        "one array",
+    );
+    assert_one_line_error(
+        &tuwen(&[
+            "embed",
+            "--model",
+            clip,
+            "--text",
+            "x",
+            "--out",
+            "/tmp/x.txt",
+        ]),
+        ".npy",
+    );
+    assert_one_line_error(
+        &tuwen(&["embed", "--model", clip, "--images", "/no/such/dir"]),
+        "/no/such/dir",
+    );
+    assert_one_line_error(
+        &tuwen(&[
+            "classify",
+            "--model",
+            clip,
+            "--image",
+            img,
+            "--labels",
+            "a,b",
+            "--template",
+            "no slot",
+        ]),
+        "{}",
+    );
+    assert_one_line_error(
+        &tuwen(&[
+            "classify",
+            "--model",
+            clip,
+            "--image",
+            img,
+            "--labels",
+            "a,b",
+            "--templates",
+            "coco",
+        ]),
+        "imagenet",
+    );
+    assert_one_line_error(
+        &tuwen(&[
+            "classify", "--model", clip, "--image", img, "--labels", "a,,b",
+        ]),
+        "empty",
+    );
+    // A ViT classifier is not an image-text model, and vice versa.
+    let vit = fixtures().join("vit-tiny");
+    assert_one_line_error(
+        &tuwen(&["embed", "--model", vit.to_str().unwrap(), "--text", "x"]),
+        "not an image-text model",
+    );
+    assert_one_line_error(
+        &tuwen(&["classify", "--model", clip, "--image", img]),
+        "image classification",
+    );
+    let d = scratch_copy("clip-tiny", "no-tokenizer");
+    std::fs::remove_file(d.join("tokenizer.json")).unwrap();
+    assert_one_line_error(
+        &tuwen(&["embed", "--model", d.to_str().unwrap(), "--text", "x"]),
+        "tokenizer.json",
+    );
+    // Images still embed without a tokenizer.
+    let o = tuwen(&[
+        "embed",
+        "--model",
+        d.to_str().unwrap(),
+        "--image",
+        img,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = scratch_copy("clip-tiny", "bad-tokenizer");
+    std::fs::write(d.join("tokenizer.json"), "{ broken").unwrap();
+    assert_one_line_error(
+        &tuwen(&["embed", "--model", d.to_str().unwrap(), "--image", img]),
+        "tokenizer.json",
+    );
+}
+
+#[test]
+fn embed_folder_skips_corrupt_files_and_writes_arrays() {
+    let dir = std::env::temp_dir().join(format!("tuwen-embed-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    for n in ["astronaut.png", "coffee.bmp", "rocket.webp"] {
+        std::fs::copy(
+            fixtures().join("images").join(n),
+            dir.join("nested").join(n),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("broken.jpg"), b"\xff\xd8\xff garbage").unwrap();
+    std::fs::write(dir.join("readme.txt"), b"not an image").unwrap();
+    let model = fixtures().join("siglip-tiny");
+    let o = tuwen(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        dir.to_str().unwrap(),
+        "--json",
+        "--batch-size",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: skipping") && err.contains("broken.jpg"),
+        "{err}"
+    );
+    assert!(
+        err.contains("embedded 3 of 4 images") && err.contains("1 skipped"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(json_rows(&v["image_embeds"]).len(), 3);
+    assert!(
+        v["image_paths"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("astronaut.png")
+    );
+
+    let out = dir.join("emb.npy");
+    let o = tuwen(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--images",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let bytes = std::fs::read(&out).unwrap();
+    assert!(bytes.starts_with(b"\x93NUMPY"));
+    assert!(String::from_utf8_lossy(&bytes[..128]).contains("'shape': (3, 32)"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -110,10 +110,12 @@ fn fetch_repo(repo_id: &str) -> Result<PathBuf> {
         .parent()
         .expect("cached file has a folder")
         .to_path_buf();
+    // Optional files: absent ones are simply not there.
     for optional in [
         "preprocessor_config.json",
         "tokenizer.json",
         "tokenizer_config.json",
+        "special_tokens_map.json",
     ] {
         let _ = repo.get(optional);
     }

@@ -65,7 +65,7 @@ fn token_ids_match_transformers() {
     let r = clip_reference();
     for tag in MODELS {
         let m = ImageText::load_folder(&fixtures().join(tag), &Device::flex()).unwrap();
-        let (ids, n, len) = m.tokenizer.encode(&texts()).unwrap();
+        let (ids, n, len) = m.tokenizer.as_ref().unwrap().encode(&texts()).unwrap();
         let (expect, shape) = &r.ids[&format!("{tag}/input_ids")];
         assert_eq!(vec![n, len], *shape, "{tag}");
         // CLIP pads to the longest text, SigLIP to max_position_embeddings; both with the
@@ -133,7 +133,10 @@ fn image_embeddings_and_logits_match_transformers() {
 fn zero_shot_matches_transformers_logits() {
     let r = clip_reference();
     let names = image_names();
-    let paths: Vec<_> = names.iter().map(|n| fixtures().join("images").join(n)).collect();
+    let paths: Vec<_> = names
+        .iter()
+        .map(|n| fixtures().join("images").join(n))
+        .collect();
     for tag in MODELS {
         let m = ImageText::load_folder(&fixtures().join(tag), &Device::flex()).unwrap();
         // One template, "{}": each class embedding is the text's own embedding.
@@ -166,13 +169,22 @@ fn template_ensemble_is_the_renormalised_mean() {
     let templates = vec!["a photo of a {}.".to_string(), "art of the {}.".to_string()];
     let zs = m.zero_shot(&["cat".to_string()], &templates).unwrap();
     let e = m
-        .encode_texts(&["a photo of a cat.".to_string(), "art of the cat.".to_string()], 2)
+        .encode_texts(
+            &[
+                "a photo of a cat.".to_string(),
+                "art of the cat.".to_string(),
+            ],
+            2,
+        )
         .unwrap();
     let mut mean: Vec<f32> = e[0].iter().zip(&e[1]).map(|(a, b)| (a + b) / 2.0).collect();
     let n = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
     mean.iter_mut().for_each(|x| *x /= n);
     assert!(max_abs_diff(&zs.class_embeds[0], &mean) < 1e-6);
-    assert!(m.zero_shot(&["cat".to_string()], &["no placeholder".to_string()]).is_err());
+    assert!(
+        m.zero_shot(&["cat".to_string()], &["no placeholder".to_string()])
+            .is_err()
+    );
 }
 
 #[test]
@@ -183,4 +195,26 @@ fn image_bytes_embed_like_files() {
     let a = m.encode_images(&[path], 1).unwrap();
     let b = m.encode_image_bytes(&[&bytes], 1).unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn saved_folders_keep_transformers_names_shapes_and_numbers() {
+    for tag in MODELS {
+        let src = fixtures().join(tag);
+        let out = std::env::temp_dir().join(format!("tuwen-save-{tag}-{}", std::process::id()));
+        tuwen::pipeline::convert(src.to_str().unwrap(), &out, &Device::flex()).unwrap();
+        let theirs = tuwen::hub::safetensors_header(&src.join("model.safetensors")).unwrap();
+        let ours = tuwen::hub::safetensors_header(&out.join("model.safetensors")).unwrap();
+        // Same names and shapes, CLIP's 0-d logit_scale included.
+        assert_eq!(ours, theirs, "{tag}");
+        let a = ImageText::load_folder(&src, &Device::flex()).unwrap();
+        let b = ImageText::load_folder(&out, &Device::flex()).unwrap();
+        let t = vec!["a photo of a cat".to_string()];
+        assert_eq!(
+            a.encode_texts(&t, 1).unwrap(),
+            b.encode_texts(&t, 1).unwrap()
+        );
+        assert_eq!(a.scale_and_bias().unwrap(), b.scale_and_bias().unwrap());
+        std::fs::remove_dir_all(&out).unwrap();
+    }
 }

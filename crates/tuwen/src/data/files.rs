@@ -13,7 +13,10 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bm
 pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
     if !meta.is_dir() {
-        return Err(Error::InvalidInput(format!("{} is not a folder", dir.display())));
+        return Err(Error::InvalidInput(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
     }
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -102,7 +105,7 @@ pub fn write_safetensors(
         header.insert("__metadata__".into(), meta.into());
     }
     let mut h = serde_json::to_string(&header).expect("header serializes");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(' ');
     }
     let mut bytes = Vec::with_capacity(8 + h.len() + data.len());
@@ -140,7 +143,13 @@ mod tests {
     fn walks_folders_recursively_for_images_only() {
         let dir = std::env::temp_dir().join(format!("tuwen-walk-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
-        for f in ["b.PNG", "a.jpg", "notes.txt", "sub/c.webp", "sub/deeper/d.tiff"] {
+        for f in [
+            "b.PNG",
+            "a.jpg",
+            "notes.txt",
+            "sub/c.webp",
+            "sub/deeper/d.tiff",
+        ] {
             std::fs::write(dir.join(f), b"x").unwrap();
         }
         let found: Vec<String> = walk_images(&dir)

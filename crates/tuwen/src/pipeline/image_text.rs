@@ -22,8 +22,8 @@ pub enum Family {
 }
 
 enum Towers {
-    Clip(ClipModel),
-    Siglip(SiglipModel),
+    Clip(Box<ClipModel>),
+    Siglip(Box<SiglipModel>),
 }
 
 /// A loaded image-text model with its image processor and tokenizer.
@@ -31,8 +31,11 @@ pub struct ImageText {
     towers: Towers,
     /// The preprocessing the checkpoint expects.
     pub processor: ImageProcessor,
-    /// The tokenizer, with the model's length and padding.
-    pub tokenizer: TextTokenizer,
+    /// The tokenizer, with the model's length and padding; `Err` holds why there is none
+    /// (images can still be embedded).
+    pub tokenizer: std::result::Result<TextTokenizer, String>,
+    /// config.json as read, written back unchanged on save.
+    config: serde_json::Value,
     device: Device,
 }
 
@@ -174,9 +177,13 @@ impl ImageText {
                     t.max_position_embeddings,
                     Padding::Longest,
                     t.pad_token_id,
-                )?;
+                );
                 let model = hub::load_weights(ClipModel::new(&cfg, device), folder, &[], &[])?;
-                (Towers::Clip(model), tokenizer, "CLIPImageProcessor")
+                (
+                    Towers::Clip(Box::new(model)),
+                    tokenizer,
+                    "CLIPImageProcessor",
+                )
             }
             "siglip" => {
                 let cfg: SiglipConfig = mc.parse()?;
@@ -187,9 +194,13 @@ impl ImageText {
                     t.max_position_embeddings,
                     Padding::MaxLength,
                     Some(t.pad_token_id),
-                )?;
+                );
                 let model = hub::load_weights(SiglipModel::new(&cfg, device), folder, &[], &[])?;
-                (Towers::Siglip(model), tokenizer, "SiglipImageProcessor")
+                (
+                    Towers::Siglip(Box::new(model)),
+                    tokenizer,
+                    "SiglipImageProcessor",
+                )
             }
             other => {
                 return Err(Error::Unsupported(format!(
@@ -198,10 +209,17 @@ impl ImageText {
                 )));
             }
         };
+        // A missing tokenizer is only an error once texts are asked for; a broken one is one now.
+        let tokenizer = match tokenizer {
+            Ok(t) => Ok(t),
+            Err(e @ Error::Unsupported(_)) => Err(e.to_string()),
+            Err(e) => return Err(e),
+        };
         Ok(ImageText {
             towers,
             processor: image_processor(folder, default_processor)?,
             tokenizer,
+            config: mc.json.clone(),
             device: device.clone(),
         })
     }
@@ -303,8 +321,15 @@ impl ImageText {
     pub fn encode_texts(&self, texts: &[String], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         check_batch(batch_size)?;
         let mut out = Vec::with_capacity(texts.len());
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokenizer = self
+            .tokenizer
+            .as_ref()
+            .map_err(|m| Error::Unsupported(m.clone()))?;
         for chunk in texts.chunks(batch_size) {
-            let (ids, n, len) = self.tokenizer.encode(chunk)?;
+            let (ids, n, len) = tokenizer.encode(chunk)?;
             let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, len]), &self.device);
             let e = self.text_embeds(ids);
             let d = e.dims()[1];
@@ -429,10 +454,13 @@ impl ZeroShotClassifier {
 
 impl ImageText {
     /// Writes the model as a folder transformers loads (config.json, model.safetensors).
-    pub fn save(&self, config: &serde_json::Value, folder: &Path) -> Result<()> {
+    pub fn save(&self, folder: &Path) -> Result<()> {
+        let config = &self.config;
         match &self.towers {
-            Towers::Clip(m) => hub::save_pretrained_with_scalars(m, config, folder, CLIP_SCALARS),
-            Towers::Siglip(m) => hub::save_pretrained(m, config, folder),
+            Towers::Clip(m) => {
+                hub::save_pretrained_with_scalars(&**m, config, folder, CLIP_SCALARS)
+            }
+            Towers::Siglip(m) => hub::save_pretrained(&**m, config, folder),
         }
     }
 }
