@@ -56,7 +56,7 @@ fn d_3() -> usize {
     3
 }
 fn d_eos() -> i64 {
-    2
+    49407
 }
 fn d_logit_scale() -> f64 {
     2.6592
@@ -148,8 +148,10 @@ pub struct ClipVisionConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ClipConfig {
     /// The text tower.
+    #[serde(default)]
     pub text_config: ClipTextConfig,
     /// The vision tower.
+    #[serde(default)]
     pub vision_config: ClipVisionConfig,
     /// Width of the joint embedding space.
     #[serde(default = "d_512")]
@@ -163,6 +165,18 @@ pub struct ClipConfig {
     /// Everything else, written back on save.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for ClipTextConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+impl Default for ClipVisionConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
 }
 
 impl ClipConfig {
@@ -419,5 +433,27 @@ impl ClipModel {
     /// Projected (not normalised) text features `[b, projection_dim]`.
     pub fn text_features(&self, ids: Tensor<2, Int>) -> Tensor<2> {
         self.text_projection.forward(self.text_model.forward(ids).1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_transformers_defaults() {
+        let cfg: ClipConfig = serde_json::from_str(r#"{"model_type": "clip"}"#).unwrap();
+        let (t, v) = (&cfg.text_config, &cfg.vision_config);
+        assert_eq!(
+            (t.vocab_size, t.hidden_size, t.max_position_embeddings),
+            (49408, 512, 77)
+        );
+        assert_eq!(
+            (t.eos_token_id, t.hidden_act),
+            (49407, Activation::QuickGelu)
+        );
+        assert_eq!((v.hidden_size, v.patch_size, v.image_size), (768, 32, 224));
+        assert_eq!(cfg.projection_dim, 512);
+        assert!(cfg.validate().is_ok());
     }
 }

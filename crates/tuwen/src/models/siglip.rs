@@ -141,12 +141,26 @@ pub struct SiglipVisionConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SiglipConfig {
     /// The text tower.
+    #[serde(default)]
     pub text_config: SiglipTextConfig,
     /// The vision tower.
+    #[serde(default)]
     pub vision_config: SiglipVisionConfig,
     /// Everything else, written back on save.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for SiglipTextConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
+}
+
+impl Default for SiglipVisionConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialize")
+    }
 }
 
 impl SiglipConfig {
@@ -441,5 +455,32 @@ impl SiglipModel {
     /// Pooled text embeddings `[b, d]` (not normalised).
     pub fn text_features(&self, ids: Tensor<2, Int>) -> Tensor<2> {
         self.text_model.forward(ids).1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_minimal_config_takes_transformers_defaults() {
+        // google/siglip-base-patch16-224's config.json, as published.
+        let cfg: SiglipConfig = serde_json::from_str(
+            r#"{"architectures": ["SiglipModel"], "initializer_factor": 1.0, "model_type": "siglip",
+                "text_config": {"model_type": "siglip_text_model"},
+                "vision_config": {"model_type": "siglip_vision_model"}}"#,
+        )
+        .unwrap();
+        let (t, v) = (&cfg.text_config, &cfg.vision_config);
+        assert_eq!(
+            (t.vocab_size, t.hidden_size, t.max_position_embeddings),
+            (32000, 768, 64)
+        );
+        assert_eq!((t.pad_token_id, t.hidden_act), (1, Activation::GeluTanh));
+        assert_eq!(
+            (v.image_size, v.patch_size, v.num_hidden_layers),
+            (224, 16, 12)
+        );
+        assert!(v.vision_use_head && cfg.validate().is_ok());
     }
 }
