@@ -17,7 +17,8 @@ import torch
 from PIL import Image, ImageOps
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast, SiglipConfig, SiglipModel
+import sentencepiece as spm
+from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast, SiglipConfig, SiglipModel, SiglipTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
@@ -39,6 +40,8 @@ TEXTS = [
     "coffee",
     "a rocket on the launch pad, seen from far away at night with many bright lights around it",
     "zebra xylophone",
+    "Ünïcode café ﬁne",
+    "punctuation: (a)b-c! and\ttabs",
 ]
 
 
@@ -150,6 +153,24 @@ def main():
     )
     sig_proc = SiglipImageProcessorPil(size={"height": 32, "width": 32})
 
+    # SigLIP as published in v1: a SentencePiece spiece.model and no tokenizer.json.
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "corpus.txt").write_text("\n".join(CORPUS))
+        spm.SentencePieceTrainer.train(
+            input=str(Path(tmp) / "corpus.txt"), model_prefix=str(Path(tmp) / "sp"), vocab_size=64,
+            model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
+            eos_piece="</s>", unk_piece="<unk>", normalization_rule_name="nmt_nfkc", minloglevel=2)
+        sp_tok = SiglipTokenizer(str(Path(tmp) / "sp.model"), model_max_length=12)
+        sp_tok.save_pretrained(FIX / "siglip-spiece")
+    sp_cfg = SiglipConfig(
+        text_config=dict(vocab_size=64, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=12, hidden_act="gelu_pytorch_tanh",
+                         pad_token_id=1, eos_token_id=1, projection_size=20),
+        vision_config=dict(hidden_size=20, intermediate_size=36, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=24, patch_size=6, hidden_act="gelu_pytorch_tanh"),
+    )
+    sp_proc = SiglipImageProcessorPil(size={"height": 24, "width": 24}, resample=2)
+
     specs = [
         ("clip-tiny", CLIPModel(clip_cfg), clip_proc, tok, dict(bos_token=bos, eos_token=eos, pad_token=pad,
          model_max_length=16, tokenizer_class="CLIPTokenizer"), 5),
@@ -158,6 +179,7 @@ def main():
          tokenizer_class="CLIPTokenizer"), 6),
         ("siglip-tiny", SiglipModel(sig_cfg), sig_proc, sig_tok, dict(eos_token="</s>", pad_token="<pad>",
          unk_token="<unk>", model_max_length=14, tokenizer_class="SiglipTokenizer"), 7),
+        ("siglip-spiece", SiglipModel(sp_cfg), sp_proc, sp_tok, None, 8),
     ]
     for tag, model, proc, tk, tk_kwargs, seed in specs:
         model.eval()
@@ -165,17 +187,23 @@ def main():
         out = FIX / tag
         model.save_pretrained(out)
         proc.save_pretrained(out)
-        fast = PreTrainedTokenizerFast(tokenizer_object=tk, **tk_kwargs)
-        fast.save_pretrained(out)
-        # Keep the class name a user's checkpoint would carry.
-        cfg_path = out / "tokenizer_config.json"
-        tcfg = json.loads(cfg_path.read_text())
-        tcfg["tokenizer_class"] = tk_kwargs["tokenizer_class"]
-        cfg_path.write_text(json.dumps(tcfg, indent=2))
+        if tk_kwargs is None:
+            fast = tk  # the slow SentencePiece tokenizer, saved above
+        else:
+            fast = PreTrainedTokenizerFast(tokenizer_object=tk, **tk_kwargs)
+            fast.save_pretrained(out)
+            # Keep the class name a user's checkpoint would carry.
+            cfg_path = out / "tokenizer_config.json"
+            tcfg = json.loads(cfg_path.read_text())
+            tcfg["tokenizer_class"] = tk_kwargs["tokenizer_class"]
+            cfg_path.write_text(json.dumps(tcfg, indent=2))
 
         siglip = tag.startswith("siglip")
         max_len = model.config.text_config.max_position_embeddings
-        if siglip:
+        if tk_kwargs is None:
+            # SiglipTokenizer canonicalises by itself.
+            enc = fast(TEXTS, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+        elif siglip:
             enc = fast([canonicalize_siglip(t) for t in TEXTS], padding="max_length", max_length=max_len,
                        truncation=True, return_tensors="pt")
         else:

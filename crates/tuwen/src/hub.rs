@@ -26,6 +26,14 @@ use crate::{Error, Result};
 pub const WEIGHTS: &str = "model.safetensors";
 /// The index of a sharded checkpoint.
 pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
+/// The optional files beside the weights: preprocessing and tokenizer.
+pub const SIDE_FILES: &[&str] = &[
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "spiece.model",
+];
 
 /// Resolves `--model`: an existing folder, or an HF repo id fetched into the HF cache.
 pub fn resolve(model: &str) -> Result<PathBuf> {
@@ -111,12 +119,7 @@ fn fetch_repo(repo_id: &str) -> Result<PathBuf> {
         .expect("cached file has a folder")
         .to_path_buf();
     // Optional files: absent ones are simply not there.
-    for optional in [
-        "preprocessor_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ] {
+    for optional in SIDE_FILES {
         let _ = repo.get(optional);
     }
     match repo.get(WEIGHTS) {

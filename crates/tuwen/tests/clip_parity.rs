@@ -58,7 +58,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (n(a) * n(b))
 }
 
-const MODELS: [&str; 3] = ["clip-tiny", "clip-legacy", "siglip-tiny"];
+const MODELS: [&str; 4] = ["clip-tiny", "clip-legacy", "siglip-tiny", "siglip-spiece"];
 
 #[test]
 fn token_ids_match_transformers() {

@@ -146,11 +146,7 @@ pub fn convert(model: &str, out: &Path, device: &Device) -> Result<()> {
         let (m, cfg) = ViTModel::load(&folder, device)?;
         m.save(&cfg, out)?;
     }
-    for extra in [
-        "preprocessor_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
+    for extra in hub::SIDE_FILES {
         let src = folder.join(extra);
         if src.exists() {
             let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;

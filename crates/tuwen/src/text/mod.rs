@@ -9,6 +9,8 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 use crate::hub::read_json;
 use crate::{Error, Result};
 
+pub mod sentencepiece;
+
 /// How a family wants its texts laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Padding {
@@ -29,6 +31,9 @@ pub struct TextTokenizer {
     /// SigLIP's canonicalisation (lower case, no punctuation, single spaces), when its
     /// tokenizer class applies it.
     canonicalize: Option<bool>,
+    /// Prepend `▁` (SentencePiece's space) to each text, as transformers' SentencePiece
+    /// tokenizers do.
+    underline_prefix: bool,
 }
 
 fn token_string(v: &Value) -> Option<String> {
@@ -48,21 +53,29 @@ impl TextTokenizer {
         padding: Padding,
         config_pad: Option<i64>,
     ) -> Result<Self> {
-        let path = folder.join("tokenizer.json");
-        if !path.exists() {
-            return Err(Error::Unsupported(format!(
-                "{}: no tokenizer.json (tuwen reads tokenizers in the `tokenizers` JSON format; \
-                 save one with transformers' `AutoTokenizer.from_pretrained(...).save_pretrained(...)`)",
-                folder.display()
-            )));
-        }
-        let mut tokenizer =
-            Tokenizer::from_file(&path).map_err(|e| Error::config(&path, e.to_string()))?;
         let cfg_path = folder.join("tokenizer_config.json");
         let cfg = if cfg_path.exists() {
             read_json(&cfg_path)?
         } else {
             Value::Null
+        };
+        let mut path = folder.join("tokenizer.json");
+        let spiece = folder.join("spiece.model");
+        let underline_prefix = !path.exists() && spiece.exists();
+        let mut tokenizer = if path.exists() {
+            Tokenizer::from_file(&path).map_err(|e| Error::config(&path, e.to_string()))?
+        } else if underline_prefix {
+            let eos = cfg
+                .get("eos_token")
+                .and_then(token_string)
+                .unwrap_or_else(|| "</s>".into());
+            path = spiece.clone();
+            sentencepiece::load(&spiece, Some(&eos))?
+        } else {
+            return Err(Error::Unsupported(format!(
+                "{}: no tokenizer.json or spiece.model, so texts cannot be tokenized",
+                folder.display()
+            )));
         };
         let mut max_len = max_positions;
         if let Some(m) = cfg.get("model_max_length").and_then(Value::as_u64) {
@@ -98,6 +111,7 @@ impl TextTokenizer {
             pad_id,
             padding,
             canonicalize,
+            underline_prefix,
         })
     }
 
@@ -106,10 +120,13 @@ impl TextTokenizer {
         let rows: Vec<Vec<u32>> = texts
             .iter()
             .map(|t| {
-                let text = match self.canonicalize {
+                let mut text = match self.canonicalize {
                     Some(lower) => canonicalize_siglip(t, lower),
                     None => t.clone(),
                 };
+                if self.underline_prefix {
+                    text = format!("\u{2581}{}", text.replace('\u{2581}', " "));
+                }
                 self.tokenizer
                     .encode(text, true)
                     .map(|e| e.get_ids().to_vec())
