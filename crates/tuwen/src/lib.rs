@@ -11,10 +11,12 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod hub;
+pub mod loss;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod text;
+pub mod train;
 pub mod water;
 
 pub use burn;

@@ -248,6 +248,54 @@ impl ImageText {
         })
     }
 
+    /// The family's training loss on a batch of matching pairs: CLIP's symmetric softmax
+    /// cross-entropy or SigLIP's pairwise sigmoid loss (`chunks` > 1: its chunked form).
+    pub fn contrastive_loss(
+        &self,
+        pixels: Tensor<4>,
+        ids: Tensor<2, Int>,
+        chunks: usize,
+    ) -> Tensor<1> {
+        let (img, txt) = (self.image_embeds(pixels), self.text_embeds(ids));
+        match &self.towers {
+            Towers::Clip(m) => crate::loss::clip_loss(img, txt, m.logit_scale.val()),
+            Towers::Siglip(m) if chunks > 1 => crate::loss::siglip_loss_chunked(
+                img,
+                txt,
+                m.logit_scale.val(),
+                m.logit_bias.val(),
+                chunks,
+            ),
+            Towers::Siglip(m) => {
+                crate::loss::siglip_loss(img, txt, m.logit_scale.val(), m.logit_bias.val())
+            }
+        }
+    }
+
+    /// Every parameter's gradient by transformers' name, in PyTorch's layout.
+    pub fn named_grads(
+        &self,
+        grads: &burn::tensor::Gradients,
+    ) -> std::collections::BTreeMap<String, (Vec<f32>, Vec<usize>)> {
+        match &self.towers {
+            Towers::Clip(m) => crate::train::named_grads(&**m, grads),
+            Towers::Siglip(m) => crate::train::named_grads(&**m, grads),
+        }
+    }
+
+    /// Token ids `[n, len]` for texts, padded as the family wants.
+    pub fn tokenize(&self, texts: &[String]) -> Result<Tensor<2, Int>> {
+        let tokenizer = self
+            .tokenizer
+            .as_ref()
+            .map_err(|m| Error::Unsupported(m.clone()))?;
+        let (ids, n, len) = tokenizer.encode(texts)?;
+        Ok(Tensor::from_data(
+            TensorData::new(ids, [n, len]),
+            &self.device,
+        ))
+    }
+
     /// Unit-length embeddings of image files, `batch_size` at a time.
     pub fn encode_images(&self, paths: &[PathBuf], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         check_batch(batch_size)?;

@@ -1,0 +1,79 @@
+//! Gradients by parameter name, in PyTorch's names and layouts, to compare with PyTorch's.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::Gradients;
+
+struct GradVisitor<'a> {
+    grads: &'a Gradients,
+    path: Vec<String>,
+    containers: Vec<String>,
+    out: BTreeMap<String, (Vec<f32>, Vec<usize>)>,
+}
+
+impl ModuleVisitor for GradVisitor<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        self.containers.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(grad) = param.val().grad(self.grads) else {
+            return;
+        };
+        let module = self
+            .containers
+            .iter()
+            .rev()
+            .find(|c| c.starts_with("Struct:"))
+            .map(String::as_str)
+            .unwrap_or("");
+        let mut name = self.path.clone();
+        let last = name.last().cloned().unwrap_or_default();
+        let mut shape = grad.dims().to_vec();
+        let grad = if module == "Struct:Linear" && last == "weight" && D == 2 {
+            // burn stores [in, out]; PyTorch [out, in].
+            shape.reverse();
+            grad.transpose()
+        } else {
+            grad
+        };
+        let values = crate::pipeline::to_vec(grad).unwrap_or_default();
+        if matches!(
+            module,
+            "Struct:LayerNorm" | "Struct:BatchNorm" | "Struct:GroupNorm"
+        ) {
+            if let Some(l) = name.last_mut() {
+                *l = match l.as_str() {
+                    "gamma" => "weight".into(),
+                    "beta" => "bias".into(),
+                    other => other.to_string(),
+                };
+            }
+        }
+        self.out.insert(name.join("."), (values, shape));
+    }
+}
+
+/// Every float parameter's gradient in `grads`, keyed by the transformers tensor name, in
+/// PyTorch's layout (linear weights `[out, in]`). Parameters without a gradient are left out.
+pub fn named_grads<M: Module>(
+    module: &M,
+    grads: &Gradients,
+) -> BTreeMap<String, (Vec<f32>, Vec<usize>)> {
+    let mut v = GradVisitor {
+        grads,
+        path: Vec::new(),
+        containers: Vec::new(),
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}

@@ -1,0 +1,106 @@
+//! Every parameter gradient of the CLIP and SigLIP training losses equals PyTorch's, on tiny
+//! checkpoints, one batch of real photos and captions (reference: python/make_grad_fixtures.py).
+
+mod common;
+
+use burn::prelude::*;
+use common::*;
+use safetensors::{Dtype, SafeTensors};
+use tuwen::burn;
+use tuwen::pipeline::{ImageText, to_vec};
+
+const IMAGES: [&str; 4] = ["astronaut.png", "coffee.bmp", "rocket.webp", "hubble.gif"];
+
+fn check(tag: &str, chunks: usize) {
+    let bytes = std::fs::read(fixtures().join("grad_reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |key: &str| -> Vec<f32> {
+        let t = st.tensor(key).unwrap_or_else(|_| panic!("no {key}"));
+        assert_eq!(t.dtype(), Dtype::F32);
+        t.data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let device = Device::flex().autodiff();
+    let m = ImageText::load_folder(&fixtures().join(tag), &device).unwrap();
+    let texts: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("clip_texts.json")).unwrap())
+            .unwrap();
+    let ids = m.tokenize(&texts[..4]).unwrap();
+    let expect_ids = st.tensor(&format!("{tag}/input_ids")).unwrap();
+    let expect_ids: Vec<i64> = expect_ids
+        .data()
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        ids.clone()
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .unwrap(),
+        expect_ids
+    );
+    let paths: Vec<_> = IMAGES
+        .iter()
+        .map(|n| fixtures().join("images").join(n))
+        .collect();
+    let pixels = m.processor.load_batch(&paths, &device).unwrap();
+
+    let loss = m.contrastive_loss(pixels, ids, chunks);
+    let got = to_vec(loss.clone()).unwrap()[0];
+    let expect = f32s(&format!("{tag}/loss"))[0];
+    assert!((got - expect).abs() < 1e-5, "{tag}: loss {got} vs {expect}");
+
+    let grads = m.named_grads(&loss.backward());
+    let prefix = format!("{tag}/grad/");
+    let names: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .map(String::from)
+        .collect();
+    assert!(
+        names.len() > 40,
+        "{tag}: only {} reference gradients",
+        names.len()
+    );
+    let mut worst = (0.0f32, String::new());
+    for key in &names {
+        let name = &key[prefix.len()..];
+        let (ours, _) = grads
+            .get(name)
+            .unwrap_or_else(|| panic!("{tag}: no gradient for {name}"));
+        let theirs = f32s(key);
+        let scale = theirs.iter().map(|x| x.abs()).fold(0.0, f32::max).max(1e-3);
+        let rel = max_abs_diff(ours, &theirs) / scale;
+        if rel > worst.0 {
+            worst = (rel, name.to_string());
+        }
+        assert!(rel < 1e-4, "{tag} {name}: relative difference {rel}");
+    }
+    assert_eq!(grads.len(), names.len(), "{tag}: parameter sets differ");
+    eprintln!(
+        "{tag} (chunks {chunks}): {} gradients, worst relative difference {:.1e} ({})",
+        names.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn clip_gradients_match_pytorch() {
+    check("clip-legacy", 1);
+}
+
+#[test]
+fn siglip_gradients_match_pytorch() {
+    check("siglip-spiece", 1);
+}
+
+#[test]
+fn chunked_siglip_gradients_match_pytorch() {
+    check("siglip-spiece", 2);
+    check("siglip-spiece", 4);
+}
