@@ -46,17 +46,16 @@ impl ModuleVisitor for GradVisitor<'_> {
             grad
         };
         let values = crate::pipeline::to_vec(grad).unwrap_or_default();
-        if matches!(
+        let norm = matches!(
             module,
             "Struct:LayerNorm" | "Struct:BatchNorm" | "Struct:GroupNorm"
-        ) {
-            if let Some(l) = name.last_mut() {
-                *l = match l.as_str() {
-                    "gamma" => "weight".into(),
-                    "beta" => "bias".into(),
-                    other => other.to_string(),
-                };
-            }
+        );
+        if norm && let Some(l) = name.last_mut() {
+            *l = match l.as_str() {
+                "gamma" => "weight".into(),
+                "beta" => "bias".into(),
+                other => other.to_string(),
+            };
         }
         self.out.insert(name.join("."), (values, shape));
     }
