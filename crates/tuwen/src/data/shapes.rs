@@ -84,13 +84,21 @@ pub struct ShapeSpec {
 impl ShapeSpec {
     /// "a large red circle on the left".
     pub fn phrase(&self) -> String {
-        format!(
-            "a {} {} {} {}",
-            if self.large { "large" } else { "small" },
-            COLORS[self.color].0,
-            SHAPES[self.shape],
-            POSITIONS[self.position].0
-        )
+        self.phrase_with(true, true)
+    }
+
+    /// The phrase with or without the size and the position, as captions vary.
+    pub fn phrase_with(&self, size: bool, position: bool) -> String {
+        let mut s = String::from("a ");
+        if size {
+            s.push_str(if self.large { "large " } else { "small " });
+        }
+        s.push_str(&self.label());
+        if position {
+            s.push(' ');
+            s.push_str(POSITIONS[self.position].0);
+        }
+        s
     }
 
     /// "red circle": the label zero-shot evaluation uses.
@@ -212,9 +220,11 @@ pub fn generate(out: &Path, n: usize, size: u32, seed: u64) -> Result<ShapesSumm
             img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
                 .map_err(|e| Error::InvalidInput(format!("cannot encode PNG: {e}")))?;
             write_atomic(&out.join(&file), &png)?;
+            // Captions say more or less, as real ones do: size and position each appear
+            // two times in three.
             let caption = specs
                 .iter()
-                .map(ShapeSpec::phrase)
+                .map(|sp| sp.phrase_with(rng.below(3) > 0, rng.below(3) > 0))
                 .collect::<Vec<_>>()
                 .join(" and ");
             let first = &specs[0];

@@ -272,6 +272,46 @@ impl ImageText {
         }
     }
 
+    /// AdamW over the model's parameters, without decay on norms, biases, embeddings and
+    /// the temperature (see [`crate::train::adamw`]).
+    pub fn optimizer(&self, weight_decay: f64) -> burn::optim::ModuleOptimizer {
+        match &self.towers {
+            Towers::Clip(m) => crate::train::adamw(&**m, weight_decay),
+            Towers::Siglip(m) => crate::train::adamw(&**m, weight_decay),
+        }
+    }
+
+    /// One optimiser step: gradients clipped to `max_norm` globally, then applied at `lr`.
+    /// Returns the updated model and the gradient norm before clipping.
+    pub fn step(
+        mut self,
+        optim: &mut burn::optim::ModuleOptimizer,
+        lr: f64,
+        grads: burn::tensor::Gradients,
+        max_norm: f64,
+    ) -> (Self, f64) {
+        use burn::optim::GradientsParams;
+        let norm;
+        self.towers = match self.towers {
+            Towers::Clip(m) => {
+                let mut g = GradientsParams::from_grads(grads, &*m);
+                norm = crate::train::clip_global_norm(&*m, &mut g, max_norm);
+                Towers::Clip(Box::new(optim.step(lr, *m, g)))
+            }
+            Towers::Siglip(m) => {
+                let mut g = GradientsParams::from_grads(grads, &*m);
+                norm = crate::train::clip_global_norm(&*m, &mut g, max_norm);
+                Towers::Siglip(Box::new(optim.step(lr, *m, g)))
+            }
+        };
+        (self, norm)
+    }
+
+    /// The compute device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Every parameter's gradient by transformers' name, in PyTorch's layout.
     pub fn named_grads(
         &self,

@@ -174,3 +174,94 @@ mod tests {
         assert_eq!(canonicalize_siglip("Hi!", false), "Hi");
     }
 }
+
+/// The special tokens of a tokenizer trained by [`train_word_tokenizer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Specials {
+    /// Padding.
+    pub pad: (String, u32),
+    /// End of text (CLIP pools there).
+    pub eos: (String, u32),
+    /// Start of text, when the family uses one.
+    pub bos: Option<(String, u32)>,
+}
+
+/// Trains a word-level tokenizer on captions (lower-cased, split on whitespace and
+/// punctuation), laid out as the family expects: CLIP `<|startoftext|> text <|endoftext|>`,
+/// SigLIP `text </s>`. Returns the tokenizer and its special tokens.
+pub fn train_word_tokenizer(
+    captions: &[String],
+    clip_style: bool,
+    vocab_size: usize,
+) -> Result<(Tokenizer, Specials)> {
+    use tokenizers::AddedToken;
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
+    use tokenizers::normalizers::Lowercase;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    use tokenizers::processors::template::TemplateProcessing;
+
+    let fail =
+        |e: tokenizers::Error| Error::InvalidInput(format!("tokenizer training failed: {e}"));
+    // CLIP: end token first (id 0, so never the legacy id 2), pad = end as in OpenAI's CLIP.
+    let specials: Vec<&str> = if clip_style {
+        vec!["<|endoftext|>", "<|startoftext|>", "<unk>"]
+    } else {
+        vec!["<pad>", "</s>", "<unk>"]
+    };
+    let mut trainer: TrainerWrapper = WordLevelTrainer::builder()
+        .vocab_size(vocab_size)
+        .show_progress(false)
+        .special_tokens(
+            specials
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect(),
+        )
+        .build()
+        .map_err(|e| Error::InvalidInput(e.to_string()))?
+        .into();
+    let model = WordLevel::builder()
+        .unk_token("<unk>".into())
+        .build()
+        .map_err(fail)?;
+    let mut tok = Tokenizer::new(model);
+    tok.with_normalizer(Some(Lowercase)).map_err(fail)?;
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    tok.train(&mut trainer, captions.iter()).map_err(fail)?;
+    let id = |t: &str| tok.token_to_id(t).expect("special token in vocabulary");
+    let (single, tokens, specials) = if clip_style {
+        let (bos, eos) = (id("<|startoftext|>"), id("<|endoftext|>"));
+        (
+            "<|startoftext|> $A <|endoftext|>",
+            vec![
+                ("<|startoftext|>".to_string(), bos),
+                ("<|endoftext|>".to_string(), eos),
+            ],
+            Specials {
+                pad: ("<|endoftext|>".into(), eos),
+                eos: ("<|endoftext|>".into(), eos),
+                bos: Some(("<|startoftext|>".into(), bos)),
+            },
+        )
+    } else {
+        let eos = id("</s>");
+        (
+            "$A </s>",
+            vec![("</s>".to_string(), eos)],
+            Specials {
+                pad: ("<pad>".into(), id("<pad>")),
+                eos: ("</s>".into(), eos),
+                bos: None,
+            },
+        )
+    };
+    let post = TemplateProcessing::builder()
+        .try_single(single)
+        .map_err(|e| Error::InvalidInput(e.to_string()))?
+        .special_tokens(tokens)
+        .build()
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    tok.with_post_processor(Some(post));
+    Ok((tok, specials))
+}

@@ -1,0 +1,349 @@
+//! Training CLIP and SigLIP models on captioned images.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::*;
+use rayon::prelude::*;
+use serde_json::json;
+
+use crate::data::captions::Sample;
+use crate::data::open_rgb;
+use crate::data::processor::batch_tensor;
+use crate::data::shapes::SplitMix64;
+use crate::hub;
+use crate::models::clip::{ClipConfig, ClipModel};
+use crate::models::siglip::{SiglipConfig, SiglipModel};
+use crate::pipeline::ImageText;
+use crate::pipeline::image_text::Family;
+use crate::text::train_word_tokenizer;
+use crate::{Error, Result};
+
+/// One preprocessed image: channel-first values and their shape.
+type Pixels = (Vec<f32>, [usize; 3]);
+
+/// Settings of a training run.
+#[derive(Clone, Debug)]
+pub struct TrainConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Pairs per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warmup steps.
+    pub warmup: usize,
+    /// AdamW weight decay (not on norms, biases, embeddings, temperature).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f64,
+    /// Seed of the data order and the initialisation.
+    pub seed: u64,
+    /// Simulated devices of the chunked sigmoid loss (1: dense loss).
+    pub loss_chunks: usize,
+}
+
+/// Sizes of the architectures `--arch` names.
+#[derive(Clone, Copy, Debug)]
+pub struct ArchSpec {
+    /// Vision width, layers, heads, patch.
+    pub vision: (usize, usize, usize, usize),
+    /// Text width, layers, heads, length.
+    pub text: (usize, usize, usize, usize),
+    /// Joint embedding width.
+    pub embed: usize,
+}
+
+/// `tiny` trains in minutes on 2 cores; `small`; `b32` and `b16` are the published sizes.
+pub fn arch_spec(name: &str) -> Option<ArchSpec> {
+    Some(match name {
+        "tiny" => ArchSpec {
+            vision: (64, 3, 4, 8),
+            text: (64, 2, 4, 24),
+            embed: 64,
+        },
+        "small" => ArchSpec {
+            vision: (192, 6, 3, 16),
+            text: (192, 6, 3, 32),
+            embed: 128,
+        },
+        "b32" => ArchSpec {
+            vision: (768, 12, 12, 32),
+            text: (512, 12, 8, 77),
+            embed: 512,
+        },
+        "b16" => ArchSpec {
+            vision: (768, 12, 12, 16),
+            text: (512, 12, 8, 77),
+            embed: 512,
+        },
+        _ => return None,
+    })
+}
+
+/// Architecture names [`arch_spec`] knows.
+pub const ARCHS: &[&str] = &["tiny", "small", "b32", "b16"];
+
+/// Writes a freshly initialised model with a tokenizer trained on `captions` to `folder`, in
+/// the HF layout, so that it loads like any checkpoint.
+pub fn init_folder(
+    folder: &Path,
+    family: Family,
+    arch: &str,
+    image_size: usize,
+    captions: &[String],
+    seed: u64,
+) -> Result<()> {
+    let spec = arch_spec(arch).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "unknown --arch {arch:?} (known: {})",
+            ARCHS.join(", ")
+        ))
+    })?;
+    let (vd, vl, vh, patch) = spec.vision;
+    let (td, tl, th, len) = spec.text;
+    if image_size < patch || !image_size.is_multiple_of(patch) {
+        return Err(Error::InvalidInput(format!(
+            "--image-size {image_size} must be a multiple of the patch size {patch}"
+        )));
+    }
+    let clip = family == Family::Clip;
+    let (tokenizer, specials) = train_word_tokenizer(captions, clip, 30_000)?;
+    let vocab = tokenizer.get_vocab_size(true);
+    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    let tok_json = tokenizer
+        .to_string(true)
+        .map_err(|e| Error::InvalidInput(format!("cannot serialise the tokenizer: {e}")))?;
+    hub::write_atomic(&folder.join("tokenizer.json"), tok_json.as_bytes())?;
+    let mut tcfg = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": len,
+        "pad_token": specials.pad.0,
+        "eos_token": specials.eos.0,
+        "unk_token": "<unk>",
+    });
+    if let Some((bos, _)) = &specials.bos {
+        tcfg["bos_token"] = json!(bos);
+    }
+    hub::write_atomic(
+        &folder.join("tokenizer_config.json"),
+        tcfg.to_string().as_bytes(),
+    )?;
+    let processor = if clip {
+        json!({"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": image_size},
+               "crop_size": {"height": image_size, "width": image_size}, "do_center_crop": true,
+               "resample": 3, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    } else {
+        json!({"image_processor_type": "SiglipImageProcessor",
+               "size": {"height": image_size, "width": image_size}, "resample": 3,
+               "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    };
+    hub::write_atomic(
+        &folder.join("preprocessor_config.json"),
+        processor.to_string().as_bytes(),
+    )?;
+
+    let device = Device::flex();
+    device.seed(seed);
+    let vision = json!({"hidden_size": vd, "intermediate_size": 4 * vd, "num_hidden_layers": vl,
+        "num_attention_heads": vh, "image_size": image_size, "patch_size": patch});
+    let mut text = json!({"vocab_size": vocab, "hidden_size": td, "intermediate_size": 4 * td,
+        "num_hidden_layers": tl, "num_attention_heads": th, "max_position_embeddings": len,
+        "pad_token_id": specials.pad.1, "eos_token_id": specials.eos.1});
+    if clip {
+        text["bos_token_id"] = json!(specials.bos.as_ref().map(|b| b.1));
+        let config = json!({"model_type": "clip", "architectures": ["CLIPModel"],
+            "text_config": text, "vision_config": vision, "projection_dim": spec.embed});
+        let cfg: ClipConfig = serde_json::from_value(config.clone()).expect("valid config");
+        let model = ClipModel::new(&cfg, &device);
+        hub::save_pretrained_with_scalars(&model, &config, folder, &["logit_scale"])
+    } else {
+        text["projection_size"] = json!(vd);
+        let config = json!({"model_type": "siglip", "architectures": ["SiglipModel"],
+            "text_config": text, "vision_config": vision});
+        let cfg: SiglipConfig = serde_json::from_value(config.clone()).expect("valid config");
+        hub::save_pretrained(&SiglipModel::new(&cfg, &device), &config, folder)
+    }
+}
+
+/// What a training run measured.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// `(step, loss)` for every step.
+    pub losses: Vec<(usize, f32)>,
+    /// Training samples per second (median over steps after the first).
+    pub samples_per_s: f64,
+    /// Samples skipped because their image could not be read.
+    pub skipped: usize,
+}
+
+/// Per-step callback information.
+pub struct StepInfo {
+    /// Step index, from 0.
+    pub step: usize,
+    /// Loss of the step.
+    pub loss: f32,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Samples per second of this step.
+    pub samples_per_s: f64,
+}
+
+/// The deterministic order of samples: a fresh seeded shuffle per epoch.
+pub fn batch_indices(n: usize, batch: usize, step: usize, seed: u64) -> Vec<usize> {
+    let per_epoch = (n / batch).max(1);
+    let (epoch, k) = (step / per_epoch, step % per_epoch);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9));
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    order
+        .into_iter()
+        .cycle()
+        .skip(k * batch)
+        .take(batch)
+        .collect()
+}
+
+/// Trains `model` (on an autodiff device) on `samples`; `on_step` hears about every step and
+/// may stop the run by returning false. Unreadable images are skipped and counted.
+pub fn train(
+    mut model: ImageText,
+    samples: &[Sample],
+    cfg: &TrainConfig,
+    mut on_step: impl FnMut(&StepInfo) -> bool,
+) -> Result<(ImageText, TrainReport)> {
+    if cfg.batch_size < 2 {
+        return Err(Error::InvalidInput(
+            "--batch-size must be at least 2 for a contrastive loss".into(),
+        ));
+    }
+    if samples.len() < cfg.batch_size {
+        return Err(Error::InvalidInput(format!(
+            "{} samples are fewer than one batch of {}",
+            samples.len(),
+            cfg.batch_size
+        )));
+    }
+    let device = model.device().clone();
+    let mut optim = model.optimizer(cfg.weight_decay);
+    let mut losses = Vec::with_capacity(cfg.steps);
+    let mut rates = Vec::new();
+    let mut skipped = 0;
+    for step in 0..cfg.steps {
+        let t0 = Instant::now();
+        let idx = batch_indices(samples.len(), cfg.batch_size, step, cfg.seed);
+        let loaded: Vec<Option<(Pixels, String)>> = idx
+            .par_iter()
+            .map(|&i| {
+                let s = &samples[i];
+                open_rgb(&s.image)
+                    .ok()
+                    .map(|img| (model.processor.preprocess(&img), s.caption.clone()))
+            })
+            .collect();
+        skipped += loaded.iter().filter(|l| l.is_none()).count();
+        let (items, captions): (Vec<_>, Vec<String>) = loaded.into_iter().flatten().unzip();
+        // The chunked loss needs a batch divisible by its devices; drop the remainder.
+        let keep = items.len() - items.len() % cfg.loss_chunks.max(1);
+        if keep < 2 {
+            continue;
+        }
+        let pixels = batch_tensor(items[..keep].to_vec(), &device)?;
+        let ids = model.tokenize(&captions[..keep])?;
+        let loss = model.contrastive_loss(pixels, ids, cfg.loss_chunks);
+        let loss_value: f32 = loss.clone().into_scalar();
+        if !loss_value.is_finite() {
+            return Err(Error::InvalidInput(format!(
+                "the loss became {loss_value} at step {step}; lower --lr"
+            )));
+        }
+        let grads = loss.backward();
+        let lr = super::warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps);
+        let (next, norm) = model.step(&mut optim, lr, grads, cfg.max_grad_norm);
+        model = next;
+        let rate = keep as f64 / t0.elapsed().as_secs_f64();
+        if step > 0 {
+            rates.push(rate);
+        }
+        losses.push((step, loss_value));
+        let info = StepInfo {
+            step,
+            loss: loss_value,
+            lr,
+            grad_norm: norm,
+            samples_per_s: rate,
+        };
+        if !on_step(&info) {
+            break;
+        }
+    }
+    rates.sort_by(f64::total_cmp);
+    let samples_per_s = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
+    Ok((
+        model,
+        TrainReport {
+            losses,
+            samples_per_s,
+            skipped,
+        },
+    ))
+}
+
+/// Zero-shot accuracy on labelled samples: `{"top1", "top5", "n", "per_class"}`.
+pub fn zero_shot_eval(
+    model: &ImageText,
+    samples: &[Sample],
+    label_column: &str,
+    templates: &[String],
+    batch_size: usize,
+) -> Result<serde_json::Value> {
+    let mut labels: Vec<String> = Vec::new();
+    let mut truth = Vec::with_capacity(samples.len());
+    for s in samples {
+        let l = s.extra.get(label_column).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "no column {label_column:?} for {}",
+                s.image.display()
+            ))
+        })?;
+        let i = match labels.iter().position(|x| x == l) {
+            Some(i) => i,
+            None => {
+                labels.push(l.clone());
+                labels.len() - 1
+            }
+        };
+        truth.push(i);
+    }
+    let classifier = model.zero_shot(&labels, templates)?;
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
+    let embeds = model.encode_images(&paths, batch_size)?;
+    let (logits, _) = classifier.classify(&embeds);
+    let (mut top1, mut top5) = (0usize, 0usize);
+    let mut per_class = vec![(0usize, 0usize); labels.len()];
+    for (l, &t) in logits.iter().zip(&truth) {
+        let mut order: Vec<usize> = (0..l.len()).collect();
+        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        let hit1 = order[0] == t;
+        top1 += usize::from(hit1);
+        top5 += usize::from(order.iter().take(5).any(|&o| o == t));
+        per_class[t].0 += usize::from(hit1);
+        per_class[t].1 += 1;
+    }
+    let n = truth.len();
+    let per_class: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .zip(&per_class)
+        .map(|(l, (hit, total))| (l.clone(), json!(*hit as f64 / *total as f64)))
+        .collect();
+    Ok(json!({
+        "top1": top1 as f64 / n as f64,
+        "top5": top5 as f64 / n as f64,
+        "n": n,
+        "per_class": per_class,
+    }))
+}
