@@ -12,6 +12,7 @@ use tuwen::burn::prelude::Device;
 mod classify;
 mod embed;
 mod info;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,14 @@ enum Command {
     Similarity(embed::SimilarityArgs),
     /// Parameter count and compute of a checkpoint or a standard architecture.
     Info(info::InfoArgs),
+    /// Train a CLIP or SigLIP model from scratch or from a checkpoint.
+    Train(train::TrainArgs),
+    /// Measure a model.
+    #[command(subcommand)]
+    Eval(train::EvalCommand),
+    /// Make data sets.
+    #[command(subcommand)]
+    Data(train::DataCommand),
     /// Re-save a checkpoint as one model.safetensors with transformers' names (merges shards).
     Convert(ConvertArgs),
     /// The container-with-most-water answer for a list of heights (LeetCode 11).
@@ -111,6 +120,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Water(args) => water(args),
+        Command::Train(args) => train::run_train(args),
+        Command::Eval(cmd) => train::run_eval(cmd, &device()?),
+        Command::Data(cmd) => train::run_data(cmd),
     }
 }
 

@@ -1,0 +1,322 @@
+//! `tuwen train`, `tuwen eval` and `tuwen data`: contrastive training and its measurements.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tuwen::burn::prelude::Device;
+use tuwen::data::captions::{CsvSpec, open};
+use tuwen::hub;
+use tuwen::pipeline::ImageText;
+use tuwen::pipeline::image_text::{DEFAULT_TEMPLATE, Family, IMAGENET_TEMPLATES};
+use tuwen::train::contrastive::{TrainConfig, init_folder, train, zero_shot_eval};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Kind {
+    /// CLIP: softmax contrastive loss.
+    Clip,
+    /// SigLIP: pairwise sigmoid loss.
+    Siglip,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum LossKind {
+    /// CLIP's symmetric softmax cross-entropy.
+    Softmax,
+    /// SigLIP's pairwise sigmoid loss.
+    Sigmoid,
+    /// The sigmoid loss computed in --devices chunks, as across devices.
+    SigmoidChunked,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Which model family to train.
+    kind: Kind,
+    /// Training pairs: a CSV/TSV (filepath,caption), a folder with .txt sidecars, or class
+    /// subfolders.
+    #[arg(long)]
+    data: PathBuf,
+    /// Labelled validation CSV for a zero-shot score at the end (needs --label-column).
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Column of --val holding the class label.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Output folder: the model in HF layout, metrics.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Architecture to train from scratch: tiny, small, b32, b16.
+    #[arg(long, default_value = "tiny", conflicts_with = "init")]
+    arch: String,
+    /// Fine-tune this checkpoint (folder or HF repo id) instead.
+    #[arg(long)]
+    init: Option<String>,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 500)]
+    steps: usize,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate (default: 2e-3 for CLIP, 5e-4 for SigLIP).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// AdamW weight decay (not on norms, biases, embeddings, temperature).
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    /// Image side for a model trained from scratch.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// The loss (default: the family's own).
+    #[arg(long)]
+    loss: Option<LossKind>,
+    /// Simulated devices of the chunked sigmoid loss.
+    #[arg(long, default_value_t = 4)]
+    devices: usize,
+    /// Seed of initialisation and data order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Caption template for class-subfolder data.
+    #[arg(long, default_value = "a photo of a {}.")]
+    caption_template: String,
+}
+
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let family = match args.kind {
+        Kind::Clip => Family::Clip,
+        Kind::Siglip => Family::Siglip,
+    };
+    let loss = args.loss.unwrap_or(match family {
+        Family::Clip => LossKind::Softmax,
+        Family::Siglip => LossKind::Sigmoid,
+    });
+    let matches = matches!(
+        (family, loss),
+        (Family::Clip, LossKind::Softmax)
+            | (Family::Siglip, LossKind::Sigmoid | LossKind::SigmoidChunked)
+    );
+    if !matches {
+        bail!(
+            "--loss does not fit the model: CLIP trains with softmax, SigLIP with sigmoid or sigmoid-chunked"
+        );
+    }
+    let chunks = if loss == LossKind::SigmoidChunked {
+        args.devices.max(1)
+    } else {
+        1
+    };
+    if chunks > 1 && !args.batch_size.is_multiple_of(chunks) {
+        bail!(
+            "--batch-size {} is not a multiple of --devices {chunks}",
+            args.batch_size
+        );
+    }
+    if args.init.is_none() && tuwen::train::contrastive::arch_spec(&args.arch).is_none() {
+        bail!(
+            "unknown --arch {:?} (known: {})",
+            args.arch,
+            tuwen::train::contrastive::ARCHS.join(", ")
+        );
+    }
+    let samples = open(&args.data, &CsvSpec::default(), &args.caption_template)?;
+    eprintln!(
+        "{} training pairs from {}",
+        samples.len(),
+        args.data.display()
+    );
+    let device = Device::flex().autodiff();
+    device.seed(args.seed);
+    match &args.init {
+        Some(m) => {
+            let folder = hub::resolve(m)?;
+            tuwen::pipeline::convert(
+                folder.to_str().context("non-UTF-8 path")?,
+                &args.out,
+                &Device::flex(),
+            )?;
+        }
+        None => {
+            let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
+            init_folder(
+                &args.out,
+                family,
+                &args.arch,
+                args.image_size,
+                &captions,
+                args.seed,
+            )?;
+        }
+    }
+    let model = ImageText::load_folder(&args.out, &device)?;
+    if model.family() != family {
+        bail!(
+            "--init is not a {} model",
+            if family == Family::Clip {
+                "CLIP"
+            } else {
+                "SigLIP"
+            }
+        );
+    }
+    let cfg = TrainConfig {
+        steps: args.steps,
+        batch_size: args.batch_size,
+        lr: args
+            .lr
+            .unwrap_or(if family == Family::Clip { 2e-3 } else { 5e-4 }),
+        warmup: args.warmup,
+        weight_decay: args.weight_decay,
+        max_grad_norm: 1.0,
+        seed: args.seed,
+        loss_chunks: chunks,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut metrics = std::fs::File::create(&metrics_path)
+        .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+    let bar = ProgressBar::new(args.steps as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {elapsed}<{eta}")
+            .expect("valid template"),
+    );
+    let (model, report) = train(model, &samples, &cfg, |s| {
+        bar.set_position(s.step as u64 + 1);
+        bar.set_message(format!(
+            "loss {:.3} lr {:.1e} {:.0} samples/s",
+            s.loss, s.lr, s.samples_per_s
+        ));
+        let line = json!({"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
+                          "samples_per_s": s.samples_per_s});
+        let _ = writeln!(metrics, "{line}");
+        !stop.load(Ordering::SeqCst)
+    })?;
+    bar.finish_and_clear();
+    model.save(&args.out)?;
+    let done = report.losses.len();
+    if done < args.steps {
+        eprintln!(
+            "interrupted after {done} steps; saved the model to {}",
+            args.out.display()
+        );
+    }
+    let last = report.losses.last().map_or(f32::NAN, |l| l.1);
+    eprintln!(
+        "trained {done} steps: final loss {last:.3}, {:.0} samples/s, {} unreadable images skipped; model in {}",
+        report.samples_per_s,
+        report.skipped,
+        args.out.display()
+    );
+    if let Some(val) = &args.val {
+        let eval_model = ImageText::load_folder(&args.out, &Device::flex())?;
+        let val_samples = open(val, &CsvSpec::default(), &args.caption_template)?;
+        let r = zero_shot_eval(
+            &eval_model,
+            &val_samples,
+            &args.label_column,
+            &["a {}".to_string()],
+            64,
+        )?;
+        println!("{}", json!({"steps": done, "loss": last, "zero_shot": r}));
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Zero-shot top-1/top-5 accuracy on a labelled CSV.
+    ZeroShot(ZeroShotArgs),
+}
+
+#[derive(Args)]
+pub struct ZeroShotArgs {
+    /// Checkpoint folder or HF repo id (CLIP or SigLIP).
+    #[arg(long)]
+    model: String,
+    /// CSV/TSV with image paths and labels.
+    #[arg(long)]
+    data: PathBuf,
+    /// Column holding the class label.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Column holding the image path.
+    #[arg(long, default_value = "filepath")]
+    image_column: String,
+    /// Prompt template with {} for the label (or `imagenet` for the 80-prompt ensemble).
+    #[arg(long, default_value = DEFAULT_TEMPLATE)]
+    template: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_eval(cmd: EvalCommand, device: &Device) -> Result<()> {
+    let EvalCommand::ZeroShot(args) = cmd;
+    let model = ImageText::load(&args.model, device)?;
+    let spec = CsvSpec {
+        image_column: args.image_column.clone(),
+        caption_column: args.label_column.clone(),
+        separator: None,
+    };
+    let samples = open(&args.data, &spec, "{}")?;
+    let templates: Vec<String> = if args.template == "imagenet" {
+        IMAGENET_TEMPLATES.iter().map(|t| t.to_string()).collect()
+    } else {
+        vec![args.template.clone()]
+    };
+    let r = zero_shot_eval(&model, &samples, &args.label_column, &templates, 64)?;
+    if args.json {
+        println!("{r}");
+    } else {
+        println!(
+            "zero-shot on {} images: top-1 {:.1}%, top-5 {:.1}%",
+            r["n"],
+            r["top1"].as_f64().unwrap_or(0.0) * 100.0,
+            r["top5"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Pictures of coloured shapes with captions, and a test split of held-out pairings.
+    Shapes(ShapesArgs),
+}
+
+#[derive(Args)]
+pub struct ShapesArgs {
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Training pictures (the test split gets a fifth as many, at least 24).
+    #[arg(long, default_value_t = 2000)]
+    n: usize,
+    /// Picture side in pixels.
+    #[arg(long, default_value_t = 64)]
+    size: u32,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run_data(cmd: DataCommand) -> Result<()> {
+    let DataCommand::Shapes(a) = cmd;
+    let s = tuwen::data::shapes::generate(&a.out, a.n, a.size, a.seed)?;
+    println!(
+        "wrote {} training and {} test pictures ({} in held-out pairings) to {}",
+        s.train,
+        s.test,
+        s.test_held_out,
+        a.out.display()
+    );
+    Ok(())
+}

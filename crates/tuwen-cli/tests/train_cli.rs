@@ -1,0 +1,178 @@
+//! `tuwen data shapes`, `tuwen train` and `tuwen eval zero-shot` end to end (short runs; the
+//! learning itself is tested in the library's train_contrastive test).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn tuwen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn one_line_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+}
+
+#[test]
+fn shapes_train_eval() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tuwen-train-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let (d, m) = (data.to_str().unwrap(), dir.join("model"));
+    let o = tuwen(&[
+        "data", "shapes", "--out", d, "--n", "120", "--size", "32", "--seed", "3",
+    ]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("120 training and 24 test"));
+    let train_csv = data.join("train.csv");
+    let test_csv = data.join("test.csv");
+    for kind in ["siglip", "clip"] {
+        let o = tuwen(&[
+            "train",
+            kind,
+            "--data",
+            train_csv.to_str().unwrap(),
+            "--val",
+            test_csv.to_str().unwrap(),
+            "--out",
+            m.to_str().unwrap(),
+            "--steps",
+            "6",
+            "--batch-size",
+            "16",
+            "--warmup",
+            "2",
+        ]);
+        assert!(
+            o.status.success(),
+            "{kind}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        assert_eq!(v["steps"], 6);
+        assert_eq!(v["zero_shot"]["n"], 24);
+        let metrics = std::fs::read_to_string(m.join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count(), 6);
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "preprocessor_config.json",
+        ] {
+            assert!(m.join(f).exists(), "{kind}: no {f}");
+        }
+        let o = tuwen(&[
+            "eval",
+            "zero-shot",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            test_csv.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success());
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        let top1 = v["top1"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&top1) && v["top5"].as_f64().unwrap() >= top1);
+        assert_eq!(v["per_class"].as_object().unwrap().len() > 3, true);
+    }
+    // The chunked sigmoid loss trains too.
+    let o = tuwen(&[
+        "train",
+        "siglip",
+        "--data",
+        train_csv.to_str().unwrap(),
+        "--out",
+        m.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--loss",
+        "sigmoid-chunked",
+        "--devices",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    one_line_error(
+        &tuwen(&[
+            "train",
+            "clip",
+            "--data",
+            train_csv.to_str().unwrap(),
+            "--out",
+            m.to_str().unwrap(),
+            "--loss",
+            "sigmoid",
+        ]),
+        "--loss",
+    );
+    one_line_error(
+        &tuwen(&[
+            "train",
+            "siglip",
+            "--data",
+            train_csv.to_str().unwrap(),
+            "--out",
+            m.to_str().unwrap(),
+            "--loss",
+            "sigmoid-chunked",
+            "--devices",
+            "5",
+            "--batch-size",
+            "16",
+        ]),
+        "multiple",
+    );
+    one_line_error(
+        &tuwen(&[
+            "train",
+            "clip",
+            "--data",
+            "/no/such.csv",
+            "--out",
+            m.to_str().unwrap(),
+        ]),
+        "/no/such.csv",
+    );
+    one_line_error(
+        &tuwen(&[
+            "train",
+            "clip",
+            "--data",
+            train_csv.to_str().unwrap(),
+            "--out",
+            m.to_str().unwrap(),
+            "--arch",
+            "huge",
+        ]),
+        "unknown --arch",
+    );
+    one_line_error(
+        &tuwen(&["data", "shapes", "--out", d, "--size", "4"]),
+        "--size",
+    );
+    one_line_error(
+        &tuwen(&[
+            "eval",
+            "zero-shot",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            test_csv.to_str().unwrap(),
+            "--label-column",
+            "nope",
+        ]),
+        "nope",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
