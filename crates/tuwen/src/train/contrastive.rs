@@ -143,6 +143,10 @@ pub fn init_folder(
         processor.to_string().as_bytes(),
     )?;
 
+    // The device's generator is shared: hold it while seeding and drawing the initial weights,
+    // so that concurrent initialisations cannot interleave and a seed means one model.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex();
     device.seed(seed);
     let vision = json!({"hidden_size": vd, "intermediate_size": 4 * vd, "num_hidden_layers": vl,
