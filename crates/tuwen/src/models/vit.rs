@@ -11,13 +11,12 @@ use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{
-    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::{self, ModelConfig};
+use crate::nn::encoder::linear;
 use crate::nn::{Activation, pos_embed, scaled_dot_product_attention};
 use crate::{Error, Result};
 
@@ -273,13 +272,6 @@ impl ViTConfig {
         obj.insert("label2id".into(), label2id.into());
         v
     }
-}
-
-fn linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Linear {
-    LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .with_initializer(Initializer::Normal { mean: 0.0, std })
-        .init(device)
 }
 
 /// Cuts the image into patches and projects each to `hidden_size` (one strided convolution).

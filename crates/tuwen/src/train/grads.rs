@@ -6,37 +6,63 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Gradients;
 
+/// Where a module visitor is: the field path and the container types around it.
+#[derive(Default)]
+pub(crate) struct ModulePath {
+    /// Field names from the root, the parameter's own name last.
+    pub path: Vec<String>,
+    containers: Vec<String>,
+}
+
+impl ModulePath {
+    pub(crate) fn enter(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
+    }
+
+    pub(crate) fn exit(&mut self) {
+        self.path.pop();
+        self.containers.pop();
+    }
+
+    /// The innermost user-defined module, e.g. "Struct:Linear".
+    pub(crate) fn module_type(&self) -> &str {
+        self.containers
+            .iter()
+            .rev()
+            .find(|c| c.starts_with("Struct:"))
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    /// The parameter's own name.
+    pub(crate) fn name(&self) -> &str {
+        self.path.last().map(String::as_str).unwrap_or("")
+    }
+}
+
 struct GradVisitor<'a> {
     grads: &'a Gradients,
-    path: Vec<String>,
-    containers: Vec<String>,
+    at: ModulePath,
     out: BTreeMap<String, (Vec<f32>, Vec<usize>)>,
 }
 
 impl ModuleVisitor for GradVisitor<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.to_string());
-        self.containers.push(container_type.to_string());
+        self.at.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-        self.containers.pop();
+        self.at.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let Some(grad) = param.val().grad(self.grads) else {
             return;
         };
-        let module = self
-            .containers
-            .iter()
-            .rev()
-            .find(|c| c.starts_with("Struct:"))
-            .map(String::as_str)
-            .unwrap_or("");
-        let mut name = self.path.clone();
-        let last = name.last().cloned().unwrap_or_default();
+        let module = self.at.module_type();
+        let mut name = self.at.path.clone();
+        let last = self.at.name();
         let mut shape = grad.dims().to_vec();
         let grad = if module == "Struct:Linear" && last == "weight" && D == 2 {
             // burn stores [in, out]; PyTorch [out, in].
@@ -69,8 +95,7 @@ pub fn named_grads<M: Module>(
 ) -> BTreeMap<String, (Vec<f32>, Vec<usize>)> {
     let mut v = GradVisitor {
         grads,
-        path: Vec::new(),
-        containers: Vec::new(),
+        at: ModulePath::default(),
         out: BTreeMap::new(),
     };
     module.visit(&mut v);

@@ -5,34 +5,27 @@ use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 
+use super::grads::ModulePath;
+
 /// Parameters that get no weight decay: norms, biases, embeddings and the learned temperature
 /// and bias, as open_clip and big_vision exclude them.
+#[derive(Default)]
 struct NoDecay {
-    path: Vec<String>,
-    containers: Vec<String>,
+    at: ModulePath,
     ids: Vec<ParamId>,
 }
 
 impl ModuleVisitor for NoDecay {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.push(name.to_string());
-        self.containers.push(container_type.to_string());
+        self.at.enter(name, container_type);
     }
 
     fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-        self.containers.pop();
+        self.at.exit();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let module = self
-            .containers
-            .iter()
-            .rev()
-            .find(|c| c.starts_with("Struct:"))
-            .map(String::as_str)
-            .unwrap_or("");
-        let name = self.path.last().map(String::as_str).unwrap_or("");
+        let (module, name) = (self.at.module_type(), self.at.name());
         let no_decay = D < 2
             || matches!(module, "Struct:LayerNorm" | "Struct:Embedding")
             || matches!(
@@ -53,11 +46,7 @@ impl ModuleVisitor for NoDecay {
 
 /// The ids of the parameters that take no weight decay.
 pub fn no_decay_params<M: Module>(module: &M) -> Vec<ParamId> {
-    let mut v = NoDecay {
-        path: Vec::new(),
-        containers: Vec::new(),
-        ids: Vec::new(),
-    };
+    let mut v = NoDecay::default();
     module.visit(&mut v);
     v.ids
 }
