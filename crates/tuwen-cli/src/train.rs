@@ -14,7 +14,7 @@ use tuwen::data::captions::{CsvSpec, open};
 use tuwen::hub;
 use tuwen::pipeline::ImageText;
 use tuwen::pipeline::image_text::{DEFAULT_TEMPLATE, Family, IMAGENET_TEMPLATES};
-use tuwen::train::contrastive::{TrainConfig, init_folder, train, zero_shot_eval};
+use tuwen::train::contrastive::{TrainConfig, init_folder, retrieval_eval, train, zero_shot_eval};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Kind {
@@ -234,6 +234,21 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 pub enum EvalCommand {
     /// Zero-shot top-1/top-5 accuracy on a labelled CSV.
     ZeroShot(ZeroShotArgs),
+    /// Image-to-text and text-to-image recall@1/5/10 on captioned pairs.
+    Retrieval(RetrievalArgs),
+}
+
+#[derive(Args)]
+pub struct RetrievalArgs {
+    /// Checkpoint folder or HF repo id (CLIP or SigLIP).
+    #[arg(long)]
+    model: String,
+    /// Captioned pairs: CSV/TSV (filepath,caption), sidecar folder or class folders.
+    #[arg(long)]
+    data: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -259,7 +274,28 @@ pub struct ZeroShotArgs {
 }
 
 pub fn run_eval(cmd: EvalCommand, device: &Device) -> Result<()> {
-    let EvalCommand::ZeroShot(args) = cmd;
+    let args = match cmd {
+        EvalCommand::ZeroShot(args) => args,
+        EvalCommand::Retrieval(args) => {
+            let model = ImageText::load(&args.model, device)?;
+            let samples = open(&args.data, &CsvSpec::default(), "a photo of a {}.")?;
+            let r = retrieval_eval(&model, &samples, 64)?;
+            if args.json {
+                println!("{r}");
+            } else {
+                for dir in ["image_to_text", "text_to_image"] {
+                    println!(
+                        "{dir}: R@1 {:.1}%  R@5 {:.1}%  R@10 {:.1}%  ({} pairs)",
+                        r[dir]["R@1"].as_f64().unwrap_or(0.0) * 100.0,
+                        r[dir]["R@5"].as_f64().unwrap_or(0.0) * 100.0,
+                        r[dir]["R@10"].as_f64().unwrap_or(0.0) * 100.0,
+                        r["n"]
+                    );
+                }
+            }
+            return Ok(());
+        }
+    };
     let model = ImageText::load(&args.model, device)?;
     let spec = CsvSpec {
         image_column: args.image_column.clone(),

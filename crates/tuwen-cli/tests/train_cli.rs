@@ -83,6 +83,24 @@ fn shapes_train_eval() {
         let top1 = v["top1"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&top1) && v["top5"].as_f64().unwrap() >= top1);
         assert!(v["per_class"].as_object().unwrap().len() > 3);
+        let o = tuwen(&[
+            "eval",
+            "retrieval",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            test_csv.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success());
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        assert_eq!(v["n"], 24);
+        let (r1, r10) = (
+            v["text_to_image"]["R@1"].as_f64().unwrap(),
+            v["text_to_image"]["R@10"].as_f64().unwrap(),
+        );
+        assert!(r1 <= r10 && r10 <= 1.0);
     }
     // The chunked sigmoid loss trains too.
     let o = tuwen(&[

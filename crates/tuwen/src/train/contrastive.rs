@@ -351,3 +351,42 @@ pub fn zero_shot_eval(
         "per_class": per_class,
     }))
 }
+
+/// Recall@1/5/10 in both directions on image-caption pairs: for image→text, an image counts as
+/// found when its own caption ranks among the top k of all captions (and the reverse).
+pub fn retrieval_eval(
+    model: &ImageText,
+    samples: &[Sample],
+    batch_size: usize,
+) -> Result<serde_json::Value> {
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
+    let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
+    let images = model.encode_images(&paths, batch_size)?;
+    let texts = model.encode_texts(&captions, batch_size)?;
+    let sims: Vec<Vec<f32>> = images
+        .iter()
+        .map(|i| {
+            texts
+                .iter()
+                .map(|t| i.iter().zip(t).map(|(a, b)| a * b).sum())
+                .collect()
+        })
+        .collect();
+    let n = samples.len();
+    // The rank of entry `own` in `row` (0 = best); ties count against the query.
+    let rank = |row: &[f32], own: usize| row.iter().filter(|&&x| x >= row[own]).count() - 1;
+    let recall =
+        |ranks: &[usize], k: usize| ranks.iter().filter(|&&r| r < k).count() as f64 / n as f64;
+    let i2t: Vec<usize> = (0..n).map(|i| rank(&sims[i], i)).collect();
+    let t2i: Vec<usize> = (0..n)
+        .map(|j| {
+            let col: Vec<f32> = sims.iter().map(|r| r[j]).collect();
+            rank(&col, j)
+        })
+        .collect();
+    Ok(json!({
+        "n": n,
+        "image_to_text": {"R@1": recall(&i2t, 1), "R@5": recall(&i2t, 5), "R@10": recall(&i2t, 10)},
+        "text_to_image": {"R@1": recall(&t2i, 1), "R@5": recall(&t2i, 5), "R@10": recall(&t2i, 10)},
+    }))
+}
