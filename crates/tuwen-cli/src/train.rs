@@ -81,6 +81,15 @@ pub struct TrainArgs {
     /// Simulated devices of the chunked sigmoid loss.
     #[arg(long, default_value_t = 4)]
     devices: usize,
+    /// LiT: keep the image tower (from --init) as it is and train the rest.
+    #[arg(long)]
+    lock_image: bool,
+    /// Keep the text tower as it is.
+    #[arg(long)]
+    lock_text: bool,
+    /// FLIP: the share of image patches dropped in each training step (none at evaluation).
+    #[arg(long, default_value_t = 0.0)]
+    patch_dropout: f64,
     /// Seed of initialisation and data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -177,6 +186,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         max_grad_norm: 1.0,
         seed: args.seed,
         loss_chunks: chunks,
+        lock_image: args.lock_image,
+        lock_text: args.lock_text,
+        patch_dropout: args.patch_dropout,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();

@@ -30,6 +30,9 @@ fn run(family: Family, tag: &str, steps: usize, lr: f64) -> (f64, f64, f32, f32)
         max_grad_norm: 1.0,
         seed: 1,
         loss_chunks: 1,
+        lock_image: false,
+        lock_text: false,
+        patch_dropout: 0.0,
     };
     let t0 = std::time::Instant::now();
     let (model, report) = train(model, &train_set, &cfg, |i| {
@@ -92,4 +95,58 @@ fn siglip_learns_shapes() {
     let (top1, top5, first, last) = run(Family::Siglip, "siglip", 500, 5e-4);
     assert!(last < 4.5 && last < first, "loss {first} -> {last}");
     assert!(top5 > 0.35, "zero-shot top-1 {top1}, top-5 {top5}");
+}
+
+#[test]
+fn locked_image_tower_stays_and_patch_dropout_trains() {
+    let dir = std::env::temp_dir().join(format!("tuwen-lit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    shapes::generate(&dir.join("data"), 64, 32, 2).unwrap();
+    let set = open(&dir.join("data/train.csv"), &CsvSpec::default(), "{}").unwrap();
+    let captions: Vec<String> = set.iter().map(|s| s.caption.clone()).collect();
+    let out = dir.join("model");
+    init_folder(&out, Family::Clip, "tiny", 32, &captions, 3).unwrap();
+    let probe_img = vec![set[0].image.clone()];
+    let probe_txt = vec![set[0].caption.clone()];
+    let before = ImageText::load_folder(&out, &Device::flex()).unwrap();
+    let (img0, txt0) = (
+        before.encode_images(&probe_img, 1).unwrap(),
+        before.encode_texts(&probe_txt, 1).unwrap(),
+    );
+    let model = ImageText::load_folder(&out, &Device::flex().autodiff()).unwrap();
+    let cfg = TrainConfig {
+        steps: 5,
+        batch_size: 16,
+        lr: 1e-3,
+        warmup: 1,
+        weight_decay: 0.1,
+        max_grad_norm: 1.0,
+        seed: 1,
+        loss_chunks: 1,
+        lock_image: true,
+        lock_text: false,
+        patch_dropout: 0.5,
+    };
+    let (model, report) = train(model, &set, &cfg, |_| true).unwrap();
+    assert_eq!(report.losses.len(), 5);
+    model.save(&out).unwrap();
+    let after = ImageText::load_folder(&out, &Device::flex()).unwrap();
+    let (img1, txt1) = (
+        after.encode_images(&probe_img, 1).unwrap(),
+        after.encode_texts(&probe_txt, 1).unwrap(),
+    );
+    assert_eq!(img0, img1, "the locked image tower changed");
+    let moved: f32 = txt0[0]
+        .iter()
+        .zip(&txt1[0])
+        .map(|(a, b)| (a - b).abs())
+        .sum();
+    assert!(moved > 1e-3, "the text tower did not train");
+    let both = TrainConfig {
+        lock_text: true,
+        ..cfg
+    };
+    let model = ImageText::load_folder(&out, &Device::flex().autodiff()).unwrap();
+    assert!(train(model, &set, &both, |_| true).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -271,12 +271,15 @@ pub struct ClipVisionTransformer {
     pub encoder: Encoder,
     /// Norm of the pooled class token.
     pub post_layernorm: LayerNorm,
+    /// FLIP patch dropout: the share of patch tokens dropped in training (0: none).
+    pub patch_dropout: f64,
 }
 
 impl ClipVisionTransformer {
     /// `[b, c, h, w]` to (last hidden state `[b, t, d]`, pooled `[b, d]`).
     pub fn forward(&self, pixels: Tensor<4>) -> (Tensor<3>, Tensor<2>) {
-        let x = self.pre_layrnorm.forward(self.embeddings.forward(pixels));
+        let x = pos_embed::patch_dropout(self.embeddings.forward(pixels), self.patch_dropout, 1);
+        let x = self.pre_layrnorm.forward(x);
         let x = self.encoder.forward(x, None);
         let [b, _, d] = x.dims();
         let pooled = self
@@ -414,6 +417,7 @@ impl ClipModel {
                 pre_layrnorm: layer_norm(v.hidden_size, v.layer_norm_eps, device),
                 encoder: Encoder::new(&vision_spec, device),
                 post_layernorm: layer_norm(v.hidden_size, v.layer_norm_eps, device),
+                patch_dropout: 0.0,
             },
             visual_projection: linear(v.hidden_size, cfg.projection_dim, false, std, device),
             text_projection: linear(t.hidden_size, cfg.projection_dim, false, std, device),

@@ -294,12 +294,15 @@ pub struct SiglipVisionTransformer {
     pub post_layernorm: LayerNorm,
     /// Attention pooling.
     pub head: SiglipMultiheadAttentionPoolingHead,
+    /// FLIP patch dropout: the share of patch tokens dropped in training (0: none).
+    pub patch_dropout: f64,
 }
 
 impl SiglipVisionTransformer {
     /// `[b, c, h, w]` to (last hidden state, pooled `[b, d]`).
     pub fn forward(&self, pixels: Tensor<4>) -> (Tensor<3>, Tensor<2>) {
-        let x = self.encoder.forward(self.embeddings.forward(pixels), None);
+        let x = pos_embed::patch_dropout(self.embeddings.forward(pixels), self.patch_dropout, 0);
+        let x = self.encoder.forward(x, None);
         let x = self.post_layernorm.forward(x);
         let pooled = self.head.forward(x.clone());
         (x, pooled)
@@ -441,6 +444,7 @@ impl SiglipModel {
                     layernorm: layer_norm(d, v.layer_norm_eps, device),
                     mlp: Mlp::new(d, v.intermediate_size, v.hidden_act, std, device),
                 },
+                patch_dropout: 0.0,
             },
             logit_scale: Param::from_tensor(Tensor::from_floats([10f32.ln()], device)),
             logit_bias: Param::from_tensor(Tensor::from_floats([-10f32], device)),

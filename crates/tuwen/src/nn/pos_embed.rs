@@ -76,3 +76,57 @@ mod tests {
         }
     }
 }
+
+/// FLIP's patch dropout: keeps a random `1 - p` share of the `n` patch tokens of each image
+/// (`x`: `[b, skip + n, d]`, the first `skip` tokens, e.g. a class token, always kept).
+/// Only in training: returns `x` unchanged when `p` is 0 or the device records no gradients.
+pub fn patch_dropout(x: Tensor<3>, p: f64, skip: usize) -> Tensor<3> {
+    if p <= 0.0 || !x.device().is_autodiff() {
+        return x;
+    }
+    let [b, t, d] = x.dims();
+    let n = t - skip;
+    let keep = ((n as f64 * (1.0 - p)).round() as usize).clamp(1, n);
+    let scores = Tensor::<2>::random([b, n], burn::tensor::Distribution::Default, &x.device());
+    let idx = scores.argsort(1).slice(s![.., 0..keep]) + skip as i64;
+    let patches = x
+        .clone()
+        .gather(1, idx.unsqueeze_dim::<3>(2).expand([b, keep, d]));
+    if skip == 0 {
+        patches
+    } else {
+        Tensor::cat(vec![x.slice(s![.., 0..skip, ..]), patches], 1)
+    }
+}
+
+#[cfg(test)]
+mod patch_dropout_tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_class_token_and_a_share_of_patches_only_in_training() {
+        let train = Device::flex().autodiff();
+        // Token i holds the value i everywhere, so kept tokens can be identified.
+        let values: Vec<f32> = (0..2 * 9 * 4).map(|k| ((k / 4) % 9) as f32).collect();
+        let x = Tensor::<3>::from_data(TensorData::new(values.clone(), [2, 9, 4]), &train);
+        let y = patch_dropout(x, 0.5, 1);
+        assert_eq!(y.dims(), [2, 5, 4]);
+        let v = y
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        for b in 0..2 {
+            let tokens: Vec<f32> = (0..5).map(|t| v[(b * 5 + t) * 4]).collect();
+            assert_eq!(tokens[0], 0.0, "class token first");
+            let mut rest = tokens[1..].to_vec();
+            rest.sort_by(f32::total_cmp);
+            rest.dedup();
+            assert_eq!(rest.len(), 4, "distinct patches: {tokens:?}");
+            assert!(rest.iter().all(|&t| (1.0..9.0).contains(&t)));
+        }
+        let infer = Device::flex();
+        let x = Tensor::<3>::from_data(TensorData::new(values, [2, 9, 4]), &infer);
+        assert_eq!(patch_dropout(x, 0.5, 1).dims(), [2, 9, 4]);
+    }
+}

@@ -256,7 +256,27 @@ impl ImageText {
         ids: Tensor<2, Int>,
         chunks: usize,
     ) -> Tensor<1> {
-        let (img, txt) = (self.image_embeds(pixels), self.text_embeds(ids));
+        self.contrastive_loss_locked(pixels, ids, chunks, false, false)
+    }
+
+    /// [`Self::contrastive_loss`] with towers locked (LiT): a locked tower's embeddings are
+    /// detached, so its parameters get no gradient and stay as they are.
+    pub fn contrastive_loss_locked(
+        &self,
+        pixels: Tensor<4>,
+        ids: Tensor<2, Int>,
+        chunks: usize,
+        lock_image: bool,
+        lock_text: bool,
+    ) -> Tensor<1> {
+        let mut img = self.image_embeds(pixels);
+        let mut txt = self.text_embeds(ids);
+        if lock_image {
+            img = img.detach();
+        }
+        if lock_text {
+            txt = txt.detach();
+        }
         match &self.towers {
             Towers::Clip(m) => crate::loss::clip_loss(img, txt, m.logit_scale.val()),
             Towers::Siglip(m) if chunks > 1 => crate::loss::siglip_loss_chunked(
@@ -305,6 +325,14 @@ impl ImageText {
             }
         };
         (self, norm)
+    }
+
+    /// Sets FLIP patch dropout: the share of image patches dropped in training steps.
+    pub fn set_patch_dropout(&mut self, p: f64) {
+        match &mut self.towers {
+            Towers::Clip(m) => m.vision_model.patch_dropout = p,
+            Towers::Siglip(m) => m.vision_model.patch_dropout = p,
+        }
     }
 
     /// The compute device.

@@ -41,6 +41,12 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Simulated devices of the chunked sigmoid loss (1: dense loss).
     pub loss_chunks: usize,
+    /// LiT: keep the image tower as it is.
+    pub lock_image: bool,
+    /// Keep the text tower as it is.
+    pub lock_text: bool,
+    /// FLIP: share of image patches dropped in each training step.
+    pub patch_dropout: f64,
 }
 
 /// Sizes of the architectures `--arch` names.
@@ -232,6 +238,18 @@ pub fn train(
             cfg.batch_size
         )));
     }
+    if cfg.lock_image && cfg.lock_text {
+        return Err(Error::InvalidInput(
+            "locking both towers leaves nothing to train".into(),
+        ));
+    }
+    if !(0.0..1.0).contains(&cfg.patch_dropout) {
+        return Err(Error::InvalidInput(format!(
+            "patch dropout {} must be in [0, 1)",
+            cfg.patch_dropout
+        )));
+    }
+    model.set_patch_dropout(cfg.patch_dropout);
     let device = model.device().clone();
     let mut optim = model.optimizer(cfg.weight_decay);
     let mut losses = Vec::with_capacity(cfg.steps);
@@ -258,7 +276,13 @@ pub fn train(
         }
         let pixels = batch_tensor(items[..keep].to_vec(), &device)?;
         let ids = model.tokenize(&captions[..keep])?;
-        let loss = model.contrastive_loss(pixels, ids, cfg.loss_chunks);
+        let loss = model.contrastive_loss_locked(
+            pixels,
+            ids,
+            cfg.loss_chunks,
+            cfg.lock_image,
+            cfg.lock_text,
+        );
         let loss_value: f32 = loss.clone().into_scalar();
         if !loss_value.is_finite() {
             return Err(Error::InvalidInput(format!(
@@ -285,6 +309,7 @@ pub fn train(
             break;
         }
     }
+    model.set_patch_dropout(0.0);
     rates.sort_by(f64::total_cmp);
     let samples_per_s = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
     Ok((
