@@ -49,6 +49,9 @@ enum Command {
     /// Make data sets.
     #[command(subcommand)]
     Data(train::DataCommand),
+    /// Time training steps (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(train::BenchCommand),
     /// Re-save a checkpoint as one model.safetensors with transformers' names (merges shards).
     Convert(ConvertArgs),
     /// The container-with-most-water answer for a list of heights (LeetCode 11).
@@ -123,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run_train(args),
         Command::Eval(cmd) => train::run_eval(cmd, &device()?),
         Command::Data(cmd) => train::run_data(cmd),
+        Command::Bench(cmd) => train::run_bench(cmd),
     }
 }
 

@@ -335,6 +335,70 @@ pub fn run_eval(cmd: EvalCommand, device: &Device) -> Result<()> {
 }
 
 #[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Time a training step (forward, backward, AdamW) on random inputs.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    /// Model family.
+    #[arg(long, value_enum, default_value = "clip")]
+    family: Kind,
+    /// Architecture: tiny, small, b32, b16.
+    #[arg(long, default_value = "tiny")]
+    arch: String,
+    /// Image side.
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+}
+
+pub fn run_bench(cmd: BenchCommand) -> Result<()> {
+    let BenchCommand::Train(a) = cmd;
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let family = match a.family {
+        Kind::Clip => Family::Clip,
+        Kind::Siglip => Family::Siglip,
+    };
+    let mut t = tuwen::train::bench::contrastive_step_times(
+        family,
+        &a.arch,
+        a.image_size,
+        a.batch_size,
+        a.warmup,
+        a.steps,
+    )?;
+    t.sort_by(f64::total_cmp);
+    let med = t[t.len() / 2];
+    println!(
+        "tuwen {} {} {}px batch {}, {} threads: median {:.1} ms/step, {:.0} samples/s",
+        if family == Family::Clip {
+            "clip"
+        } else {
+            "siglip"
+        },
+        a.arch,
+        a.image_size,
+        a.batch_size,
+        tuwen::device::threads(),
+        med * 1000.0,
+        a.batch_size as f64 / med
+    );
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum DataCommand {
     /// Pictures of coloured shapes with captions, and a test split of held-out pairings.
     Shapes(ShapesArgs),

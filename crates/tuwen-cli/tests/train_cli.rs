@@ -121,6 +121,21 @@ fn shapes_train_eval() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
+    let o = tuwen(&[
+        "bench",
+        "train",
+        "--family",
+        "siglip",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("samples/s"));
+
     one_line_error(
         &tuwen(&[
             "train",

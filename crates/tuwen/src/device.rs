@@ -46,6 +46,11 @@ pub fn set_threads(n: usize) -> Result<()> {
         .map_err(|e| Error::InvalidInput(format!("cannot set threads: {e}")))
 }
 
+/// The number of CPU threads the CPU backend and preprocessing use.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

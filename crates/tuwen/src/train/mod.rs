@@ -1,5 +1,6 @@
 //! Training: the pieces shared by every family's training loop.
 
+pub mod bench;
 pub mod contrastive;
 pub mod grads;
 pub mod optim;
