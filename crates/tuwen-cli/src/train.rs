@@ -214,6 +214,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     bar.finish_and_clear();
     model.save(&args.out)?;
     let done = report.losses.len();
+    if done >= 2 {
+        tuwen::train::plot::loss_curve_png(&report.losses, &args.out.join("curves.png"))?;
+    }
     if done < args.steps {
         eprintln!(
             "interrupted after {done} steps; saved the model to {}",

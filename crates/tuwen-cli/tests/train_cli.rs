@@ -59,6 +59,7 @@ fn shapes_train_eval() {
         assert_eq!(v["zero_shot"]["n"], 24);
         let metrics = std::fs::read_to_string(m.join("metrics.jsonl")).unwrap();
         assert_eq!(metrics.lines().count(), 6);
+        assert!(m.join("curves.png").exists(), "{kind}: no curves.png");
         for f in [
             "config.json",
             "model.safetensors",

@@ -1,0 +1,94 @@
+//! Training curves as a PNG: the raw loss per step (light) and its running mean (dark), on
+//! axes scaled to the data. No text is drawn; the run's metrics.jsonl holds the numbers.
+
+use std::path::Path;
+
+use image::{Rgb, RgbImage};
+
+use crate::hub::write_atomic;
+use crate::{Error, Result};
+
+const W: u32 = 640;
+const H: u32 = 360;
+const MARGIN: u32 = 24;
+
+fn line(img: &mut RgbImage, (x0, y0): (f32, f32), (x1, y1): (f32, f32), color: [u8; 3]) {
+    let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
+    for i in 0..=steps {
+        let t = i as f32 / steps as f32;
+        let (x, y) = (x0 + (x1 - x0) * t, y0 + (y1 - y0) * t);
+        if x >= 0.0 && y >= 0.0 && (x as u32) < W && (y as u32) < H {
+            img.put_pixel(x as u32, y as u32, Rgb(color));
+        }
+    }
+}
+
+/// Draws the loss curve of `losses` (`(step, loss)`) and writes it to `path` atomically.
+pub fn loss_curve_png(losses: &[(usize, f32)], path: &Path) -> Result<()> {
+    let finite: Vec<(usize, f32)> = losses.iter().copied().filter(|l| l.1.is_finite()).collect();
+    if finite.len() < 2 {
+        return Err(Error::InvalidInput(
+            "need at least two finite losses to plot".into(),
+        ));
+    }
+    let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
+    let (lo, hi) = finite
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), l| {
+            (a.min(l.1), b.max(l.1))
+        });
+    let span = (hi - lo).max(1e-6);
+    let last_step = finite.last().expect("two or more").0.max(1) as f32;
+    let (pw, ph) = ((W - 2 * MARGIN) as f32, (H - 2 * MARGIN) as f32);
+    let at = |step: usize, loss: f32| {
+        (
+            MARGIN as f32 + step as f32 / last_step * pw,
+            MARGIN as f32 + (hi - loss) / span * ph,
+        )
+    };
+    let axis = [90, 90, 90];
+    line(&mut img, at(0, lo), at(last_step as usize, lo), axis);
+    line(&mut img, at(0, lo), at(0, hi), axis);
+    for w in finite.windows(2) {
+        line(
+            &mut img,
+            at(w[0].0, w[0].1),
+            at(w[1].0, w[1].1),
+            [160, 190, 235],
+        );
+    }
+    let mut ema = finite[0].1;
+    let mut prev = at(finite[0].0, ema);
+    for &(s, l) in &finite[1..] {
+        ema = 0.9 * ema + 0.1 * l;
+        let p = at(s, ema);
+        line(&mut img, prev, p, [20, 60, 160]);
+        prev = p;
+    }
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::InvalidInput(format!("cannot encode PNG: {e}")))?;
+    write_atomic(path, &png)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_a_falling_curve() {
+        let losses: Vec<(usize, f32)> = (0..100)
+            .map(|s| (s, 4.0 * (-(s as f32) / 30.0).exp() + 1.0))
+            .collect();
+        let p = std::env::temp_dir().join(format!("tuwen-curve-{}.png", std::process::id()));
+        loss_curve_png(&losses, &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (W, H));
+        // The curve starts high on the left and ends low on the right.
+        let dark = |x: u32| (0..H).find(|&y| img.get_pixel(x, y).0 == [160, 190, 235]);
+        let (left, right) = (dark(MARGIN + 2).unwrap(), dark(W - MARGIN - 2).unwrap());
+        assert!(left < right, "{left} {right}");
+        assert!(loss_curve_png(&losses[..1], &p).is_err());
+        std::fs::remove_file(&p).unwrap();
+    }
+}
