@@ -9,6 +9,7 @@ use serde_json::json;
 use tuwen::burn::prelude::Device;
 use tuwen::data::files::{walk_images, write_npy, write_safetensors};
 use tuwen::pipeline::ImageText;
+use tuwen::pipeline::image_text::dot;
 
 #[derive(Args)]
 pub struct EmbedArgs {
@@ -197,10 +198,7 @@ pub fn similarity(args: SimilarityArgs, device: &Device) -> Result<()> {
         println!("  [{j}] {t}");
     }
     for (p, e) in args.images.iter().zip(&images) {
-        let row: Vec<String> = texts
-            .iter()
-            .map(|t| format!("{:+.3}", e.iter().zip(t).map(|(a, b)| a * b).sum::<f32>()))
-            .collect();
+        let row: Vec<String> = texts.iter().map(|t| format!("{:+.3}", dot(e, t))).collect();
         println!("{}  {}", row.join("  "), p.display());
     }
     Ok(())

@@ -184,7 +184,7 @@ impl ClipConfig {
     pub fn validate(&self) -> Result<(), String> {
         let t = &self.text_config;
         let v = &self.vision_config;
-        for (name, value) in [
+        super::require_positive(&[
             ("text_config.hidden_size", t.hidden_size),
             ("text_config.num_attention_heads", t.num_attention_heads),
             ("text_config.vocab_size", t.vocab_size),
@@ -197,11 +197,7 @@ impl ClipConfig {
             ("vision_config.patch_size", v.patch_size),
             ("vision_config.image_size", v.image_size),
             ("projection_dim", self.projection_dim),
-        ] {
-            if value == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
+        ])?;
         if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return Err(
                 "text_config.hidden_size is not a multiple of its num_attention_heads".into(),

@@ -4,3 +4,11 @@
 pub mod clip;
 pub mod siglip;
 pub mod vit;
+
+/// Checks that every named size in a config is positive; the error names the first that is not.
+pub(crate) fn require_positive(fields: &[(&str, usize)]) -> Result<(), String> {
+    match fields.iter().find(|(_, v)| *v == 0) {
+        Some((name, _)) => Err(format!("{name} must be positive")),
+        None => Ok(()),
+    }
+}

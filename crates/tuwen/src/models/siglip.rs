@@ -167,7 +167,7 @@ impl SiglipConfig {
     /// Checks that the numbers make a model.
     pub fn validate(&self) -> Result<(), String> {
         let (t, v) = (&self.text_config, &self.vision_config);
-        for (name, value) in [
+        super::require_positive(&[
             ("text_config.hidden_size", t.hidden_size),
             ("text_config.num_attention_heads", t.num_attention_heads),
             ("text_config.vocab_size", t.vocab_size),
@@ -179,11 +179,7 @@ impl SiglipConfig {
             ("vision_config.num_attention_heads", v.num_attention_heads),
             ("vision_config.patch_size", v.patch_size),
             ("vision_config.image_size", v.image_size),
-        ] {
-            if value == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
+        ])?;
         if !t.hidden_size.is_multiple_of(t.num_attention_heads)
             || !v.hidden_size.is_multiple_of(v.num_attention_heads)
         {

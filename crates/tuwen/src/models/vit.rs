@@ -159,11 +159,7 @@ impl ViTConfig {
             ("patch_size", self.patch_size),
             ("num_channels", self.num_channels),
         ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
+        super::require_positive(&positive)?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",

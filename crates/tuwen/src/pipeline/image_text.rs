@@ -21,6 +21,17 @@ pub enum Family {
     Siglip,
 }
 
+impl Family {
+    /// Probabilities from one image's logits over texts: softmax (CLIP) or an independent
+    /// sigmoid per text (SigLIP).
+    pub fn probabilities(self, logits: &[f32]) -> Vec<f32> {
+        match self {
+            Family::Clip => super::softmax(logits),
+            Family::Siglip => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+        }
+    }
+}
+
 enum Towers {
     Clip(Box<ClipModel>),
     Siglip(Box<SiglipModel>),
@@ -477,10 +488,7 @@ impl ImageText {
     /// Probabilities from one image's logits: softmax over texts (CLIP) or a sigmoid per text
     /// (SigLIP).
     pub fn probs(&self, logits: &[f32]) -> Vec<f32> {
-        match self.family() {
-            Family::Clip => super::softmax(logits),
-            Family::Siglip => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-        }
+        self.family().probabilities(logits)
     }
 
     /// A zero-shot classifier: each label's text embedding is the renormalised mean of its
@@ -529,7 +537,8 @@ fn check_batch(batch_size: usize) -> Result<()> {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// The dot product of two embeddings (their cosine when both have unit length).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
@@ -559,10 +568,7 @@ impl ZeroShotClassifier {
             .collect();
         let probs = logits
             .iter()
-            .map(|l| match self.family {
-                Family::Clip => super::softmax(l),
-                Family::Siglip => l.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-            })
+            .map(|l| self.family.probabilities(l))
             .collect();
         (logits, probs)
     }

@@ -15,7 +15,7 @@ use crate::hub;
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
 use crate::pipeline::ImageText;
-use crate::pipeline::image_text::Family;
+use crate::pipeline::image_text::{Family, dot};
 use crate::text::train_word_tokenizer;
 use crate::{Error, Result};
 
@@ -390,12 +390,7 @@ pub fn retrieval_eval(
     let texts = model.encode_texts(&captions, batch_size)?;
     let sims: Vec<Vec<f32>> = images
         .iter()
-        .map(|i| {
-            texts
-                .iter()
-                .map(|t| i.iter().zip(t).map(|(a, b)| a * b).sum())
-                .collect()
-        })
+        .map(|i| texts.iter().map(|t| dot(i, t)).collect())
         .collect();
     let n = samples.len();
     // The rank of entry `own` in `row` (0 = best); ties count against the query.
