@@ -14,6 +14,7 @@ use tuwen::data::captions::{CsvSpec, open};
 use tuwen::hub;
 use tuwen::pipeline::ImageText;
 use tuwen::pipeline::image_text::{DEFAULT_TEMPLATE, Family, IMAGENET_TEMPLATES};
+use tuwen::train::checkpoint;
 use tuwen::train::contrastive::{TrainConfig, init_folder, retrieval_eval, train, zero_shot_eval};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,6 +94,22 @@ pub struct TrainArgs {
     /// Seed of initialisation and data order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// GradCache: compute each step's loss over the whole batch in K micro-batches (less
+    /// memory, the same gradients).
+    #[arg(long, default_value_t = 1)]
+    accum_freq: usize,
+    /// Save a checkpoint (OUT/checkpoint) every N steps; one is always saved at the end.
+    #[arg(long, default_value_t = 100)]
+    save_every: usize,
+    /// Continue the run saved in OUT/checkpoint (same data and settings).
+    #[arg(long)]
+    resume: bool,
+    /// Zero-shot score on --val every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    val_every: usize,
+    /// Prompt template of the zero-shot validation, {} for the label.
+    #[arg(long, default_value = "a {}")]
+    val_template: String,
     /// Caption template for class-subfolder data.
     #[arg(long, default_value = "a photo of a {}.")]
     caption_template: String,
@@ -143,28 +160,40 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     );
     let device = Device::flex().autodiff();
     device.seed(args.seed);
-    match &args.init {
-        Some(m) => {
-            let folder = hub::resolve(m)?;
-            tuwen::pipeline::convert(
-                folder.to_str().context("non-UTF-8 path")?,
-                &args.out,
-                &Device::flex(),
-            )?;
+    let ckpt_dir = args.out.join("checkpoint");
+    let resume_from = if args.resume {
+        let found = checkpoint::find(&ckpt_dir).with_context(|| {
+            format!(
+                "--resume: no checkpoint in {} (start without --resume)",
+                ckpt_dir.display()
+            )
+        })?;
+        Some(found)
+    } else {
+        match &args.init {
+            Some(m) => {
+                let folder = hub::resolve(m)?;
+                tuwen::pipeline::convert(
+                    folder.to_str().context("non-UTF-8 path")?,
+                    &args.out,
+                    &Device::flex(),
+                )?;
+            }
+            None => {
+                let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
+                init_folder(
+                    &args.out,
+                    family,
+                    &args.arch,
+                    args.image_size,
+                    &captions,
+                    args.seed,
+                )?;
+            }
         }
-        None => {
-            let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
-            init_folder(
-                &args.out,
-                family,
-                &args.arch,
-                args.image_size,
-                &captions,
-                args.seed,
-            )?;
-        }
-    }
-    let model = ImageText::load_folder(&args.out, &device)?;
+        None
+    };
+    let model = ImageText::load_folder(resume_from.as_deref().unwrap_or(&args.out), &device)?;
     if model.family() != family {
         bail!(
             "--init is not a {} model",
@@ -189,28 +218,79 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         lock_image: args.lock_image,
         lock_text: args.lock_text,
         patch_dropout: args.patch_dropout,
+        accum_freq: args.accum_freq,
+        checkpoint_every: args.save_every,
+        checkpoint_dir: Some(ckpt_dir.clone()),
+        resume_from: resume_from.clone(),
     };
+    let val_samples = match &args.val {
+        Some(v) => Some(open(v, &CsvSpec::default(), &args.caption_template)?),
+        None => None,
+    };
+    let val_templates = vec![args.val_template.clone()];
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     let metrics_path = args.out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
+    // A resumed run keeps the lines of the steps its checkpoint covers and appends.
+    let mut kept = String::new();
+    let mut start = 0;
+    if let Some(dir) = &resume_from {
+        start = checkpoint::read_state(dir)?.step;
+        let old = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+        for line in old.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            if v["step"].as_u64().is_some_and(|s| (s as usize) < start) {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    hub::write_atomic(&metrics_path, kept.as_bytes())?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&metrics_path)
         .with_context(|| format!("cannot write {}", metrics_path.display()))?;
     let bar = ProgressBar::new(args.steps as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {elapsed}<{eta}")
             .expect("valid template"),
     );
-    let (model, report) = train(model, &samples, &cfg, |s| {
+    bar.set_position(start as u64);
+    let mut val_error = None;
+    let (model, report) = train(model, &samples, &cfg, |s, model| {
         bar.set_position(s.step as u64 + 1);
         bar.set_message(format!(
             "loss {:.3} lr {:.1e} {:.0} samples/s",
             s.loss, s.lr, s.samples_per_s
         ));
-        let line = json!({"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
-                          "samples_per_s": s.samples_per_s});
+        let mut line = json!({"step": s.step, "loss": s.loss, "lr": s.lr,
+                              "grad_norm": s.grad_norm, "samples_per_s": s.samples_per_s});
+        if let Some(val) = &val_samples
+            && args.val_every > 0
+            && (s.step + 1).is_multiple_of(args.val_every)
+        {
+            match zero_shot_eval(&model.valid(), val, &args.label_column, &val_templates, 64) {
+                Ok(r) => {
+                    line["val_top1"] = r["top1"].clone();
+                    line["val_top5"] = r["top5"].clone();
+                    bar.println(format!(
+                        "step {}: validation zero-shot top-1 {:.1}%",
+                        s.step + 1,
+                        r["top1"].as_f64().unwrap_or(0.0) * 100.0
+                    ));
+                }
+                Err(e) => {
+                    val_error = Some(e);
+                    return false;
+                }
+            }
+        }
         let _ = writeln!(metrics, "{line}");
         !stop.load(Ordering::SeqCst)
     })?;
+    if let Some(e) = val_error {
+        return Err(e).context("validation failed");
+    }
     bar.finish_and_clear();
     model.save(&args.out)?;
     let done = report.losses.len();
@@ -219,7 +299,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     }
     if done < args.steps {
         eprintln!(
-            "interrupted after {done} steps; saved the model to {}",
+            "interrupted after {done} steps; saved the model to {} (continue with --resume)",
             args.out.display()
         );
     }
@@ -230,16 +310,8 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         report.skipped,
         args.out.display()
     );
-    if let Some(val) = &args.val {
-        let eval_model = ImageText::load_folder(&args.out, &Device::flex())?;
-        let val_samples = open(val, &CsvSpec::default(), &args.caption_template)?;
-        let r = zero_shot_eval(
-            &eval_model,
-            &val_samples,
-            &args.label_column,
-            &["a {}".to_string()],
-            64,
-        )?;
+    if let Some(val) = &val_samples {
+        let r = zero_shot_eval(&model.valid(), val, &args.label_column, &val_templates, 64)?;
         println!("{}", json!({"steps": done, "loss": last, "zero_shot": r}));
     }
     Ok(())

@@ -11,7 +11,8 @@ use tuwen::pipeline::{ImageText, to_vec};
 
 const IMAGES: [&str; 4] = ["astronaut.png", "coffee.bmp", "rocket.webp", "hubble.gif"];
 
-fn check(tag: &str, chunks: usize) {
+/// `micro` > 1: the gradients accumulated GradCache-style over that many micro-batches.
+fn check(tag: &str, chunks: usize, micro: usize) {
     let bytes = std::fs::read(fixtures().join("grad_reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let f32s = |key: &str| -> Vec<f32> {
@@ -48,12 +49,17 @@ fn check(tag: &str, chunks: usize) {
         .collect();
     let pixels = m.processor.load_batch(&paths, &device).unwrap();
 
-    let loss = m.contrastive_loss(pixels, ids, chunks);
-    let got = to_vec(loss.clone()).unwrap()[0];
     let expect = f32s(&format!("{tag}/loss"))[0];
-    assert!((got - expect).abs() < 1e-5, "{tag}: loss {got} vs {expect}");
-
-    let grads = m.named_grads(&loss.backward());
+    let grads = if micro == 1 {
+        let loss = m.contrastive_loss(pixels, ids, chunks);
+        let got = to_vec(loss.clone()).unwrap()[0];
+        assert!((got - expect).abs() < 1e-5, "{tag}: loss {got} vs {expect}");
+        m.named_grads(&loss.backward())
+    } else {
+        let (got, g) = m.accumulated_grads(pixels, ids, micro, chunks, false, false, |_| {});
+        assert!((got - expect).abs() < 1e-5, "{tag}: loss {got} vs {expect}");
+        m.named_param_grads(&g)
+    };
     let prefix = format!("{tag}/grad/");
     let names: Vec<String> = st
         .names()
@@ -82,7 +88,7 @@ fn check(tag: &str, chunks: usize) {
     }
     assert_eq!(grads.len(), names.len(), "{tag}: parameter sets differ");
     eprintln!(
-        "{tag} (chunks {chunks}): {} gradients, worst relative difference {:.1e} ({})",
+        "{tag} (chunks {chunks}, micro-batches {micro}): {} gradients, worst relative difference {:.1e} ({})",
         names.len(),
         worst.0,
         worst.1
@@ -91,16 +97,26 @@ fn check(tag: &str, chunks: usize) {
 
 #[test]
 fn clip_gradients_match_pytorch() {
-    check("clip-legacy", 1);
+    check("clip-legacy", 1, 1);
 }
 
 #[test]
 fn siglip_gradients_match_pytorch() {
-    check("siglip-spiece", 1);
+    check("siglip-spiece", 1, 1);
 }
 
 #[test]
 fn chunked_siglip_gradients_match_pytorch() {
-    check("siglip-spiece", 2);
-    check("siglip-spiece", 4);
+    check("siglip-spiece", 2, 1);
+    check("siglip-spiece", 4, 1);
+}
+
+/// `--accum-freq`: the loss over the whole batch, back-propagated one micro-batch at a time,
+/// gives the full batch's gradients (temperature and bias included).
+#[test]
+fn gradcache_micro_batches_give_the_full_batch_gradients() {
+    check("clip-legacy", 1, 2);
+    check("clip-legacy", 1, 4);
+    check("siglip-spiece", 1, 2);
+    check("siglip-spiece", 2, 4);
 }

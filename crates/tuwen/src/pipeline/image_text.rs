@@ -47,6 +47,8 @@ pub struct ImageText {
     pub tokenizer: std::result::Result<TextTokenizer, String>,
     /// config.json as read, written back unchanged on save.
     config: serde_json::Value,
+    /// The folder it was loaded from: its tokenizer and preprocessor files go with every save.
+    source: PathBuf,
     device: Device,
 }
 
@@ -231,6 +233,7 @@ impl ImageText {
             processor: image_processor(folder, default_processor)?,
             tokenizer,
             config: mc.json.clone(),
+            source: folder.to_path_buf(),
             device: device.clone(),
         })
     }
@@ -288,18 +291,153 @@ impl ImageText {
         if lock_text {
             txt = txt.detach();
         }
+        self.embeds_loss(img, txt, chunks, true)
+    }
+
+    /// The family's loss of unit-length embeddings of matching pairs; `live_scale` false
+    /// detaches the temperature (and bias) so that they get no gradient from this loss.
+    fn embeds_loss(
+        &self,
+        img: Tensor<2>,
+        txt: Tensor<2>,
+        chunks: usize,
+        live_scale: bool,
+    ) -> Tensor<1> {
+        let live = |p: Tensor<1>| if live_scale { p } else { p.detach() };
         match &self.towers {
-            Towers::Clip(m) => crate::loss::clip_loss(img, txt, m.logit_scale.val()),
-            Towers::Siglip(m) if chunks > 1 => crate::loss::siglip_loss_chunked(
-                img,
-                txt,
-                m.logit_scale.val(),
-                m.logit_bias.val(),
-                chunks,
-            ),
+            Towers::Clip(m) => crate::loss::clip_loss(img, txt, live(m.logit_scale.val())),
             Towers::Siglip(m) => {
-                crate::loss::siglip_loss(img, txt, m.logit_scale.val(), m.logit_bias.val())
+                let (scale, bias) = (live(m.logit_scale.val()), live(m.logit_bias.val()));
+                if chunks > 1 {
+                    crate::loss::siglip_loss_chunked(img, txt, scale, bias, chunks)
+                } else {
+                    crate::loss::siglip_loss(img, txt, scale, bias)
+                }
             }
+        }
+    }
+
+    /// The loss of a batch and its gradients computed in `micro` micro-batches, the GradCache
+    /// way open_clip's `--accum-freq` works: the embeddings of the whole batch are computed
+    /// first without a graph; then each micro-batch is embedded again with one, and the loss
+    /// over the whole batch (all negatives) is back-propagated through that micro-batch only.
+    /// The temperature and bias take their gradient from the first pass alone, so the summed
+    /// gradients equal the full batch's. `reseed(j)` is called before each embedding of
+    /// micro-batch `j`, so random patch dropout draws the same tokens both times.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulated_grads(
+        &self,
+        pixels: Tensor<4>,
+        ids: Tensor<2, Int>,
+        micro: usize,
+        chunks: usize,
+        lock_image: bool,
+        lock_text: bool,
+        reseed: impl Fn(usize),
+    ) -> (f32, burn::optim::GradientsParams) {
+        use burn::optim::GradientsParams;
+        let n = pixels.dims()[0];
+        let micro = micro.clamp(1, n);
+        let bounds: Vec<(usize, usize)> = (0..micro)
+            .map(|j| (j * n / micro, (j + 1) * n / micro))
+            .filter(|(a, b)| b > a)
+            .collect();
+        let part4 = |t: &Tensor<4>, (a, b): (usize, usize)| t.clone().slice(a..b);
+        let part2 = |t: &Tensor<2, Int>, (a, b): (usize, usize)| t.clone().slice(a..b);
+        let mut cached_img = Vec::new();
+        let mut cached_txt = Vec::new();
+        for (j, &r) in bounds.iter().enumerate() {
+            reseed(j);
+            cached_img.push(self.image_embeds(part4(&pixels, r)).detach());
+            cached_txt.push(self.text_embeds(part2(&ids, r)).detach());
+        }
+        let mut total = GradientsParams::new();
+        let mut loss_value = f32::NAN;
+        for (j, &r) in bounds.iter().enumerate() {
+            reseed(j);
+            let mut img = cached_img.clone();
+            let mut txt = cached_txt.clone();
+            if !lock_image {
+                img[j] = self.image_embeds(part4(&pixels, r));
+            }
+            if !lock_text {
+                txt[j] = self.text_embeds(part2(&ids, r));
+            }
+            let loss = self.embeds_loss(Tensor::cat(img, 0), Tensor::cat(txt, 0), chunks, j == 0);
+            if j == 0 {
+                loss_value = loss.clone().into_scalar();
+            }
+            let grads = loss.backward();
+            let g = match &self.towers {
+                Towers::Clip(m) => GradientsParams::from_grads(grads, &**m),
+                Towers::Siglip(m) => GradientsParams::from_grads(grads, &**m),
+            };
+            total = if j == 0 { g } else { self.add_grads(total, g) };
+        }
+        (loss_value, total)
+    }
+
+    /// `a + b`, parameter by parameter.
+    fn add_grads(
+        &self,
+        a: burn::optim::GradientsParams,
+        b: burn::optim::GradientsParams,
+    ) -> burn::optim::GradientsParams {
+        use burn::optim::GradientsAccumulator;
+        match &self.towers {
+            Towers::Clip(m) => {
+                let mut acc = GradientsAccumulator::new();
+                acc.accumulate(&**m, a);
+                acc.accumulate(&**m, b);
+                acc.grads()
+            }
+            Towers::Siglip(m) => {
+                let mut acc = GradientsAccumulator::new();
+                acc.accumulate(&**m, a);
+                acc.accumulate(&**m, b);
+                acc.grads()
+            }
+        }
+    }
+
+    /// The gradients of `loss` by parameter.
+    pub fn grads_of(&self, loss: Tensor<1>) -> burn::optim::GradientsParams {
+        use burn::optim::GradientsParams;
+        let grads = loss.backward();
+        match &self.towers {
+            Towers::Clip(m) => GradientsParams::from_grads(grads, &**m),
+            Towers::Siglip(m) => GradientsParams::from_grads(grads, &**m),
+        }
+    }
+
+    /// Gives every parameter an id derived from its name, so that an optimiser state saved
+    /// with one instance of the model applies to another loaded from the same checkpoint.
+    pub fn with_stable_param_ids(mut self) -> Self {
+        self.towers = match self.towers {
+            Towers::Clip(m) => Towers::Clip(Box::new(crate::train::stable_param_ids(*m))),
+            Towers::Siglip(m) => Towers::Siglip(Box::new(crate::train::stable_param_ids(*m))),
+        };
+        self
+    }
+
+    /// A copy on the device without autodiff, for evaluation during training.
+    pub fn valid(&self) -> ImageText {
+        use burn::module::Module;
+        let mut towers = match &self.towers {
+            Towers::Clip(m) => Towers::Clip(Box::new(m.valid())),
+            Towers::Siglip(m) => Towers::Siglip(Box::new(m.valid())),
+        };
+        match &mut towers {
+            Towers::Clip(m) => m.vision_model.patch_dropout = 0.0,
+            Towers::Siglip(m) => m.vision_model.patch_dropout = 0.0,
+        }
+        ImageText {
+            towers,
+            processor: self.processor.clone(),
+            tokenizer: self.tokenizer.clone(),
+            config: self.config.clone(),
+            source: self.source.clone(),
+            device: self.device.clone().inner(),
         }
     }
 
@@ -318,21 +456,18 @@ impl ImageText {
         mut self,
         optim: &mut burn::optim::ModuleOptimizer,
         lr: f64,
-        grads: burn::tensor::Gradients,
+        mut grads: burn::optim::GradientsParams,
         max_norm: f64,
     ) -> (Self, f64) {
-        use burn::optim::GradientsParams;
         let norm;
         self.towers = match self.towers {
             Towers::Clip(m) => {
-                let mut g = GradientsParams::from_grads(grads, &*m);
-                norm = crate::train::clip_global_norm(&*m, &mut g, max_norm);
-                Towers::Clip(Box::new(optim.step(lr, *m, g)))
+                norm = crate::train::clip_global_norm(&*m, &mut grads, max_norm);
+                Towers::Clip(Box::new(optim.step(lr, *m, grads)))
             }
             Towers::Siglip(m) => {
-                let mut g = GradientsParams::from_grads(grads, &*m);
-                norm = crate::train::clip_global_norm(&*m, &mut g, max_norm);
-                Towers::Siglip(Box::new(optim.step(lr, *m, g)))
+                norm = crate::train::clip_global_norm(&*m, &mut grads, max_norm);
+                Towers::Siglip(Box::new(optim.step(lr, *m, grads)))
             }
         };
         (self, norm)
@@ -359,6 +494,17 @@ impl ImageText {
         match &self.towers {
             Towers::Clip(m) => crate::train::named_grads(&**m, grads),
             Towers::Siglip(m) => crate::train::named_grads(&**m, grads),
+        }
+    }
+
+    /// [`Self::named_grads`] of gradients gathered by parameter.
+    pub fn named_param_grads(
+        &self,
+        grads: &burn::optim::GradientsParams,
+    ) -> std::collections::BTreeMap<String, (Vec<f32>, Vec<usize>)> {
+        match &self.towers {
+            Towers::Clip(m) => crate::train::grads::named_param_grads(&**m, grads),
+            Towers::Siglip(m) => crate::train::grads::named_param_grads(&**m, grads),
         }
     }
 
@@ -580,10 +726,22 @@ impl ImageText {
         let config = &self.config;
         match &self.towers {
             Towers::Clip(m) => {
-                hub::save_pretrained_with_scalars(&**m, config, folder, CLIP_SCALARS)
+                hub::save_pretrained_with_scalars(&**m, config, folder, CLIP_SCALARS)?
             }
-            Towers::Siglip(m) => hub::save_pretrained(&**m, config, folder),
+            Towers::Siglip(m) => hub::save_pretrained(&**m, config, folder)?,
         }
+        // The tokenizer and preprocessor files travel with the weights.
+        let same = std::fs::canonicalize(folder).ok() == std::fs::canonicalize(&self.source).ok();
+        if !same {
+            for name in hub::SIDE_FILES {
+                let src = self.source.join(name);
+                if src.is_file() {
+                    let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+                    hub::write_atomic(&folder.join(name), &bytes)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

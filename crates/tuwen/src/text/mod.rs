@@ -21,6 +21,7 @@ pub enum Padding {
 }
 
 /// A tokenizer with its model's length limit and padding.
+#[derive(Clone)]
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
     /// The longest token sequence the model takes.

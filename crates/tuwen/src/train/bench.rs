@@ -39,7 +39,7 @@ pub fn contrastive_step_times(
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         let loss = model.contrastive_loss(pixels.clone(), ids.clone(), 1);
-        let grads = loss.backward();
+        let grads = model.grads_of(loss);
         let (next, _) = model.step(&mut optim, 1e-4, grads, 1.0);
         model = next;
         // Wait for the update to finish before stopping the clock.

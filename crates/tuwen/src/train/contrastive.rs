@@ -7,6 +7,7 @@ use burn::prelude::*;
 use rayon::prelude::*;
 use serde_json::json;
 
+use super::checkpoint::{self, RunState};
 use crate::data::captions::Sample;
 use crate::data::open_rgb;
 use crate::data::processor::batch_tensor;
@@ -47,6 +48,37 @@ pub struct TrainConfig {
     pub lock_text: bool,
     /// FLIP: share of image patches dropped in each training step.
     pub patch_dropout: f64,
+    /// GradCache micro-batches per step (1: the whole batch at once).
+    pub accum_freq: usize,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Where checkpoints go (`None`: no checkpoints).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from this checkpoint folder: its optimiser state and position. The model
+    /// passed to [`train`] must be the one loaded from the same folder.
+    pub resume_from: Option<PathBuf>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 500,
+            batch_size: 64,
+            lr: 1e-3,
+            warmup: 20,
+            weight_decay: 0.05,
+            max_grad_norm: 1.0,
+            seed: 0,
+            loss_chunks: 1,
+            lock_image: false,
+            lock_text: false,
+            patch_dropout: 0.0,
+            accum_freq: 1,
+            checkpoint_every: 0,
+            checkpoint_dir: None,
+            resume_from: None,
+        }
+    }
 }
 
 /// Sizes of the architectures `--arch` names.
@@ -179,7 +211,7 @@ pub fn init_folder(
 /// What a training run measured.
 #[derive(Clone, Debug)]
 pub struct TrainReport {
-    /// `(step, loss)` for every step.
+    /// `(step, loss)` for every step of the run, including those before a resume.
     pub losses: Vec<(usize, f32)>,
     /// Training samples per second (median over steps after the first).
     pub samples_per_s: f64,
@@ -218,13 +250,24 @@ pub fn batch_indices(n: usize, batch: usize, step: usize, seed: u64) -> Vec<usiz
         .collect()
 }
 
-/// Trains `model` (on an autodiff device) on `samples`; `on_step` hears about every step and
-/// may stop the run by returning false. Unreadable images are skipped and counted.
+/// The seed of the random draws (patch dropout) of micro-batch `j` of step `step`: a function
+/// of the position alone, so that a resumed run draws what the uninterrupted one would.
+fn step_seed(seed: u64, step: usize, j: usize) -> u64 {
+    let mut rng = SplitMix64::new(
+        seed ^ ((step as u64) << 20 | j as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    rng.next_u64()
+}
+
+/// Trains `model` (on an autodiff device) on `samples`; `on_step` hears about every step with
+/// the model as it is after it, and may stop the run by returning false. Unreadable images are
+/// skipped and counted. With a checkpoint folder, checkpoints are written every
+/// `checkpoint_every` steps and when the run ends or is stopped.
 pub fn train(
-    mut model: ImageText,
+    model: ImageText,
     samples: &[Sample],
     cfg: &TrainConfig,
-    mut on_step: impl FnMut(&StepInfo) -> bool,
+    mut on_step: impl FnMut(&StepInfo, &ImageText) -> bool,
 ) -> Result<(ImageText, TrainReport)> {
     if cfg.batch_size < 2 {
         return Err(Error::InvalidInput(
@@ -249,13 +292,44 @@ pub fn train(
             cfg.patch_dropout
         )));
     }
+    if cfg.accum_freq == 0 || cfg.accum_freq > cfg.batch_size {
+        return Err(Error::InvalidInput(format!(
+            "--accum-freq {} must be between 1 and the batch size {}",
+            cfg.accum_freq, cfg.batch_size
+        )));
+    }
+    let mut model = model.with_stable_param_ids();
     model.set_patch_dropout(cfg.patch_dropout);
     let device = model.device().clone();
     let mut optim = model.optimizer(cfg.weight_decay);
-    let mut losses = Vec::with_capacity(cfg.steps);
+    let mut state = RunState {
+        seed: cfg.seed,
+        ..RunState::default()
+    };
+    if let Some(dir) = &cfg.resume_from {
+        let (saved, loaded) = checkpoint::load(dir, optim)?;
+        if saved.seed != cfg.seed {
+            return Err(Error::InvalidInput(format!(
+                "{} was trained with --seed {}, not {}",
+                dir.display(),
+                saved.seed,
+                cfg.seed
+            )));
+        }
+        state = saved;
+        optim = loaded;
+    }
+    let save =
+        |model: &ImageText, optim: &burn::optim::ModuleOptimizer, state: &RunState| match &cfg
+            .checkpoint_dir
+        {
+            Some(dir) => checkpoint::save(dir, |tmp| model.save(tmp), optim, state),
+            None => Ok(()),
+        };
     let mut rates = Vec::new();
-    let mut skipped = 0;
-    for step in 0..cfg.steps {
+    let first = state.step;
+    while state.step < cfg.steps {
+        let step = state.step;
         let t0 = Instant::now();
         let idx = batch_indices(samples.len(), cfg.batch_size, step, cfg.seed);
         let loaded: Vec<Option<(Pixels, String)>> = idx
@@ -267,37 +341,39 @@ pub fn train(
                     .map(|img| (model.processor.preprocess(&img), s.caption.clone()))
             })
             .collect();
-        skipped += loaded.iter().filter(|l| l.is_none()).count();
+        state.skipped += loaded.iter().filter(|l| l.is_none()).count();
         let (items, captions): (Vec<_>, Vec<String>) = loaded.into_iter().flatten().unzip();
         // The chunked loss needs a batch divisible by its devices; drop the remainder.
         let keep = items.len() - items.len() % cfg.loss_chunks.max(1);
         if keep < 2 {
+            state.step += 1;
             continue;
         }
         let pixels = batch_tensor(items[..keep].to_vec(), &device)?;
         let ids = model.tokenize(&captions[..keep])?;
-        let loss = model.contrastive_loss_locked(
+        let (loss_value, grads) = model.accumulated_grads(
             pixels,
             ids,
+            cfg.accum_freq,
             cfg.loss_chunks,
             cfg.lock_image,
             cfg.lock_text,
+            |j| device.seed(step_seed(cfg.seed, step, j)),
         );
-        let loss_value: f32 = loss.clone().into_scalar();
         if !loss_value.is_finite() {
             return Err(Error::InvalidInput(format!(
                 "the loss became {loss_value} at step {step}; lower --lr"
             )));
         }
-        let grads = loss.backward();
         let lr = super::warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps);
         let (next, norm) = model.step(&mut optim, lr, grads, cfg.max_grad_norm);
         model = next;
         let rate = keep as f64 / t0.elapsed().as_secs_f64();
-        if step > 0 {
+        if step > first {
             rates.push(rate);
         }
-        losses.push((step, loss_value));
+        state.losses.push((step, loss_value));
+        state.step += 1;
         let info = StepInfo {
             step,
             loss: loss_value,
@@ -305,7 +381,14 @@ pub fn train(
             grad_norm: norm,
             samples_per_s: rate,
         };
-        if !on_step(&info) {
+        let go_on = on_step(&info, &model);
+        let due = cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
+        if !go_on || state.step == cfg.steps || due {
+            model.set_patch_dropout(0.0);
+            save(&model, &optim, &state)?;
+            model.set_patch_dropout(cfg.patch_dropout);
+        }
+        if !go_on {
             break;
         }
     }
@@ -315,9 +398,9 @@ pub fn train(
     Ok((
         model,
         TrainReport {
-            losses,
+            losses: state.losses,
             samples_per_s,
-            skipped,
+            skipped: state.skipped,
         },
     ))
 }

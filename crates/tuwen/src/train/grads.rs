@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Gradients;
 
@@ -41,8 +42,14 @@ impl ModulePath {
     }
 }
 
+/// Where gradients come from: a backward pass, or gradients already gathered by parameter.
+enum Source<'a> {
+    Backward(&'a Gradients),
+    Params(&'a GradientsParams),
+}
+
 struct GradVisitor<'a> {
-    grads: &'a Gradients,
+    grads: Source<'a>,
     at: ModulePath,
     out: BTreeMap<String, (Vec<f32>, Vec<usize>)>,
 }
@@ -57,7 +64,11 @@ impl ModuleVisitor for GradVisitor<'_> {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let Some(grad) = param.val().grad(self.grads) else {
+        let grad = match &self.grads {
+            Source::Backward(g) => param.val().grad(g),
+            Source::Params(g) => g.get::<D>(param.id),
+        };
+        let Some(grad) = grad else {
             return;
         };
         let module = self.at.module_type();
@@ -94,7 +105,21 @@ pub fn named_grads<M: Module>(
     grads: &Gradients,
 ) -> BTreeMap<String, (Vec<f32>, Vec<usize>)> {
     let mut v = GradVisitor {
-        grads,
+        grads: Source::Backward(grads),
+        at: ModulePath::default(),
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+/// [`named_grads`] of gradients gathered by parameter (e.g. accumulated over micro-batches).
+pub fn named_param_grads<M: Module>(
+    module: &M,
+    grads: &GradientsParams,
+) -> BTreeMap<String, (Vec<f32>, Vec<usize>)> {
+    let mut v = GradVisitor {
+        grads: Source::Params(grads),
         at: ModulePath::default(),
         out: BTreeMap::new(),
     };

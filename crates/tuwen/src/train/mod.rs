@@ -1,10 +1,12 @@
 //! Training: the pieces shared by every family's training loop.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod contrastive;
 pub mod grads;
 pub mod optim;
 pub mod plot;
 
+pub use checkpoint::stable_param_ids;
 pub use grads::named_grads;
 pub use optim::{adamw, clip_global_norm, no_decay_params, warmup_cosine};

@@ -1,0 +1,146 @@
+//! Checkpoints that a run resumes from exactly: the model, the optimiser state and where the
+//! run stood, written together into a folder that replaces the previous one atomically.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::grads::ModulePath;
+use crate::{Error, Result};
+
+/// The optimiser state inside a checkpoint folder (burn's burnpack format).
+pub const OPTIMIZER: &str = "optimizer.bpk";
+/// Where the run stood, inside a checkpoint folder.
+pub const STATE: &str = "trainer_state.json";
+
+/// Where a run stands: what a resumed run needs besides the model and the optimiser.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunState {
+    /// Steps done (the next step's index).
+    pub step: usize,
+    /// Samples skipped so far because they could not be read.
+    pub skipped: usize,
+    /// `(step, loss)` of every step done.
+    pub losses: Vec<(usize, f32)>,
+    /// The seed the run started with (data order and random draws follow from it and the step).
+    pub seed: u64,
+}
+
+struct StableIds {
+    at: ModulePath,
+}
+
+impl ModuleMapper for StableIds {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.at.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.at.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        // FNV-1a over the dotted path: stable across runs, builds and machines.
+        let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+        self.at.path.join(".").hash(&mut h);
+        param.id = ParamId::from(h.0);
+        param
+    }
+}
+
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Gives each parameter an id derived from its path in the module, so that an optimiser
+/// state saved with one instance applies to another instance loaded from the same weights.
+pub fn stable_param_ids<M: Module>(module: M) -> M {
+    module.map(&mut StableIds {
+        at: ModulePath::default(),
+    })
+}
+
+/// Writes a checkpoint folder at `dir`: `write_model` fills it with the model, then the
+/// optimiser state and `state` join it. The folder is assembled beside `dir` and renamed into
+/// place, so an interrupted save leaves the previous checkpoint whole.
+pub fn save(
+    dir: &Path,
+    write_model: impl FnOnce(&Path) -> Result<()>,
+    optim: &ModuleOptimizer,
+    state: &RunState,
+) -> Result<()> {
+    let tmp = sibling(dir, "tmp");
+    let old = sibling(dir, "old");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    write_model(&tmp)?;
+    let opt_path = tmp.join(OPTIMIZER);
+    optim
+        .save(&opt_path)
+        .map_err(|e| Error::InvalidInput(format!("cannot save the optimiser state: {e:?}")))?;
+    let json = serde_json::to_vec(state).expect("run state serialises");
+    crate::hub::write_atomic(&tmp.join(STATE), &json)?;
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The checkpoint folder to resume from: `dir`, or the previous one when a save was cut off
+/// between its two renames. `None` when there is none.
+pub fn find(dir: &Path) -> Option<PathBuf> {
+    [dir.to_path_buf(), sibling(dir, "old")]
+        .into_iter()
+        .find(|d| d.join(STATE).is_file() && d.join(OPTIMIZER).is_file())
+}
+
+/// Where the run saved in checkpoint folder `dir` stood.
+pub fn read_state(dir: &Path) -> Result<RunState> {
+    let state_path = dir.join(STATE);
+    let bytes = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::InvalidInput(format!(
+            "{}: not a trainer state: {e}",
+            state_path.display()
+        ))
+    })
+}
+
+/// Reads where the run stood and the optimiser state saved in checkpoint folder `dir` into
+/// `optim` (built for the model loaded from the same folder, with [`stable_param_ids`]).
+pub fn load(dir: &Path, optim: ModuleOptimizer) -> Result<(RunState, ModuleOptimizer)> {
+    let state = read_state(dir)?;
+    let opt_path = dir.join(OPTIMIZER);
+    let optim = optim.load(&opt_path).map_err(|e| {
+        Error::InvalidInput(format!(
+            "{}: cannot read the optimiser state: {e:?}",
+            opt_path.display()
+        ))
+    })?;
+    Ok((state, optim))
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "checkpoint".into());
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
