@@ -210,3 +210,112 @@ fn shapes_train_eval() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The losses of `metrics.jsonl`, by step.
+fn losses(folder: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(folder.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// Ctrl-C saves a checkpoint and exits; `--resume` continues, and the whole loss curve equals
+/// the one of the same run left alone. `--val-every` adds validation scores to the metrics.
+#[test]
+fn interrupted_run_resumes_exactly() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("tuwen-resume-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let o = tuwen(&[
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--n",
+        "64",
+        "--size",
+        "32",
+    ]);
+    assert!(o.status.success());
+    let csv = data.join("train.csv");
+    let steps = "300";
+    let args = |out: &std::path::Path| -> Vec<String> {
+        [
+            "train",
+            "siglip",
+            "--data",
+            csv.to_str().unwrap(),
+            "--val",
+            data.join("test.csv").to_str().unwrap(),
+            "--val-every",
+            "50",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            steps,
+            "--batch-size",
+            "8",
+            "--image-size",
+            "16",
+            "--patch-dropout",
+            "0.5",
+            "--save-every",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let o = Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(args(&a))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = losses(&a);
+    assert_eq!(whole.len(), 300);
+    let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.matches("val_top1").count(), 6);
+
+    let child = Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(args(&b))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once some steps are done.
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(b.join("metrics.jsonl"))
+        .map(|m| m.lines().count() < 20)
+        .unwrap_or(true)
+    {
+        assert!(t0.elapsed().as_secs() < 120, "the run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let part = losses(&b);
+    assert!(
+        part.len() < 300,
+        "the interrupt came too late to test anything"
+    );
+    assert!(b.join("checkpoint").join("optimizer.bpk").exists());
+
+    let mut resumed = args(&b);
+    resumed.push("--resume".into());
+    let o = Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(&resumed)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(losses(&b), whole, "the resumed curve differs");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
