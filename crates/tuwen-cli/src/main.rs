@@ -12,6 +12,7 @@ use tuwen::burn::prelude::Device;
 mod classify;
 mod embed;
 mod info;
+mod quickstart;
 mod train;
 
 #[derive(Parser)]
@@ -33,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Draw a shapes dataset, train a small SigLIP on it in minutes, evaluate, write a report.
+    Quickstart(quickstart::QuickstartArgs),
     /// Classify images: with a classifier checkpoint, or zero-shot with CLIP/SigLIP and --labels.
     Classify(classify::ClassifyArgs),
     /// Unit-length image and text embeddings of a CLIP or SigLIP model.
@@ -124,6 +127,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Water(args) => water(args),
         Command::Train(args) => train::run_train(args),
+        Command::Quickstart(args) => quickstart::run(args),
         Command::Eval(cmd) => train::run_eval(cmd, &device()?),
         Command::Data(cmd) => train::run_data(cmd),
         Command::Bench(cmd) => train::run_bench(cmd),

@@ -11,11 +11,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tuwen::burn::prelude::Device;
 use tuwen::data::captions::{CsvSpec, open};
+use tuwen::eval::{retrieval_eval, zero_shot_eval};
 use tuwen::hub;
 use tuwen::pipeline::ImageText;
 use tuwen::pipeline::image_text::{DEFAULT_TEMPLATE, Family, IMAGENET_TEMPLATES};
 use tuwen::train::checkpoint;
-use tuwen::train::contrastive::{TrainConfig, init_folder, retrieval_eval, train, zero_shot_eval};
+use tuwen::train::contrastive::{TrainConfig, init_folder, train};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Kind {
@@ -115,7 +116,66 @@ pub struct TrainArgs {
     caption_template: String,
 }
 
+impl TrainArgs {
+    /// The quickstart's run: a tiny SigLIP from scratch on `data`, scored on `val` as it goes.
+    pub fn quickstart(data: PathBuf, val: PathBuf, out: PathBuf, steps: usize, seed: u64) -> Self {
+        TrainArgs {
+            kind: Kind::Siglip,
+            data,
+            val: Some(val),
+            label_column: "label".into(),
+            out,
+            arch: "tiny".into(),
+            init: None,
+            steps,
+            batch_size: 64,
+            lr: Some(1e-3),
+            warmup: 100,
+            weight_decay: 0.05,
+            image_size: 32,
+            loss: None,
+            devices: 4,
+            lock_image: false,
+            lock_text: false,
+            patch_dropout: 0.0,
+            seed,
+            accum_freq: 1,
+            save_every: 500,
+            resume: false,
+            val_every: (steps / 5).max(1),
+            val_template: "a {}".into(),
+            caption_template: "a photo of a {}.".into(),
+        }
+    }
+}
+
 pub fn run_train(args: TrainArgs) -> Result<()> {
+    let outcome = fit(&args)?;
+    if let Some(r) = outcome.zero_shot {
+        println!(
+            "{}",
+            json!({"steps": outcome.steps, "loss": outcome.loss, "zero_shot": r})
+        );
+    }
+    Ok(())
+}
+
+/// What a training run ended with.
+pub struct Outcome {
+    /// Steps done.
+    pub steps: usize,
+    /// The last step's loss.
+    pub loss: f32,
+    /// Every step's loss.
+    pub losses: Vec<(usize, f32)>,
+    /// Median training samples per second.
+    pub samples_per_s: f64,
+    /// The final zero-shot score on --val.
+    pub zero_shot: Option<serde_json::Value>,
+}
+
+/// Trains as `tuwen train` says, with a progress bar, metrics.jsonl, curves.png, checkpoints.
+pub fn fit(args: &TrainArgs) -> Result<Outcome> {
     let family = match args.kind {
         Kind::Clip => Family::Clip,
         Kind::Siglip => Family::Siglip,
@@ -310,11 +370,23 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         report.skipped,
         args.out.display()
     );
-    if let Some(val) = &val_samples {
-        let r = zero_shot_eval(&model.valid(), val, &args.label_column, &val_templates, 64)?;
-        println!("{}", json!({"steps": done, "loss": last, "zero_shot": r}));
-    }
-    Ok(())
+    let zero_shot = match &val_samples {
+        Some(val) => Some(zero_shot_eval(
+            &model.valid(),
+            val,
+            &args.label_column,
+            &val_templates,
+            64,
+        )?),
+        None => None,
+    };
+    Ok(Outcome {
+        steps: done,
+        loss: last,
+        losses: report.losses,
+        samples_per_s: report.samples_per_s,
+        zero_shot,
+    })
 }
 
 #[derive(Subcommand)]

@@ -9,7 +9,9 @@
 
 pub mod data;
 pub mod device;
+pub mod draw;
 pub mod error;
+pub mod eval;
 pub mod hub;
 pub mod loss;
 pub mod models;

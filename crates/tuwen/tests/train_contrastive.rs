@@ -7,9 +7,10 @@ use burn::prelude::*;
 use tuwen::burn;
 use tuwen::data::captions::{CsvSpec, open};
 use tuwen::data::shapes;
+use tuwen::eval::{retrieval_eval, zero_shot_eval};
 use tuwen::pipeline::ImageText;
 use tuwen::pipeline::image_text::Family;
-use tuwen::train::contrastive::{TrainConfig, init_folder, retrieval_eval, train, zero_shot_eval};
+use tuwen::train::contrastive::{TrainConfig, init_folder, train};
 
 fn run(family: Family, tag: &str, steps: usize, lr: f64) -> (f64, f64, f32, f32) {
     let dir = std::env::temp_dir().join(format!("tuwen-train-{tag}-{}", std::process::id()));

@@ -16,7 +16,7 @@ use crate::hub;
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
 use crate::pipeline::ImageText;
-use crate::pipeline::image_text::{Family, dot};
+use crate::pipeline::image_text::Family;
 use crate::text::train_word_tokenizer;
 use crate::{Error, Result};
 
@@ -403,93 +403,4 @@ pub fn train(
             skipped: state.skipped,
         },
     ))
-}
-
-/// Zero-shot accuracy on labelled samples: `{"top1", "top5", "n", "per_class"}`.
-pub fn zero_shot_eval(
-    model: &ImageText,
-    samples: &[Sample],
-    label_column: &str,
-    templates: &[String],
-    batch_size: usize,
-) -> Result<serde_json::Value> {
-    let mut labels: Vec<String> = Vec::new();
-    let mut truth = Vec::with_capacity(samples.len());
-    for s in samples {
-        let l = s.extra.get(label_column).ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "no column {label_column:?} for {}",
-                s.image.display()
-            ))
-        })?;
-        let i = match labels.iter().position(|x| x == l) {
-            Some(i) => i,
-            None => {
-                labels.push(l.clone());
-                labels.len() - 1
-            }
-        };
-        truth.push(i);
-    }
-    let classifier = model.zero_shot(&labels, templates)?;
-    let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
-    let embeds = model.encode_images(&paths, batch_size)?;
-    let (logits, _) = classifier.classify(&embeds);
-    let (mut top1, mut top5) = (0usize, 0usize);
-    let mut per_class = vec![(0usize, 0usize); labels.len()];
-    for (l, &t) in logits.iter().zip(&truth) {
-        let mut order: Vec<usize> = (0..l.len()).collect();
-        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
-        let hit1 = order[0] == t;
-        top1 += usize::from(hit1);
-        top5 += usize::from(order.iter().take(5).any(|&o| o == t));
-        per_class[t].0 += usize::from(hit1);
-        per_class[t].1 += 1;
-    }
-    let n = truth.len();
-    let per_class: serde_json::Map<String, serde_json::Value> = labels
-        .iter()
-        .zip(&per_class)
-        .map(|(l, (hit, total))| (l.clone(), json!(*hit as f64 / *total as f64)))
-        .collect();
-    Ok(json!({
-        "top1": top1 as f64 / n as f64,
-        "top5": top5 as f64 / n as f64,
-        "n": n,
-        "per_class": per_class,
-    }))
-}
-
-/// Recall@1/5/10 in both directions on image-caption pairs: for image→text, an image counts as
-/// found when its own caption ranks among the top k of all captions (and the reverse).
-pub fn retrieval_eval(
-    model: &ImageText,
-    samples: &[Sample],
-    batch_size: usize,
-) -> Result<serde_json::Value> {
-    let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
-    let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
-    let images = model.encode_images(&paths, batch_size)?;
-    let texts = model.encode_texts(&captions, batch_size)?;
-    let sims: Vec<Vec<f32>> = images
-        .iter()
-        .map(|i| texts.iter().map(|t| dot(i, t)).collect())
-        .collect();
-    let n = samples.len();
-    // The rank of entry `own` in `row` (0 = best); ties count against the query.
-    let rank = |row: &[f32], own: usize| row.iter().filter(|&&x| x >= row[own]).count() - 1;
-    let recall =
-        |ranks: &[usize], k: usize| ranks.iter().filter(|&&r| r < k).count() as f64 / n as f64;
-    let i2t: Vec<usize> = (0..n).map(|i| rank(&sims[i], i)).collect();
-    let t2i: Vec<usize> = (0..n)
-        .map(|j| {
-            let col: Vec<f32> = sims.iter().map(|r| r[j]).collect();
-            rank(&col, j)
-        })
-        .collect();
-    Ok(json!({
-        "n": n,
-        "image_to_text": {"R@1": recall(&i2t, 1), "R@5": recall(&i2t, 5), "R@10": recall(&i2t, 10)},
-        "text_to_image": {"R@1": recall(&t2i, 1), "R@5": recall(&t2i, 5), "R@10": recall(&t2i, 10)},
-    }))
 }

@@ -1,5 +1,5 @@
 //! Training curves as a PNG: the raw loss per step (light) and its running mean (dark), on
-//! axes scaled to the data. No text is drawn; the run's metrics.jsonl holds the numbers.
+//! axes scaled to the data and labelled with their ranges; metrics.jsonl holds the numbers.
 
 use std::path::Path;
 
@@ -11,6 +11,8 @@ use crate::{Error, Result};
 const W: u32 = 640;
 const H: u32 = 360;
 const MARGIN: u32 = 24;
+/// Room left of the plot for the loss labels.
+const LEFT: u32 = 72;
 
 fn line(img: &mut RgbImage, (x0, y0): (f32, f32), (x1, y1): (f32, f32), color: [u8; 3]) {
     let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
@@ -39,10 +41,10 @@ pub fn loss_curve_png(losses: &[(usize, f32)], path: &Path) -> Result<()> {
         });
     let span = (hi - lo).max(1e-6);
     let last_step = finite.last().expect("two or more").0.max(1) as f32;
-    let (pw, ph) = ((W - 2 * MARGIN) as f32, (H - 2 * MARGIN) as f32);
+    let (pw, ph) = ((W - LEFT - MARGIN) as f32, (H - 2 * MARGIN) as f32);
     let at = |step: usize, loss: f32| {
         (
-            MARGIN as f32 + step as f32 / last_step * pw,
+            LEFT as f32 + step as f32 / last_step * pw,
             MARGIN as f32 + (hi - loss) / span * ph,
         )
     };
@@ -65,6 +67,22 @@ pub fn loss_curve_png(losses: &[(usize, f32)], path: &Path) -> Result<()> {
         line(&mut img, prev, p, [20, 60, 160]);
         prev = p;
     }
+    let ink = [40, 40, 40];
+    let (top, bottom) = (at(0, hi), at(0, lo));
+    crate::draw::text(&mut img, 4, top.1 as i64 - 4, &format!("{hi:.3}"), 1, ink);
+    crate::draw::text(
+        &mut img,
+        4,
+        bottom.1 as i64 - 4,
+        &format!("{lo:.3}"),
+        1,
+        ink,
+    );
+    crate::draw::text(&mut img, 4, (H / 2) as i64 - 4, "loss", 1, ink);
+    let end = format!("step {}", last_step as usize);
+    let end_x = (W - MARGIN) as i64 - crate::draw::text_width(&end, 1) as i64;
+    crate::draw::text(&mut img, end_x, bottom.1 as i64 + 6, &end, 1, ink);
+    crate::draw::text(&mut img, LEFT as i64, bottom.1 as i64 + 6, "0", 1, ink);
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| Error::InvalidInput(format!("cannot encode PNG: {e}")))?;
@@ -86,7 +104,7 @@ mod tests {
         assert_eq!(img.dimensions(), (W, H));
         // The curve starts high on the left and ends low on the right.
         let dark = |x: u32| (0..H).find(|&y| img.get_pixel(x, y).0 == [160, 190, 235]);
-        let (left, right) = (dark(MARGIN + 2).unwrap(), dark(W - MARGIN - 2).unwrap());
+        let (left, right) = (dark(LEFT + 2).unwrap(), dark(W - MARGIN - 2).unwrap());
         assert!(left < right, "{left} {right}");
         assert!(loss_curve_png(&losses[..1], &p).is_err());
         std::fs::remove_file(&p).unwrap();
