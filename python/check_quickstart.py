@@ -15,6 +15,11 @@ from PIL import Image
 from transformers import AutoTokenizer, SiglipImageProcessorPil, SiglipModel
 
 
+def features(out):
+    """transformers 5 returns an output object where 4 returned the pooled tensor."""
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
 def main():
     report = sys.argv[1] if len(sys.argv) > 1 else "tuwen-quickstart"
     folder = os.path.join(report, "model")
@@ -25,14 +30,15 @@ def main():
     labels = list(dict.fromkeys(r["label"] for r in rows))
     with torch.no_grad():
         t = tok([f"a {l}" for l in labels], padding="max_length", return_tensors="pt")
-        text = model.get_text_features(input_ids=t["input_ids"])
+        text = features(model.get_text_features(input_ids=t["input_ids"]))
         text = torch.nn.functional.normalize(text, dim=-1)
         hits = {"all": [0, 0], "held_out": [0, 0]}
         for i in range(0, len(rows), 64):
             batch = rows[i : i + 64]
             ims = [Image.open(os.path.join(report, "data", r["filepath"])).convert("RGB") for r in batch]
             px = proc(images=ims, return_tensors="pt")["pixel_values"]
-            img = torch.nn.functional.normalize(model.get_image_features(pixel_values=px), dim=-1)
+            img = features(model.get_image_features(pixel_values=px))
+            img = torch.nn.functional.normalize(img, dim=-1)
             pred = (img @ text.T).argmax(-1)
             for r, p in zip(batch, pred.tolist()):
                 ok = labels[p] == r["label"]

@@ -10,13 +10,15 @@ use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tuwen::burn::prelude::Device;
+use tuwen::data::augment::Augment;
 use tuwen::data::captions::{CsvSpec, open};
+use tuwen::data::webdataset::{self, ShardStream};
 use tuwen::eval::{retrieval_eval, zero_shot_eval};
 use tuwen::hub;
 use tuwen::pipeline::ImageText;
 use tuwen::pipeline::image_text::{DEFAULT_TEMPLATE, Family, IMAGENET_TEMPLATES};
 use tuwen::train::checkpoint;
-use tuwen::train::contrastive::{TrainConfig, init_folder, train};
+use tuwen::train::contrastive::{TrainConfig, TrainData, init_folder, train};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Kind {
@@ -40,8 +42,8 @@ pub enum LossKind {
 pub struct TrainArgs {
     /// Which model family to train.
     kind: Kind,
-    /// Training pairs: a CSV/TSV (filepath,caption), a folder with .txt sidecars, or class
-    /// subfolders.
+    /// Training pairs: a CSV/TSV (filepath,caption), a folder with .txt sidecars, class
+    /// subfolders, or WebDataset shards (`shards-{0000..0099}.tar`: image + .txt/.json).
     #[arg(long)]
     data: PathBuf,
     /// Labelled validation CSV for a zero-shot score at the end (needs --label-column).
@@ -65,11 +67,11 @@ pub struct TrainArgs {
     /// Pairs per step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Peak learning rate (default: 2e-3 for CLIP, 5e-4 for SigLIP).
+    /// Peak learning rate (default: 2e-3 for CLIP, 1e-3 for SigLIP).
     #[arg(long)]
     lr: Option<f64>,
     /// Warmup steps.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 100)]
     warmup: usize,
     /// AdamW weight decay (not on norms, biases, embeddings, temperature).
     #[arg(long, default_value_t = 0.05)]
@@ -111,6 +113,15 @@ pub struct TrainArgs {
     /// Prompt template of the zero-shot validation, {} for the label.
     #[arg(long, default_value = "a {}")]
     val_template: String,
+    /// Shuffle-buffer size when streaming WebDataset shards.
+    #[arg(long, default_value_t = 1000)]
+    shuffle_buffer: usize,
+    /// Random-resized-crop augmentation: the smallest share of the image a crop keeps (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    crop_scale: f64,
+    /// Mirror half of the training images (not for captions that say left or right).
+    #[arg(long)]
+    hflip: bool,
     /// Caption template for class-subfolder data.
     #[arg(long, default_value = "a photo of a {}.")]
     caption_template: String,
@@ -144,6 +155,9 @@ impl TrainArgs {
             resume: false,
             val_every: (steps / 5).max(1),
             val_template: "a {}".into(),
+            shuffle_buffer: 1000,
+            crop_scale: 1.0,
+            hflip: false,
             caption_template: "a photo of a {}.".into(),
         }
     }
@@ -212,12 +226,23 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
             tuwen::train::contrastive::ARCHS.join(", ")
         );
     }
-    let samples = open(&args.data, &CsvSpec::default(), &args.caption_template)?;
-    eprintln!(
-        "{} training pairs from {}",
-        samples.len(),
-        args.data.display()
-    );
+    if !(0.05..=1.0).contains(&args.crop_scale) {
+        bail!("--crop-scale {} must be in [0.05, 1]", args.crop_scale);
+    }
+    let shards = webdataset::is_shards(&args.data);
+    let (samples, mut stream) = if shards {
+        let stream = ShardStream::open(&args.data, args.shuffle_buffer, args.seed)?;
+        eprintln!("streaming WebDataset shards {}", args.data.display());
+        (Vec::new(), Some(stream))
+    } else {
+        let samples = open(&args.data, &CsvSpec::default(), &args.caption_template)?;
+        eprintln!(
+            "{} training pairs from {}",
+            samples.len(),
+            args.data.display()
+        );
+        (samples, None)
+    };
     let device = Device::flex().autodiff();
     device.seed(args.seed);
     let ckpt_dir = args.out.join("checkpoint");
@@ -240,7 +265,16 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
                 )?;
             }
             None => {
-                let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
+                let captions: Vec<String> = match &mut stream {
+                    // A new tokenizer learns its words from the first samples of the stream.
+                    Some(_) => {
+                        let mut first = ShardStream::open(&args.data, 1, args.seed)?;
+                        (0..10_000)
+                            .map(|_| first.next_sample().map(|s| s.caption))
+                            .collect::<tuwen::Result<_>>()?
+                    }
+                    None => samples.iter().map(|s| s.caption.clone()).collect(),
+                };
                 init_folder(
                     &args.out,
                     family,
@@ -269,7 +303,7 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         batch_size: args.batch_size,
         lr: args
             .lr
-            .unwrap_or(if family == Family::Clip { 2e-3 } else { 5e-4 }),
+            .unwrap_or(if family == Family::Clip { 2e-3 } else { 1e-3 }),
         warmup: args.warmup,
         weight_decay: args.weight_decay,
         max_grad_norm: 1.0,
@@ -282,6 +316,10 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         checkpoint_every: args.save_every,
         checkpoint_dir: Some(ckpt_dir.clone()),
         resume_from: resume_from.clone(),
+        augment: Augment {
+            min_scale: args.crop_scale,
+            hflip: args.hflip,
+        },
     };
     let val_samples = match &args.val {
         Some(v) => Some(open(v, &CsvSpec::default(), &args.caption_template)?),
@@ -317,7 +355,11 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
     );
     bar.set_position(start as u64);
     let mut val_error = None;
-    let (model, report) = train(model, &samples, &cfg, |s, model| {
+    let data = match stream {
+        Some(s) => TrainData::Shards(s),
+        None => TrainData::Samples(&samples),
+    };
+    let (model, report) = train(model, data, &cfg, |s, model| {
         bar.set_position(s.step as u64 + 1);
         bar.set_message(format!(
             "loss {:.3} lr {:.1e} {:.0} samples/s",
@@ -565,6 +607,9 @@ pub struct ShapesArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also pack the training pairs into this many WebDataset shards (train-0000.tar, ...).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
 }
 
 pub fn run_data(cmd: DataCommand) -> Result<()> {
@@ -577,5 +622,10 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
         s.test_held_out,
         a.out.display()
     );
+    if a.shards > 0 {
+        let train = open(&a.out.join("train.csv"), &CsvSpec::default(), "{}")?;
+        let pattern = webdataset::write_shards(&a.out, "train", &train, a.shards)?;
+        println!("packed them into WebDataset shards {}", pattern.display());
+    }
     Ok(())
 }

@@ -319,3 +319,145 @@ fn interrupted_run_resumes_exactly() {
     assert_eq!(losses(&b), whole, "the resumed curve differs");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `tuwen quickstart` (shortened) writes its whole report, and its model loads back.
+#[test]
+fn quickstart_writes_a_report() {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("tuwen-quickstart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = tuwen(&[
+        "quickstart",
+        "--out",
+        dir.to_str().unwrap(),
+        "--n",
+        "200",
+        "--steps",
+        "10",
+    ]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("held-out pairings"), "{out}");
+    for f in [
+        "metrics.json",
+        "curves.png",
+        "retrieval.png",
+        "model/model.safetensors",
+    ] {
+        assert!(dir.join(f).is_file(), "no {f}");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["train"]["steps"], 10);
+    assert_eq!(m["zero_shot"]["n"], 40);
+    assert_eq!(
+        m["zero_shot_held_out"]["n"].as_u64().unwrap() + m["zero_shot_seen"]["n"].as_u64().unwrap(),
+        40
+    );
+    // The PNG header's size: eight query rows of six 64-pixel images.
+    let png = std::fs::read(dir.join("retrieval.png")).unwrap();
+    let be = |i: usize| u32::from_be_bytes(png[i..i + 4].try_into().unwrap());
+    assert!(
+        be(16) > 6 * 64 && be(20) >= 8 * 64,
+        "{} x {}",
+        be(16),
+        be(20)
+    );
+    let o = tuwen(&[
+        "classify",
+        "--model",
+        dir.join("model").to_str().unwrap(),
+        "--image",
+        dir.join("data/images/test-00000.png").to_str().unwrap(),
+        "--labels",
+        "red circle,blue square",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// WebDataset shards (with a damaged one) stream into training with augmentations; the damage
+/// is skipped, not fatal, and a brace pattern naming no shard is a one-line error.
+#[test]
+fn trains_from_webdataset_shards() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tuwen-wds-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let o = tuwen(&[
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--n",
+        "96",
+        "--size",
+        "32",
+        "--shards",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("train-{0000..0002}.tar"), "{out}");
+    // Damage the last shard: cut it mid-member.
+    let last = data.join("train-0002.tar");
+    let bytes = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &bytes[..bytes.len() / 2 + 100]).unwrap();
+    let pattern = data.join("train-{0000..0002}.tar");
+    let m = dir.join("model");
+    let o = tuwen(&[
+        "train",
+        "siglip",
+        "--data",
+        pattern.to_str().unwrap(),
+        "--out",
+        m.to_str().unwrap(),
+        "--steps",
+        "8",
+        "--batch-size",
+        "16",
+        "--shuffle-buffer",
+        "32",
+        "--crop-scale",
+        "0.8",
+        "--hflip",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("streaming WebDataset"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(m.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        8
+    );
+    assert!(m.join("tokenizer.json").exists());
+    one_line_error(
+        &tuwen(&[
+            "train",
+            "siglip",
+            "--data",
+            data.join("none-{0..3}.tar").to_str().unwrap(),
+            "--out",
+            m.to_str().unwrap(),
+        ]),
+        "no shard",
+    );
+    one_line_error(
+        &tuwen(&[
+            "train",
+            "siglip",
+            "--data",
+            pattern.to_str().unwrap(),
+            "--out",
+            m.to_str().unwrap(),
+            "--crop-scale",
+            "0",
+        ]),
+        "--crop-scale",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

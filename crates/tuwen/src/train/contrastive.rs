@@ -8,10 +8,12 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use super::checkpoint::{self, RunState};
+use crate::data::augment::Augment;
 use crate::data::captions::Sample;
-use crate::data::open_rgb;
 use crate::data::processor::batch_tensor;
 use crate::data::shapes::SplitMix64;
+use crate::data::webdataset::ShardStream;
+use crate::data::{decode_rgb, open_rgb};
 use crate::hub;
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
@@ -57,6 +59,34 @@ pub struct TrainConfig {
     /// Continue from this checkpoint folder: its optimiser state and position. The model
     /// passed to [`train`] must be the one loaded from the same folder.
     pub resume_from: Option<PathBuf>,
+    /// Random crops and flips of the training images.
+    pub augment: Augment,
+}
+
+/// Where training pairs come from.
+pub enum TrainData<'a> {
+    /// A list of pairs, reshuffled each epoch.
+    Samples(&'a [Sample]),
+    /// WebDataset shards, streamed through a shuffle buffer.
+    Shards(ShardStream),
+}
+
+impl<'a> From<&'a [Sample]> for TrainData<'a> {
+    fn from(s: &'a [Sample]) -> Self {
+        TrainData::Samples(s)
+    }
+}
+
+impl<'a> From<&'a Vec<Sample>> for TrainData<'a> {
+    fn from(s: &'a Vec<Sample>) -> Self {
+        TrainData::Samples(s)
+    }
+}
+
+/// An image to decode: a file, or bytes from a shard.
+enum Encoded<'a> {
+    File(&'a Path),
+    Bytes(Vec<u8>),
 }
 
 impl Default for TrainConfig {
@@ -77,6 +107,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             checkpoint_dir: None,
             resume_from: None,
+            augment: Augment::default(),
         }
     }
 }
@@ -263,18 +294,21 @@ fn step_seed(seed: u64, step: usize, j: usize) -> u64 {
 /// the model as it is after it, and may stop the run by returning false. Unreadable images are
 /// skipped and counted. With a checkpoint folder, checkpoints are written every
 /// `checkpoint_every` steps and when the run ends or is stopped.
-pub fn train(
+pub fn train<'a>(
     model: ImageText,
-    samples: &[Sample],
+    data: impl Into<TrainData<'a>>,
     cfg: &TrainConfig,
     mut on_step: impl FnMut(&StepInfo, &ImageText) -> bool,
 ) -> Result<(ImageText, TrainReport)> {
+    let mut data = data.into();
     if cfg.batch_size < 2 {
         return Err(Error::InvalidInput(
             "--batch-size must be at least 2 for a contrastive loss".into(),
         ));
     }
-    if samples.len() < cfg.batch_size {
+    if let TrainData::Samples(samples) = &data
+        && samples.len() < cfg.batch_size
+    {
         return Err(Error::InvalidInput(format!(
             "{} samples are fewer than one batch of {}",
             samples.len(),
@@ -328,17 +362,48 @@ pub fn train(
         };
     let mut rates = Vec::new();
     let first = state.step;
+    // A stream resumes where the run stood by reading past what it already used.
+    let mut stream_skipped = 0;
+    if let TrainData::Shards(stream) = &mut data {
+        for _ in 0..first * cfg.batch_size {
+            stream.next_sample()?;
+        }
+        stream_skipped = stream.skipped;
+    }
     while state.step < cfg.steps {
         let step = state.step;
         let t0 = Instant::now();
-        let idx = batch_indices(samples.len(), cfg.batch_size, step, cfg.seed);
-        let loaded: Vec<Option<(Pixels, String)>> = idx
-            .par_iter()
-            .map(|&i| {
-                let s = &samples[i];
-                open_rgb(&s.image)
-                    .ok()
-                    .map(|img| (model.processor.preprocess(&img), s.caption.clone()))
+        let encoded: Vec<(Encoded, String)> = match &mut data {
+            TrainData::Samples(samples) => {
+                batch_indices(samples.len(), cfg.batch_size, step, cfg.seed)
+                    .into_iter()
+                    .map(|i| (Encoded::File(&samples[i].image), samples[i].caption.clone()))
+                    .collect()
+            }
+            TrainData::Shards(stream) => (0..cfg.batch_size)
+                .map(|_| {
+                    stream
+                        .next_sample()
+                        .map(|s| (Encoded::Bytes(s.image), s.caption))
+                })
+                .collect::<Result<_>>()?,
+        };
+        let loaded: Vec<Option<(Pixels, String)>> = encoded
+            .into_par_iter()
+            .enumerate()
+            .map(|(k, (enc, caption))| {
+                let img = match enc {
+                    Encoded::File(p) => open_rgb(p),
+                    Encoded::Bytes(b) => decode_rgb(&b),
+                }
+                .ok()?;
+                let img = if cfg.augment.is_identity() {
+                    img
+                } else {
+                    let mut rng = SplitMix64::new(step_seed(cfg.seed, step, 1000 + k));
+                    cfg.augment.apply(img, &mut rng)
+                };
+                Some((model.processor.preprocess(&img), caption))
             })
             .collect();
         state.skipped += loaded.iter().filter(|l| l.is_none()).count();
@@ -400,7 +465,11 @@ pub fn train(
         TrainReport {
             losses: state.losses,
             samples_per_s,
-            skipped: state.skipped,
+            skipped: state.skipped
+                + match &data {
+                    TrainData::Shards(s) => s.skipped - stream_skipped,
+                    TrainData::Samples(_) => 0,
+                },
         },
     ))
 }
