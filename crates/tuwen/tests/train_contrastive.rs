@@ -12,6 +12,14 @@ use tuwen::pipeline::ImageText;
 use tuwen::pipeline::image_text::Family;
 use tuwen::train::contrastive::{TrainConfig, init_folder, train};
 
+/// The device's random generator is shared by the whole process: tests that draw from it
+/// (initialisation, patch dropout) take turns, so that a seed means one sequence of draws.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn rng_turn() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run(family: Family, tag: &str, steps: usize, lr: f64) -> (f64, f64, f32, f32) {
     let dir = std::env::temp_dir().join(format!("tuwen-train-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -20,7 +28,10 @@ fn run(family: Family, tag: &str, steps: usize, lr: f64) -> (f64, f64, f32, f32)
     let test_set = open(&dir.join("data/test.csv"), &CsvSpec::default(), "{}").unwrap();
     let captions: Vec<String> = train_set.iter().map(|s| s.caption.clone()).collect();
     let out: PathBuf = dir.join("model");
-    init_folder(&out, family, "tiny", 32, &captions, 1).unwrap();
+    {
+        let _turn = rng_turn();
+        init_folder(&out, family, "tiny", 32, &captions, 1).unwrap();
+    }
     let model = ImageText::load_folder(&out, &Device::flex().autodiff()).unwrap();
     let cfg = TrainConfig {
         steps,
@@ -101,6 +112,7 @@ fn siglip_learns_shapes() {
 
 #[test]
 fn locked_image_tower_stays_and_patch_dropout_trains() {
+    let _turn = rng_turn();
     let dir = std::env::temp_dir().join(format!("tuwen-lit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     shapes::generate(&dir.join("data"), 64, 32, 2).unwrap();
@@ -159,6 +171,7 @@ fn locked_image_tower_stays_and_patch_dropout_trains() {
 /// random draws, the data position and the optimiser state must all be restored).
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
+    let _turn = rng_turn();
     let dir = std::env::temp_dir().join(format!("tuwen-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     shapes::generate(&dir.join("data"), 64, 32, 4).unwrap();
