@@ -64,6 +64,18 @@ pub struct TrainArgs {
     /// Optimiser steps.
     #[arg(long, default_value_t = 500)]
     steps: usize,
+    /// Passes over the training pairs instead of --steps (not for streamed shards).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// CSV/TSV column with the image path.
+    #[arg(long, default_value = "filepath")]
+    image_column: String,
+    /// CSV/TSV column with the caption.
+    #[arg(long, default_value = "caption")]
+    caption_column: String,
+    /// CSV separator (default: tab for .tsv, comma otherwise).
+    #[arg(long)]
+    separator: Option<char>,
     /// Pairs per step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -139,6 +151,10 @@ impl TrainArgs {
             arch: "tiny".into(),
             init: None,
             steps,
+            epochs: None,
+            image_column: "filepath".into(),
+            caption_column: "caption".into(),
+            separator: None,
             batch_size: 64,
             lr: Some(1e-3),
             warmup: 100,
@@ -235,13 +251,26 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         eprintln!("streaming WebDataset shards {}", args.data.display());
         (Vec::new(), Some(stream))
     } else {
-        let samples = open(&args.data, &CsvSpec::default(), &args.caption_template)?;
+        let spec = CsvSpec {
+            image_column: args.image_column.clone(),
+            caption_column: args.caption_column.clone(),
+            separator: args.separator,
+        };
+        let samples = open(&args.data, &spec, &args.caption_template)?;
         eprintln!(
             "{} training pairs from {}",
             samples.len(),
             args.data.display()
         );
         (samples, None)
+    };
+    let steps = match args.epochs {
+        None => args.steps,
+        Some(_) if shards => {
+            bail!("--epochs needs a known number of pairs: use --steps with shards")
+        }
+        Some(e) if !(e > 0.0 && e.is_finite()) => bail!("--epochs {e} must be positive"),
+        Some(e) => ((e * samples.len() as f64 / args.batch_size as f64).ceil() as usize).max(1),
     };
     let device = Device::flex().autodiff();
     device.seed(args.seed);
@@ -299,7 +328,7 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         );
     }
     let cfg = TrainConfig {
-        steps: args.steps,
+        steps,
         batch_size: args.batch_size,
         lr: args
             .lr
@@ -349,7 +378,7 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("cannot write {}", metrics_path.display()))?;
-    let bar = ProgressBar::new(args.steps as u64).with_style(
+    let bar = ProgressBar::new(steps as u64).with_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {elapsed}<{eta}")
             .expect("valid template"),
     );
@@ -399,7 +428,7 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
     if done >= 2 {
         tuwen::train::plot::loss_curve_png(&report.losses, &args.out.join("curves.png"))?;
     }
-    if done < args.steps {
+    if done < steps {
         eprintln!(
             "interrupted after {done} steps; saved the model to {} (continue with --resume)",
             args.out.display()

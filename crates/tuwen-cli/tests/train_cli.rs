@@ -461,3 +461,66 @@ fn trains_from_webdataset_shards() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--epochs` sets the steps from the data size; `--caption-column` picks another column.
+#[test]
+fn epochs_and_caption_column() {
+    let dir: PathBuf = std::env::temp_dir().join(format!("tuwen-epochs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let o = tuwen(&[
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--n",
+        "96",
+        "--size",
+        "16",
+    ]);
+    assert!(o.status.success());
+    let m = dir.join("m");
+    let csv = data.join("train.csv");
+    let o = tuwen(&[
+        "train",
+        "clip",
+        "--data",
+        csv.to_str().unwrap(),
+        "--out",
+        m.to_str().unwrap(),
+        "--epochs",
+        "1.5",
+        "--batch-size",
+        "16",
+        "--image-size",
+        "16",
+        "--caption-column",
+        "label",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // 1.5 x 96 pairs / 16 per step.
+    assert_eq!(
+        std::fs::read_to_string(m.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        9
+    );
+    // The tokenizer learnt the label words only: no size or position words.
+    let vocab = std::fs::read_to_string(m.join("tokenizer.json")).unwrap();
+    assert!(vocab.contains("\"circle\"") && !vocab.contains("\"left\""));
+    one_line_error(
+        &tuwen(&[
+            "train",
+            "clip",
+            "--data",
+            csv.to_str().unwrap(),
+            "--out",
+            m.to_str().unwrap(),
+            "--caption-column",
+            "nope",
+        ]),
+        "nope",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
