@@ -45,7 +45,7 @@ enum Command {
     /// Parameter count and compute of a checkpoint or a standard architecture.
     Info(info::InfoArgs),
     /// Train a CLIP or SigLIP model from scratch or from a checkpoint.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Measure a model.
     #[command(subcommand)]
     Eval(train::EvalCommand),
@@ -126,7 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Water(args) => water(args),
-        Command::Train(args) => train::run_train(args),
+        Command::Train(args) => train::run_train(*args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Eval(cmd) => train::run_eval(cmd, &device()?),
         Command::Data(cmd) => train::run_data(cmd),
