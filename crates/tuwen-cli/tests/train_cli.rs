@@ -18,6 +18,28 @@ fn one_line_error(o: &Output, needle: &str) {
     assert!(err.contains(needle), "{err:?} lacks {needle:?}");
 }
 
+/// A fresh folder for test `tag` with `tuwen data shapes` pictures in its `data/` (with `extra`
+/// arguments); returns both.
+fn fresh_shapes(tag: &str, n: &str, size: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tuwen-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let mut args = vec![
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--n",
+        n,
+        "--size",
+        size,
+    ];
+    args.extend_from_slice(extra);
+    let o = tuwen(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (dir, data)
+}
+
 #[test]
 fn shapes_train_eval() {
     let dir: PathBuf = std::env::temp_dir().join(format!("tuwen-train-cli-{}", std::process::id()));
@@ -227,21 +249,7 @@ fn losses(folder: &std::path::Path) -> Vec<(u64, f64)> {
 /// the one of the same run left alone. `--val-every` adds validation scores to the metrics.
 #[test]
 fn interrupted_run_resumes_exactly() {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("tuwen-resume-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("data");
-    let o = tuwen(&[
-        "data",
-        "shapes",
-        "--out",
-        data.to_str().unwrap(),
-        "--n",
-        "64",
-        "--size",
-        "32",
-    ]);
-    assert!(o.status.success());
+    let (dir, data) = fresh_shapes("resume-cli", "64", "32", &[]);
     let csv = data.join("train.csv");
     let steps = "300";
     let args = |out: &std::path::Path| -> Vec<String> {
@@ -383,24 +391,8 @@ fn quickstart_writes_a_report() {
 /// is skipped, not fatal, and a brace pattern naming no shard is a one-line error.
 #[test]
 fn trains_from_webdataset_shards() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tuwen-wds-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("data");
-    let o = tuwen(&[
-        "data",
-        "shapes",
-        "--out",
-        data.to_str().unwrap(),
-        "--n",
-        "96",
-        "--size",
-        "32",
-        "--shards",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("train-{0000..0002}.tar"), "{out}");
+    let (dir, data) = fresh_shapes("wds-cli", "96", "32", &["--shards", "3"]);
+    assert!(data.join("train-0002.tar").is_file() && !data.join("train-0003.tar").exists());
     // Damage the last shard: cut it mid-member.
     let last = data.join("train-0002.tar");
     let bytes = std::fs::read(&last).unwrap();
@@ -465,20 +457,7 @@ fn trains_from_webdataset_shards() {
 /// `--epochs` sets the steps from the data size; `--caption-column` picks another column.
 #[test]
 fn epochs_and_caption_column() {
-    let dir: PathBuf = std::env::temp_dir().join(format!("tuwen-epochs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("data");
-    let o = tuwen(&[
-        "data",
-        "shapes",
-        "--out",
-        data.to_str().unwrap(),
-        "--n",
-        "96",
-        "--size",
-        "16",
-    ]);
-    assert!(o.status.success());
+    let (dir, data) = fresh_shapes("epochs", "96", "16", &[]);
     let m = dir.join("m");
     let csv = data.join("train.csv");
     let o = tuwen(&[
