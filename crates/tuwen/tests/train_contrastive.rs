@@ -12,8 +12,8 @@ use tuwen::pipeline::ImageText;
 use tuwen::pipeline::image_text::Family;
 use tuwen::train::contrastive::{TrainConfig, init_folder, train};
 
-/// The device's random generator is shared by the whole process: tests that draw from it
-/// (initialisation, patch dropout) take turns, so that a seed means one sequence of draws.
+/// The device's random generator is shared by the whole process: tests that initialise models
+/// from it take turns, so that a seed means one model. (Training draws from its own seeds.)
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn rng_turn() -> std::sync::MutexGuard<'static, ()> {
@@ -112,14 +112,16 @@ fn siglip_learns_shapes() {
 
 #[test]
 fn locked_image_tower_stays_and_patch_dropout_trains() {
-    let _turn = rng_turn();
     let dir = std::env::temp_dir().join(format!("tuwen-lit-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     shapes::generate(&dir.join("data"), 64, 32, 2).unwrap();
     let set = open(&dir.join("data/train.csv"), &CsvSpec::default(), "{}").unwrap();
     let captions: Vec<String> = set.iter().map(|s| s.caption.clone()).collect();
     let out = dir.join("model");
-    init_folder(&out, Family::Clip, "tiny", 32, &captions, 3).unwrap();
+    {
+        let _turn = rng_turn();
+        init_folder(&out, Family::Clip, "tiny", 32, &captions, 3).unwrap();
+    }
     let probe_img = vec![set[0].image.clone()];
     let probe_txt = vec![set[0].caption.clone()];
     let before = ImageText::load_folder(&out, &Device::flex()).unwrap();
@@ -171,14 +173,16 @@ fn locked_image_tower_stays_and_patch_dropout_trains() {
 /// random draws, the data position and the optimiser state must all be restored).
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
-    let _turn = rng_turn();
     let dir = std::env::temp_dir().join(format!("tuwen-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     shapes::generate(&dir.join("data"), 64, 32, 4).unwrap();
     let set = open(&dir.join("data/train.csv"), &CsvSpec::default(), "{}").unwrap();
     let captions: Vec<String> = set.iter().map(|s| s.caption.clone()).collect();
     let init = dir.join("init");
-    init_folder(&init, Family::Siglip, "tiny", 32, &captions, 5).unwrap();
+    {
+        let _turn = rng_turn();
+        init_folder(&init, Family::Siglip, "tiny", 32, &captions, 5).unwrap();
+    }
     let device = Device::flex().autodiff();
     let cfg = |ckpt: &str| TrainConfig {
         steps: 6,
@@ -222,5 +226,15 @@ fn resumed_run_equals_uninterrupted_run() {
     assert_eq!(ea, eb, "the resumed model differs");
     // The losses moved: the comparison is between runs that trained.
     assert!(whole.losses[0].1 != whole.losses[5].1);
+    // Resuming with other settings is refused.
+    let ckpt = tuwen::train::checkpoint::find(&dir.join("b")).unwrap();
+    let model = ImageText::load_folder(&ckpt, &device).unwrap();
+    let other = TrainConfig {
+        lr: 2e-3,
+        resume_from: Some(ckpt),
+        ..cfg("b")
+    };
+    let err = train(model, &set, &other, |_, _| true).err().unwrap();
+    assert!(err.to_string().contains("lr"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

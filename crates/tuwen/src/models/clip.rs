@@ -269,12 +269,20 @@ pub struct ClipVisionTransformer {
     pub post_layernorm: LayerNorm,
     /// FLIP patch dropout: the share of patch tokens dropped in training (0: none).
     pub patch_dropout: f64,
+    /// The seed of patch dropout's draws.
+    #[module(skip)]
+    pub draws: pos_embed::DrawSeed,
 }
 
 impl ClipVisionTransformer {
     /// `[b, c, h, w]` to (last hidden state `[b, t, d]`, pooled `[b, d]`).
     pub fn forward(&self, pixels: Tensor<4>) -> (Tensor<3>, Tensor<2>) {
-        let x = pos_embed::patch_dropout(self.embeddings.forward(pixels), self.patch_dropout, 1);
+        let x = pos_embed::patch_dropout(
+            self.embeddings.forward(pixels),
+            self.patch_dropout,
+            1,
+            self.draws.next(),
+        );
         let x = self.pre_layrnorm.forward(x);
         let x = self.encoder.forward(x, None);
         let [b, _, d] = x.dims();
@@ -414,6 +422,7 @@ impl ClipModel {
                 encoder: Encoder::new(&vision_spec, device),
                 post_layernorm: layer_norm(v.hidden_size, v.layer_norm_eps, device),
                 patch_dropout: 0.0,
+                draws: pos_embed::DrawSeed::default(),
             },
             visual_projection: linear(v.hidden_size, cfg.projection_dim, false, std, device),
             text_projection: linear(t.hidden_size, cfg.projection_dim, false, std, device),

@@ -4,6 +4,7 @@
 pub mod clip;
 pub mod siglip;
 pub mod vit;
+pub mod vit_mae;
 
 /// Checks that every named size in a config is positive; the error names the first that is not.
 pub(crate) fn require_positive(fields: &[(&str, usize)]) -> Result<(), String> {

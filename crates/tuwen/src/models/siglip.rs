@@ -292,12 +292,20 @@ pub struct SiglipVisionTransformer {
     pub head: SiglipMultiheadAttentionPoolingHead,
     /// FLIP patch dropout: the share of patch tokens dropped in training (0: none).
     pub patch_dropout: f64,
+    /// The seed of patch dropout's draws.
+    #[module(skip)]
+    pub draws: pos_embed::DrawSeed,
 }
 
 impl SiglipVisionTransformer {
     /// `[b, c, h, w]` to (last hidden state, pooled `[b, d]`).
     pub fn forward(&self, pixels: Tensor<4>) -> (Tensor<3>, Tensor<2>) {
-        let x = pos_embed::patch_dropout(self.embeddings.forward(pixels), self.patch_dropout, 0);
+        let x = pos_embed::patch_dropout(
+            self.embeddings.forward(pixels),
+            self.patch_dropout,
+            0,
+            self.draws.next(),
+        );
         let x = self.encoder.forward(x, None);
         let x = self.post_layernorm.forward(x);
         let pooled = self.head.forward(x.clone());
@@ -441,6 +449,7 @@ impl SiglipModel {
                     mlp: Mlp::new(d, v.intermediate_size, v.hidden_act, std, device),
                 },
                 patch_dropout: 0.0,
+                draws: pos_embed::DrawSeed::default(),
             },
             logit_scale: Param::from_tensor(Tensor::from_floats([10f32.ln()], device)),
             logit_bias: Param::from_tensor(Tensor::from_floats([-10f32], device)),

@@ -212,7 +212,7 @@ impl ViTConfig {
             .collect())
     }
 
-    fn grid(&self) -> usize {
+    pub(crate) fn grid(&self) -> usize {
         self.image_size / self.patch_size
     }
 
@@ -411,6 +411,40 @@ pub struct ViTLayer {
 }
 
 impl ViTLayer {
+    /// A layer of `config`'s sizes, initialised as transformers initialises it.
+    pub fn new(config: &ViTConfig, device: &Device) -> Self {
+        let (d, std) = (config.hidden_size, config.initializer_range);
+        let ln = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(config.layer_norm_eps)
+                .init(device)
+        };
+        ViTLayer {
+            attention: ViTAttention {
+                attention: ViTSelfAttention {
+                    query: linear(d, d, config.qkv_bias, std, device),
+                    key: linear(d, d, config.qkv_bias, std, device),
+                    value: linear(d, d, config.qkv_bias, std, device),
+                    dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
+                    num_heads: config.num_attention_heads,
+                },
+                output: ViTSelfOutput {
+                    dense: linear(d, d, true, std, device),
+                },
+            },
+            intermediate: ViTIntermediate {
+                dense: linear(d, config.intermediate_size, true, std, device),
+            },
+            output: ViTOutput {
+                dense: linear(config.intermediate_size, d, true, std, device),
+            },
+            layernorm_before: ln(),
+            layernorm_after: ln(),
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            act: config.hidden_act,
+        }
+    }
+
     /// `[b, t, d]` to `[b, t, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self
@@ -493,30 +527,7 @@ impl ViTModel {
             patch_size: p,
         };
         let layer = (0..config.num_hidden_layers)
-            .map(|_| ViTLayer {
-                attention: ViTAttention {
-                    attention: ViTSelfAttention {
-                        query: linear(d, d, config.qkv_bias, std, device),
-                        key: linear(d, d, config.qkv_bias, std, device),
-                        value: linear(d, d, config.qkv_bias, std, device),
-                        dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
-                        num_heads: config.num_attention_heads,
-                    },
-                    output: ViTSelfOutput {
-                        dense: linear(d, d, true, std, device),
-                    },
-                },
-                intermediate: ViTIntermediate {
-                    dense: linear(d, config.intermediate_size, true, std, device),
-                },
-                output: ViTOutput {
-                    dense: linear(config.intermediate_size, d, true, std, device),
-                },
-                layernorm_before: ln(),
-                layernorm_after: ln(),
-                dropout: hidden_dropout(),
-                act: config.hidden_act,
-            })
+            .map(|_| ViTLayer::new(config, device))
             .collect();
         let pooler = add_pooling_layer.then(|| ViTPooler {
             dense: linear(d, config.pooler_output_size.unwrap_or(d), true, std, device),
@@ -584,7 +595,7 @@ impl ViTForImageClassification {
 
 /// Renames from transformers 5's internal ViT names to the published checkpoint names, so that
 /// folders saved with `save_original_format=False` load too.
-const NEW_TO_LEGACY: &[(&str, &str)] = &[
+pub(crate) const NEW_TO_LEGACY: &[(&str, &str)] = &[
     (r"(^|\.)layers\.(\d+)\.", "${1}encoder.layer.${2}."),
     (r"\.attention\.q_proj\.", ".attention.attention.query."),
     (r"\.attention\.k_proj\.", ".attention.attention.key."),

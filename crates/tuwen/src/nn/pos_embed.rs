@@ -5,6 +5,9 @@
 //! the bicubic weights (A = -0.75, border indices clamped) as matrices. Gradients flow back to
 //! the original grid through them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use burn::prelude::*;
 
 /// The `[out, in]` matrix of PyTorch's bicubic resampling along one axis.
@@ -77,18 +80,49 @@ mod tests {
     }
 }
 
+/// Where patch dropout draws from: a seed that each draw advances, shared by the copies of a
+/// model, so that a training run's draws depend on the run alone (not on what else in the
+/// process uses the device's generator) and can be replayed by setting the seed again.
+#[derive(Clone, Debug, Default)]
+pub struct DrawSeed(Arc<AtomicU64>);
+
+impl DrawSeed {
+    /// Sets the seed of the next draw.
+    pub fn set(&self, seed: u64) {
+        self.0.store(seed, Ordering::SeqCst);
+    }
+
+    /// The seed of this draw; advances it.
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::SeqCst)
+    }
+}
+
 /// FLIP's patch dropout: keeps a random `1 - p` share of the `n` patch tokens of each image
-/// (`x`: `[b, skip + n, d]`, the first `skip` tokens, e.g. a class token, always kept).
-/// Only in training: returns `x` unchanged when `p` is 0 or the device records no gradients.
-pub fn patch_dropout(x: Tensor<3>, p: f64, skip: usize) -> Tensor<3> {
+/// (`x`: `[b, skip + n, d]`, the first `skip` tokens, e.g. a class token, always kept), drawn
+/// from `seed`. Only in training: returns `x` unchanged when `p` is 0 or the device records no
+/// gradients.
+pub fn patch_dropout(x: Tensor<3>, p: f64, skip: usize, seed: u64) -> Tensor<3> {
     if p <= 0.0 || !x.device().is_autodiff() {
         return x;
     }
     let [b, t, d] = x.dims();
     let n = t - skip;
     let keep = ((n as f64 * (1.0 - p)).round() as usize).clamp(1, n);
-    let scores = Tensor::<2>::random([b, n], burn::tensor::Distribution::Default, &x.device());
-    let idx = scores.argsort(1).slice(s![.., 0..keep]) + skip as i64;
+    // A seeded partial Fisher-Yates shuffle per image picks the tokens kept.
+    let mut rng = crate::data::shapes::SplitMix64::new(seed);
+    let mut idx = Vec::with_capacity(b * keep);
+    let mut order: Vec<i64> = Vec::with_capacity(n);
+    for _ in 0..b {
+        order.clear();
+        order.extend((0..n as i64).map(|i| i + skip as i64));
+        for i in 0..keep {
+            let j = i + rng.below(n - i);
+            order.swap(i, j);
+        }
+        idx.extend_from_slice(&order[..keep]);
+    }
+    let idx = Tensor::<2, Int>::from_data(TensorData::new(idx, [b, keep]), &x.device());
     let patches = x
         .clone()
         .gather(1, idx.unsqueeze_dim::<3>(2).expand([b, keep, d]));
@@ -109,7 +143,7 @@ mod patch_dropout_tests {
         // Token i holds the value i everywhere, so kept tokens can be identified.
         let values: Vec<f32> = (0..2 * 9 * 4).map(|k| ((k / 4) % 9) as f32).collect();
         let x = Tensor::<3>::from_data(TensorData::new(values.clone(), [2, 9, 4]), &train);
-        let y = patch_dropout(x, 0.5, 1);
+        let y = patch_dropout(x, 0.5, 1, 7);
         assert_eq!(y.dims(), [2, 5, 4]);
         let v = y
             .into_data()
@@ -127,6 +161,6 @@ mod patch_dropout_tests {
         }
         let infer = Device::flex();
         let x = Tensor::<3>::from_data(TensorData::new(values, [2, 9, 4]), &infer);
-        assert_eq!(patch_dropout(x, 0.5, 1).dims(), [2, 9, 4]);
+        assert_eq!(patch_dropout(x, 0.5, 1, 7).dims(), [2, 9, 4]);
     }
 }

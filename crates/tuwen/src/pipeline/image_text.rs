@@ -323,7 +323,7 @@ impl ImageText {
     /// over the whole batch (all negatives) is back-propagated through that micro-batch only.
     /// The temperature and bias take their gradient from the first pass alone, so the summed
     /// gradients equal the full batch's. `reseed(j)` is called before each embedding of
-    /// micro-batch `j`, so random patch dropout draws the same tokens both times.
+    /// micro-batch `j`, so that random draws (patch dropout) are the same both times.
     #[allow(clippy::too_many_arguments)]
     pub fn accumulated_grads(
         &self,
@@ -479,6 +479,24 @@ impl ImageText {
             Towers::Clip(m) => m.vision_model.patch_dropout = p,
             Towers::Siglip(m) => m.vision_model.patch_dropout = p,
         }
+    }
+
+    /// Sets the seed of the next random draw of patch dropout (each draw advances it).
+    pub fn set_draw_seed(&self, seed: u64) {
+        match &self.towers {
+            Towers::Clip(m) => m.vision_model.draws.set(seed),
+            Towers::Siglip(m) => m.vision_model.draws.set(seed),
+        }
+    }
+
+    /// Whether the forward pass draws from the device's generator in training (attention
+    /// dropout set in the config).
+    pub fn draws_from_device(&self) -> bool {
+        ["text_config", "vision_config"].iter().any(|tower| {
+            self.config[tower]["attention_dropout"]
+                .as_f64()
+                .is_some_and(|p| p > 0.0)
+        })
     }
 
     /// The compute device.

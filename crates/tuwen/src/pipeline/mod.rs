@@ -124,9 +124,12 @@ pub fn convert(model: &str, out: &Path, device: &Device) -> Result<()> {
     use crate::models::vit::ViTModel;
     let folder = hub::resolve(model)?;
     let mc = ModelConfig::read(&folder)?;
-    if !matches!(mc.model_type.as_str(), "vit" | "clip" | "siglip") {
+    if !matches!(
+        mc.model_type.as_str(),
+        "vit" | "vit_mae" | "clip" | "siglip"
+    ) {
         return Err(Error::Unsupported(format!(
-            "{}: convert supports model_type vit, clip and siglip, not {:?}",
+            "{}: convert supports model_type vit, vit_mae, clip and siglip, not {:?}",
             mc.path.display(),
             mc.model_type
         )));
@@ -137,7 +140,10 @@ pub fn convert(model: &str, out: &Path, device: &Device) -> Result<()> {
         ));
     }
     let classifier = mc.architecture.as_deref() == Some("ViTForImageClassification");
-    if mc.model_type != "vit" {
+    if mc.model_type == "vit_mae" {
+        let (m, cfg) = crate::models::vit_mae::ViTMAEForPreTraining::load(&folder, device)?;
+        m.save(&cfg, out)?;
+    } else if mc.model_type != "vit" {
         ImageText::load_folder(&folder, device)?.save(out)?;
     } else if classifier {
         let (m, cfg) = ViTForImageClassification::load(&folder, device)?;

@@ -28,6 +28,9 @@ pub struct RunState {
     pub losses: Vec<(usize, f32)>,
     /// The seed the run started with (data order and random draws follow from it and the step).
     pub seed: u64,
+    /// The run's settings; a resumed run must have the same.
+    #[serde(default)]
+    pub settings: serde_json::Value,
 }
 
 struct StableIds {

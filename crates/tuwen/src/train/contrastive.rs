@@ -336,8 +336,16 @@ pub fn train<'a>(
     model.set_patch_dropout(cfg.patch_dropout);
     let device = model.device().clone();
     let mut optim = model.optimizer(cfg.weight_decay);
+    let settings = json!({
+        "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup": cfg.warmup,
+        "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
+        "loss_chunks": cfg.loss_chunks, "lock_image": cfg.lock_image, "lock_text": cfg.lock_text,
+        "patch_dropout": cfg.patch_dropout, "accum_freq": cfg.accum_freq,
+        "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip,
+    });
     let mut state = RunState {
         seed: cfg.seed,
+        settings: settings.clone(),
         ..RunState::default()
     };
     if let Some(dir) = &cfg.resume_from {
@@ -350,6 +358,17 @@ pub fn train<'a>(
                 cfg.seed
             )));
         }
+        if let Some(map) = saved.settings.as_object() {
+            for (key, was) in map {
+                if settings[key.as_str()] != *was {
+                    return Err(Error::InvalidInput(format!(
+                        "{} was trained with {key} = {was}, not {}; resume with the same settings",
+                        dir.display(),
+                        settings[key.as_str()]
+                    )));
+                }
+            }
+        }
         state = saved;
         optim = loaded;
     }
@@ -360,6 +379,7 @@ pub fn train<'a>(
             Some(dir) => checkpoint::save(dir, |tmp| model.save(tmp), optim, state),
             None => Ok(()),
         };
+    let device_draws = model.draws_from_device();
     let mut rates = Vec::new();
     let first = state.step;
     // A stream resumes where the run stood by reading past what it already used.
@@ -423,7 +443,14 @@ pub fn train<'a>(
             cfg.loss_chunks,
             cfg.lock_image,
             cfg.lock_text,
-            |j| device.seed(step_seed(cfg.seed, step, j)),
+            |j| {
+                let seed = step_seed(cfg.seed, step, j);
+                model.set_draw_seed(seed);
+                // Attention dropout, when the config asks for it, draws from the device.
+                if device_draws {
+                    device.seed(seed);
+                }
+            },
         );
         if !loss_value.is_finite() {
             return Err(Error::InvalidInput(format!(

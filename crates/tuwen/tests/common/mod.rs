@@ -19,7 +19,12 @@ pub enum Array {
 
 /// Every array of tests/fixtures/reference.safetensors, by name.
 pub fn reference() -> BTreeMap<String, Array> {
-    let bytes = std::fs::read(fixtures().join("reference.safetensors")).expect("reference file");
+    read_reference("reference.safetensors")
+}
+
+/// Every array of a reference file in tests/fixtures, by name.
+pub fn read_reference(file: &str) -> BTreeMap<String, Array> {
+    let bytes = std::fs::read(fixtures().join(file)).expect("reference file");
     let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
     st.iter()
         .map(|(name, view)| {
