@@ -13,6 +13,7 @@ mod classify;
 mod embed;
 mod info;
 mod quickstart;
+mod reconstruct;
 mod train;
 
 #[derive(Parser)]
@@ -36,6 +37,8 @@ struct Cli {
 enum Command {
     /// Draw a shapes dataset, train a small SigLIP on it in minutes, evaluate, write a report.
     Quickstart(quickstart::QuickstartArgs),
+    /// Mask images and let a masked autoencoder (ViTMAE) reconstruct them.
+    Reconstruct(reconstruct::ReconstructArgs),
     /// Classify images: with a classifier checkpoint, or zero-shot with CLIP/SigLIP and --labels.
     Classify(classify::ClassifyArgs),
     /// Unit-length image and text embeddings of a CLIP or SigLIP model.
@@ -128,6 +131,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Water(args) => water(args),
         Command::Train(args) => train::run_train(*args),
         Command::Quickstart(args) => quickstart::run(args),
+        Command::Reconstruct(args) => reconstruct::run(args, &device()?),
         Command::Eval(cmd) => train::run_eval(cmd, &device()?),
         Command::Data(cmd) => train::run_data(cmd),
         Command::Bench(cmd) => train::run_bench(cmd),

@@ -2,6 +2,7 @@
 //! programs and for the CLI.
 
 pub mod image_text;
+pub mod mae;
 
 pub use image_text::{ImageText, ZeroShotClassifier};
 

@@ -1,0 +1,53 @@
+//! `tuwen reconstruct`: what a masked autoencoder makes of masked images, as a picture or JSON.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+use tuwen::burn::prelude::Device;
+use tuwen::pipeline::mae::MaskedAutoencoder;
+
+#[derive(Args)]
+pub struct ReconstructArgs {
+    /// A ViTMAE checkpoint (folder or HF repo id, e.g. facebook/vit-mae-base).
+    #[arg(long)]
+    model: String,
+    /// Images; repeat for several.
+    #[arg(long = "image", required = true)]
+    images: Vec<PathBuf>,
+    /// Share of patches to mask (default: the checkpoint's mask_ratio).
+    #[arg(long)]
+    mask_ratio: Option<f64>,
+    /// Seed of the masking.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The picture: per image, original | masked | reconstruction | reconstruction + visible.
+    #[arg(long, default_value = "reconstruction.png")]
+    out: PathBuf,
+    /// Print `{"logits", "mask", "loss"}` (transformers' names and layouts) as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: ReconstructArgs, device: &Device) -> Result<()> {
+    let mae = MaskedAutoencoder::load(&args.model, device)?;
+    let ratio = args.mask_ratio.unwrap_or(mae.config.mask_ratio);
+    let r = mae.reconstruct(&args.images, ratio, args.seed)?;
+    r.png(&mae.processor, mae.config.norm_pix_loss, &args.out)?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"logits": r.logits, "mask": r.mask, "loss": r.loss})
+        );
+    } else {
+        let masked: f32 = r.mask.iter().flatten().sum();
+        let total = r.mask.iter().map(Vec::len).sum::<usize>();
+        println!(
+            "masked {masked} of {total} patches; loss on them {}; picture in {}",
+            r.loss.map_or("-".to_string(), |l| format!("{l:.4}")),
+            args.out.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! `tuwen reconstruct` end to end on the tiny ViTMAE fixture: the JSON mask and logits (equal to
+//! transformers' at mask ratio 0 on losslessly stored photos), the four-panel PNG, errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn tuwen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+#[test]
+fn reconstruct_json_png_and_parity_at_ratio_zero() {
+    let model = fixtures().join("vit-mae-odd");
+    let images = ["astronaut.png", "coffee.bmp"].map(|n| fixtures().join("images").join(n));
+    let png = std::env::temp_dir().join(format!("tuwen-rec-{}.png", std::process::id()));
+    let run = |ratio: &str| -> serde_json::Value {
+        let o = tuwen(&[
+            "reconstruct",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            images[0].to_str().unwrap(),
+            "--image",
+            images[1].to_str().unwrap(),
+            "--mask-ratio",
+            ratio,
+            "--out",
+            png.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // 0.76: int(25 x 0.24) = 6 patches kept of 25, as transformers rounds.
+    let v = run("0.76");
+    let mask: Vec<Vec<f64>> = serde_json::from_value(v["mask"].clone()).unwrap();
+    assert_eq!(mask.len(), 2);
+    for m in &mask {
+        assert_eq!(m.len(), 25);
+        assert_eq!(m.iter().sum::<f64>(), 19.0);
+    }
+    assert!(v["loss"].as_f64().unwrap() > 0.0);
+    // The PNG: two rows of four 160-pixel panels under a header.
+    let bytes = std::fs::read(&png).unwrap();
+    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+    assert_eq!((be(16), be(20)), (4 * 168 + 8, 20 + 2 * 168 + 8));
+
+    let v = run("0");
+    assert!(v["loss"].is_null());
+    let ours: Vec<f32> = serde_json::from_value::<Vec<Vec<Vec<f32>>>>(v["logits"].clone())
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    let file = std::fs::read(fixtures().join("mae_reference.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&file).unwrap();
+    let theirs: Vec<f32> = st
+        .tensor("logits_ratio0")
+        .unwrap()
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    // Images 1 and 2 of the reference batch are these two photos.
+    let per = 25 * 192;
+    let d = ours
+        .iter()
+        .zip(&theirs[per..3 * per])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-4, "logits differ by {d}");
+    std::fs::remove_file(&png).unwrap();
+
+    let o = tuwen(&[
+        "reconstruct",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        images[0].to_str().unwrap(),
+        "--mask-ratio",
+        "1.5",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.trim().lines().count() == 1 && err.contains("--mask-ratio"),
+        "{err}"
+    );
+    let o = tuwen(&[
+        "reconstruct",
+        "--model",
+        fixtures().join("vit-odd").to_str().unwrap(),
+        "--image",
+        images[0].to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("vit_mae") || err.contains("ViTMAE"),
+        "{err}"
+    );
+}
