@@ -4,16 +4,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::prelude::*;
-use rayon::prelude::*;
 use serde_json::json;
 
 use super::checkpoint::{self, RunState};
+pub use super::data::{TrainData, batch_indices};
+use super::data::{next_batch, step_seed};
 use crate::data::augment::Augment;
-use crate::data::captions::Sample;
 use crate::data::processor::batch_tensor;
-use crate::data::shapes::SplitMix64;
-use crate::data::webdataset::ShardStream;
-use crate::data::{decode_rgb, open_rgb};
 use crate::hub;
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
@@ -21,9 +18,6 @@ use crate::pipeline::ImageText;
 use crate::pipeline::image_text::Family;
 use crate::text::train_word_tokenizer;
 use crate::{Error, Result};
-
-/// One preprocessed image: channel-first values and their shape.
-type Pixels = (Vec<f32>, [usize; 3]);
 
 /// Settings of a training run.
 #[derive(Clone, Debug)]
@@ -61,32 +55,6 @@ pub struct TrainConfig {
     pub resume_from: Option<PathBuf>,
     /// Random crops and flips of the training images.
     pub augment: Augment,
-}
-
-/// Where training pairs come from.
-pub enum TrainData<'a> {
-    /// A list of pairs, reshuffled each epoch.
-    Samples(&'a [Sample]),
-    /// WebDataset shards, streamed through a shuffle buffer.
-    Shards(ShardStream),
-}
-
-impl<'a> From<&'a [Sample]> for TrainData<'a> {
-    fn from(s: &'a [Sample]) -> Self {
-        TrainData::Samples(s)
-    }
-}
-
-impl<'a> From<&'a Vec<Sample>> for TrainData<'a> {
-    fn from(s: &'a Vec<Sample>) -> Self {
-        TrainData::Samples(s)
-    }
-}
-
-/// An image to decode: a file, or bytes from a shard.
-enum Encoded<'a> {
-    File(&'a Path),
-    Bytes(Vec<u8>),
 }
 
 impl Default for TrainConfig {
@@ -264,32 +232,6 @@ pub struct StepInfo {
     pub samples_per_s: f64,
 }
 
-/// The deterministic order of samples: a fresh seeded shuffle per epoch.
-pub fn batch_indices(n: usize, batch: usize, step: usize, seed: u64) -> Vec<usize> {
-    let per_epoch = (n / batch).max(1);
-    let (epoch, k) = (step / per_epoch, step % per_epoch);
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = SplitMix64::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9));
-    for i in (1..n).rev() {
-        order.swap(i, rng.below(i + 1));
-    }
-    order
-        .into_iter()
-        .cycle()
-        .skip(k * batch)
-        .take(batch)
-        .collect()
-}
-
-/// The seed of the random draws (patch dropout) of micro-batch `j` of step `step`: a function
-/// of the position alone, so that a resumed run draws what the uninterrupted one would.
-fn step_seed(seed: u64, step: usize, j: usize) -> u64 {
-    let mut rng = SplitMix64::new(
-        seed ^ ((step as u64) << 20 | j as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    );
-    rng.next_u64()
-}
-
 /// Trains `model` (on an autodiff device) on `samples`; `on_step` hears about every step with
 /// the model as it is after it, and may stop the run by returning false. Unreadable images are
 /// skipped and counted. With a checkpoint folder, checkpoints are written every
@@ -393,39 +335,14 @@ pub fn train<'a>(
     while state.step < cfg.steps {
         let step = state.step;
         let t0 = Instant::now();
-        let encoded: Vec<(Encoded, String)> = match &mut data {
-            TrainData::Samples(samples) => {
-                batch_indices(samples.len(), cfg.batch_size, step, cfg.seed)
-                    .into_iter()
-                    .map(|i| (Encoded::File(&samples[i].image), samples[i].caption.clone()))
-                    .collect()
-            }
-            TrainData::Shards(stream) => (0..cfg.batch_size)
-                .map(|_| {
-                    stream
-                        .next_sample()
-                        .map(|s| (Encoded::Bytes(s.image), s.caption))
-                })
-                .collect::<Result<_>>()?,
-        };
-        let loaded: Vec<Option<(Pixels, String)>> = encoded
-            .into_par_iter()
-            .enumerate()
-            .map(|(k, (enc, caption))| {
-                let img = match enc {
-                    Encoded::File(p) => open_rgb(p),
-                    Encoded::Bytes(b) => decode_rgb(&b),
-                }
-                .ok()?;
-                let img = if cfg.augment.is_identity() {
-                    img
-                } else {
-                    let mut rng = SplitMix64::new(step_seed(cfg.seed, step, 1000 + k));
-                    cfg.augment.apply(img, &mut rng)
-                };
-                Some((model.processor.preprocess(&img), caption))
-            })
-            .collect();
+        let loaded = next_batch(
+            &mut data,
+            step,
+            cfg.batch_size,
+            cfg.seed,
+            &cfg.augment,
+            &model.processor,
+        )?;
         state.skipped += loaded.iter().filter(|l| l.is_none()).count();
         let (items, captions): (Vec<_>, Vec<String>) = loaded.into_iter().flatten().unzip();
         // The chunked loss needs a batch divisible by its devices; drop the remainder.

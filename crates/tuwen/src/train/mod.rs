@@ -3,7 +3,9 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod contrastive;
+pub mod data;
 pub mod grads;
+pub mod mae;
 pub mod optim;
 pub mod plot;
 

@@ -54,7 +54,17 @@ pub fn no_decay_params<M: Module>(module: &M) -> Vec<ParamId> {
 /// AdamW (β = 0.9, 0.98 as CLIP trains) with `weight_decay` on weights and none on the
 /// parameters [`no_decay_params`] names.
 pub fn adamw<M: Module>(module: &M, weight_decay: f64) -> ModuleOptimizer {
-    let base = AdamWConfig::new().with_beta_2(0.98).with_epsilon(1e-6);
+    adamw_betas(module, weight_decay, 0.98, 1e-6)
+}
+
+/// [`adamw`] with another β₂ and ε (MAE trains with β = 0.9, 0.95 and ε = 1e-8).
+pub fn adamw_betas<M: Module>(
+    module: &M,
+    weight_decay: f64,
+    beta_2: f32,
+    epsilon: f32,
+) -> ModuleOptimizer {
+    let base = AdamWConfig::new().with_beta_2(beta_2).with_epsilon(epsilon);
     base.clone()
         .with_weight_decay(weight_decay as f32)
         .init()

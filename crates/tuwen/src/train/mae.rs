@@ -1,0 +1,323 @@
+//! Pre-training a masked autoencoder (MAE) on images: each step masks a fresh random share of
+//! every image's patches and lowers the pixel error on the masked ones.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use serde_json::json;
+
+use super::checkpoint::{self, RunState};
+use super::data::{TrainData, next_batch, step_seed};
+use crate::data::augment::Augment;
+use crate::data::captions::Sample;
+use crate::data::processor::{ImageProcessor, batch_tensor};
+use crate::models::vit::ViTConfig;
+use crate::models::vit_mae::{Masking, ViTMAEConfig, ViTMAEForPreTraining};
+use crate::{Error, Result, hub};
+
+/// Settings of an MAE pre-training run.
+#[derive(Clone, Debug)]
+pub struct MaeTrainConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warmup steps.
+    pub warmup: usize,
+    /// AdamW weight decay (none on norms, biases, tokens).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0: none, as the paper trains).
+    pub max_grad_norm: f64,
+    /// Share of patches masked in each image.
+    pub mask_ratio: f64,
+    /// Seed of the data order, the masks and the augmentations.
+    pub seed: u64,
+    /// Random crops and flips (the paper: crops keeping 20–100% of the area, and flips).
+    pub augment: Augment,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Where checkpoints go.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from this checkpoint folder (the model must be loaded from it).
+    pub resume_from: Option<PathBuf>,
+}
+
+impl Default for MaeTrainConfig {
+    fn default() -> Self {
+        MaeTrainConfig {
+            steps: 1000,
+            batch_size: 64,
+            lr: 1e-3,
+            warmup: 100,
+            weight_decay: 0.05,
+            max_grad_norm: 0.0,
+            mask_ratio: 0.75,
+            seed: 0,
+            augment: Augment {
+                min_scale: 0.2,
+                hflip: true,
+            },
+            checkpoint_every: 0,
+            checkpoint_dir: None,
+            resume_from: None,
+        }
+    }
+}
+
+/// MAE sizes `--arch` names: `tiny` and `small` train on a laptop; `base`, `large` and `huge`
+/// are the paper's (224 px, 16 px patches (14 for huge), decoder 512 wide and 8 deep).
+pub fn arch(name: &str, image_size: Option<usize>) -> Option<ViTMAEConfig> {
+    let (size, patch, (d, l, h), (dd, dl, dh)) = match name {
+        "tiny" => (32, 4, (96, 4, 3), (64, 2, 4)),
+        "small" => (64, 8, (192, 6, 3), (128, 2, 4)),
+        "base" => (224, 16, (768, 12, 12), (512, 8, 16)),
+        "large" => (224, 16, (1024, 24, 16), (512, 8, 16)),
+        "huge" => (224, 14, (1280, 32, 16), (512, 8, 16)),
+        _ => return None,
+    };
+    Some(ViTMAEConfig {
+        decoder_hidden_size: dd,
+        decoder_num_hidden_layers: dl,
+        decoder_num_attention_heads: dh,
+        decoder_intermediate_size: 4 * dd,
+        mask_ratio: 0.75,
+        norm_pix_loss: false,
+        vit: ViTConfig {
+            hidden_size: d,
+            num_hidden_layers: l,
+            num_attention_heads: h,
+            intermediate_size: 4 * d,
+            image_size: image_size.unwrap_or(size),
+            patch_size: patch,
+            layer_norm_eps: 1e-12,
+            ..ViTConfig::default()
+        },
+    })
+}
+
+/// The architecture names [`arch`] knows.
+pub const ARCHS: &[&str] = &["tiny", "small", "base", "large", "huge"];
+
+/// The preprocessing a new MAE model is saved with: resize to the model's size, ImageNet mean
+/// and standard deviation (as facebook/vit-mae-base).
+pub fn preprocessor_json(image_size: usize) -> serde_json::Value {
+    json!({"image_processor_type": "ViTImageProcessor", "do_resize": true,
+           "size": {"height": image_size, "width": image_size}, "resample": 2,
+           "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
+           "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]})
+}
+
+/// Writes a freshly initialised MAE (seeded) with its preprocessing to `folder`.
+pub fn init_folder(folder: &Path, config: &ViTMAEConfig, seed: u64) -> Result<()> {
+    config
+        .validate()
+        .map_err(|m| Error::InvalidInput(format!("MAE architecture: {m}")))?;
+    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    hub::write_atomic(
+        &folder.join("preprocessor_config.json"),
+        preprocessor_json(config.vit.image_size)
+            .to_string()
+            .as_bytes(),
+    )?;
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::flex();
+    device.seed(seed);
+    ViTMAEForPreTraining::new(config, &device).save(config, folder)
+}
+
+/// Every image under `dir` as a sample without a caption.
+pub fn image_folder(dir: &Path) -> Result<Vec<Sample>> {
+    let images = crate::data::files::walk_images(dir)?;
+    if images.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{}: no images found",
+            dir.display()
+        )));
+    }
+    Ok(images
+        .into_iter()
+        .map(|image| Sample {
+            image,
+            caption: String::new(),
+            extra: Default::default(),
+        })
+        .collect())
+}
+
+/// Per-step information.
+pub struct MaeStep {
+    /// Step index, from 0.
+    pub step: usize,
+    /// Masked-patch loss.
+    pub loss: f32,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Gradient norm (before clipping).
+    pub grad_norm: f64,
+    /// Images per second.
+    pub samples_per_s: f64,
+}
+
+/// What a run measured.
+pub struct MaeReport {
+    /// `(step, loss)` of every step, including those before a resume.
+    pub losses: Vec<(usize, f32)>,
+    /// Median images per second.
+    pub samples_per_s: f64,
+    /// Images that could not be read.
+    pub skipped: usize,
+}
+
+/// Pre-trains `model` (on an autodiff device); `on_step` hears every step and may stop the run.
+/// Checkpoints (model, preprocessing, optimiser, position) go to `cfg.checkpoint_dir`.
+pub fn train<'a>(
+    model: ViTMAEForPreTraining,
+    config: &ViTMAEConfig,
+    processor: &ImageProcessor,
+    data: impl Into<TrainData<'a>>,
+    cfg: &MaeTrainConfig,
+    mut on_step: impl FnMut(&MaeStep) -> bool,
+) -> Result<(ViTMAEForPreTraining, MaeReport)> {
+    let mut data = data.into();
+    if cfg.batch_size == 0 {
+        return Err(Error::InvalidInput("--batch-size must be positive".into()));
+    }
+    if !(0.0..1.0).contains(&cfg.mask_ratio) {
+        return Err(Error::InvalidInput(format!(
+            "--mask-ratio {} must be in [0, 1)",
+            cfg.mask_ratio
+        )));
+    }
+    let patches = config.num_patches();
+    if (patches as f64 * (1.0 - cfg.mask_ratio)) < 1.0 {
+        return Err(Error::InvalidInput(format!(
+            "--mask-ratio {} leaves no visible patch of {patches}",
+            cfg.mask_ratio
+        )));
+    }
+    let mut model = super::stable_param_ids(model);
+    let mut optim = super::optim::adamw_betas(&model, cfg.weight_decay, 0.95, 1e-8);
+    let settings = json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "mask_ratio": cfg.mask_ratio,
+        "max_grad_norm": cfg.max_grad_norm, "crop_scale": cfg.augment.min_scale,
+        "hflip": cfg.augment.hflip, "norm_pix_loss": config.norm_pix_loss});
+    let mut state = RunState {
+        seed: cfg.seed,
+        settings: settings.clone(),
+        ..RunState::default()
+    };
+    if let Some(dir) = &cfg.resume_from {
+        let (saved, loaded) = checkpoint::load(dir, optim)?;
+        if saved.seed != cfg.seed || saved.settings != settings {
+            return Err(Error::InvalidInput(format!(
+                "{} was trained with other settings ({} and seed {}); resume with the same",
+                dir.display(),
+                saved.settings,
+                saved.seed
+            )));
+        }
+        state = saved;
+        optim = loaded;
+    }
+    let device = model.vit.layernorm.gamma.val().device();
+    let save = |model: &ViTMAEForPreTraining,
+                optim: &burn::optim::ModuleOptimizer,
+                state: &RunState| match &cfg.checkpoint_dir {
+        Some(dir) => checkpoint::save(
+            dir,
+            |tmp| {
+                model.save(config, tmp)?;
+                hub::write_atomic(
+                    &tmp.join("preprocessor_config.json"),
+                    preprocessor_json(config.vit.image_size)
+                        .to_string()
+                        .as_bytes(),
+                )
+            },
+            optim,
+            state,
+        ),
+        None => Ok(()),
+    };
+    if let TrainData::Shards(stream) = &mut data {
+        for _ in 0..state.step * cfg.batch_size {
+            stream.next_sample()?;
+        }
+    }
+    let first = state.step;
+    let mut rates = Vec::new();
+    while state.step < cfg.steps {
+        let step = state.step;
+        let t0 = Instant::now();
+        let loaded = next_batch(
+            &mut data,
+            step,
+            cfg.batch_size,
+            cfg.seed,
+            &cfg.augment,
+            processor,
+        )?;
+        state.skipped += loaded.iter().filter(|l| l.is_none()).count();
+        let items: Vec<_> = loaded.into_iter().flatten().map(|(p, _)| p).collect();
+        if items.is_empty() {
+            state.step += 1;
+            continue;
+        }
+        let n = items.len();
+        let pixels = batch_tensor(items, &device)?;
+        let masking = Masking::random(n, patches, cfg.mask_ratio, step_seed(cfg.seed, step, 0));
+        let out = model.forward(pixels, &masking);
+        let loss_value: f32 = out.loss.clone().into_scalar();
+        if !loss_value.is_finite() {
+            return Err(Error::InvalidInput(format!(
+                "the loss became {loss_value} at step {step}; lower --lr"
+            )));
+        }
+        let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let norm = super::clip_global_norm(
+            &model,
+            &mut grads,
+            if cfg.max_grad_norm > 0.0 {
+                cfg.max_grad_norm
+            } else {
+                f64::INFINITY
+            },
+        );
+        let lr = super::warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps);
+        model = optim.step(lr, model, grads);
+        let rate = n as f64 / t0.elapsed().as_secs_f64();
+        if step > first {
+            rates.push(rate);
+        }
+        state.losses.push((step, loss_value));
+        state.step += 1;
+        let go_on = on_step(&MaeStep {
+            step,
+            loss: loss_value,
+            lr,
+            grad_norm: norm,
+            samples_per_s: rate,
+        });
+        let due = cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
+        if !go_on || state.step == cfg.steps || due {
+            save(&model, &optim, &state)?;
+        }
+        if !go_on {
+            break;
+        }
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok((
+        model,
+        MaeReport {
+            losses: state.losses,
+            samples_per_s: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+            skipped: state.skipped,
+        },
+    ))
+}
