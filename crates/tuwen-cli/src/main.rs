@@ -12,6 +12,7 @@ use tuwen::burn::prelude::Device;
 mod classify;
 mod embed;
 mod info;
+mod mae;
 mod quickstart;
 mod reconstruct;
 mod train;
@@ -47,8 +48,9 @@ enum Command {
     Similarity(embed::SimilarityArgs),
     /// Parameter count and compute of a checkpoint or a standard architecture.
     Info(info::InfoArgs),
-    /// Train a CLIP or SigLIP model from scratch or from a checkpoint.
-    Train(Box<train::TrainArgs>),
+    /// Train a model: CLIP or SigLIP (image-text), MAE (masked-autoencoder pre-training).
+    #[command(subcommand)]
+    Train(train::TrainCommand),
     /// Measure a model.
     #[command(subcommand)]
     Eval(train::EvalCommand),
@@ -129,7 +131,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Water(args) => water(args),
-        Command::Train(args) => train::run_train(*args),
+        Command::Train(cmd) => train::run(cmd),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Reconstruct(args) => reconstruct::run(args, &device()?),
         Command::Eval(cmd) => train::run_eval(cmd, &device()?),

@@ -1,7 +1,7 @@
 //! `tuwen train`, `tuwen eval` and `tuwen data`: contrastive training and its measurements.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -38,9 +38,35 @@ pub enum LossKind {
     SigmoidChunked,
 }
 
+/// `tuwen train clip|siglip|mae`.
+#[derive(Subcommand)]
+pub enum TrainCommand {
+    /// CLIP: image and text towers with the softmax contrastive loss.
+    Clip(Box<TrainArgs>),
+    /// SigLIP: image and text towers with the pairwise sigmoid loss.
+    Siglip(Box<TrainArgs>),
+    /// MAE: masked-autoencoder pre-training of a ViT on images.
+    Mae(Box<crate::mae::MaeArgs>),
+}
+
+pub fn run(cmd: TrainCommand) -> Result<()> {
+    match cmd {
+        TrainCommand::Clip(mut a) => {
+            a.kind = Kind::Clip;
+            run_train(*a)
+        }
+        TrainCommand::Siglip(mut a) => {
+            a.kind = Kind::Siglip;
+            run_train(*a)
+        }
+        TrainCommand::Mae(a) => crate::mae::run(*a),
+    }
+}
+
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Which model family to train.
+    /// Which model family to train (set by the subcommand).
+    #[arg(skip = Kind::Clip)]
     kind: Kind,
     /// Training pairs: a CSV/TSV (filepath,caption), a folder with .txt sidecars, class
     /// subfolders, or WebDataset shards (`shards-{0000..0099}.tar`: image + .txt/.json).
@@ -355,45 +381,13 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         None => None,
     };
     let val_templates = vec![args.val_template.clone()];
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    let metrics_path = args.out.join("metrics.jsonl");
-    // A resumed run keeps the lines of the steps its checkpoint covers and appends.
-    let mut kept = String::new();
-    let mut start = 0;
-    if let Some(dir) = &resume_from {
-        start = checkpoint::read_state(dir)?.step;
-        let old = std::fs::read_to_string(&metrics_path).unwrap_or_default();
-        for line in old.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-            if v["step"].as_u64().is_some_and(|s| (s as usize) < start) {
-                kept.push_str(line);
-                kept.push('\n');
-            }
-        }
-    }
-    hub::write_atomic(&metrics_path, kept.as_bytes())?;
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("cannot write {}", metrics_path.display()))?;
-    let bar = ProgressBar::new(steps as u64).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {elapsed}<{eta}")
-            .expect("valid template"),
-    );
-    bar.set_position(start as u64);
+    let mut progress = Progress::start(&args.out, steps, resume_from.as_deref())?;
     let mut val_error = None;
     let data = match stream {
         Some(s) => TrainData::Shards(s),
         None => TrainData::Samples(&samples),
     };
     let (model, report) = train(model, data, &cfg, |s, model| {
-        bar.set_position(s.step as u64 + 1);
-        bar.set_message(format!(
-            "loss {:.3} lr {:.1e} {:.0} samples/s",
-            s.loss, s.lr, s.samples_per_s
-        ));
         let mut line = json!({"step": s.step, "loss": s.loss, "lr": s.lr,
                               "grad_norm": s.grad_norm, "samples_per_s": s.samples_per_s});
         if let Some(val) = &val_samples
@@ -404,7 +398,7 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
                 Ok(r) => {
                     line["val_top1"] = r["top1"].clone();
                     line["val_top5"] = r["top5"].clone();
-                    bar.println(format!(
+                    progress.println(format!(
                         "step {}: validation zero-shot top-1 {:.1}%",
                         s.step + 1,
                         r["top1"].as_f64().unwrap_or(0.0) * 100.0
@@ -416,13 +410,12 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
                 }
             }
         }
-        let _ = writeln!(metrics, "{line}");
-        !stop.load(Ordering::SeqCst)
+        progress.step(line)
     })?;
     if let Some(e) = val_error {
         return Err(e).context("validation failed");
     }
-    bar.finish_and_clear();
+    progress.finish();
     model.save(&args.out)?;
     let done = report.losses.len();
     if done >= 2 {
@@ -458,6 +451,75 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         samples_per_s: report.samples_per_s,
         zero_shot,
     })
+}
+
+/// What every training command shows and records: a progress bar (step, loss, LR, samples/s,
+/// ETA), `metrics.jsonl` (kept up to the checkpoint's step on a resume, then appended) and
+/// Ctrl-C, which asks the run to save and stop.
+pub struct Progress {
+    bar: ProgressBar,
+    metrics: std::fs::File,
+    stop: Arc<AtomicBool>,
+}
+
+impl Progress {
+    /// Starts the bar at the checkpoint's step when resuming from `resume_from`.
+    pub fn start(out: &Path, steps: usize, resume_from: Option<&Path>) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+        let metrics_path = out.join("metrics.jsonl");
+        let mut kept = String::new();
+        let mut start = 0;
+        if let Some(dir) = resume_from {
+            start = checkpoint::read_state(dir)?.step;
+            let old = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+            for line in old.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                if v["step"].as_u64().is_some_and(|s| (s as usize) < start) {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+        }
+        hub::write_atomic(&metrics_path, kept.as_bytes())?;
+        let metrics = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        let bar = ProgressBar::new(steps as u64).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {elapsed}<{eta}")
+                .expect("valid template"),
+        );
+        bar.set_position(start as u64);
+        Ok(Progress { bar, metrics, stop })
+    }
+
+    /// Records a step's metrics line (`step`, `loss`, `lr`, `samples_per_s`, ...); false once
+    /// Ctrl-C asked to stop.
+    pub fn step(&mut self, line: serde_json::Value) -> bool {
+        let f = |k: &str| line[k].as_f64().unwrap_or(f64::NAN);
+        self.bar
+            .set_position(line["step"].as_u64().unwrap_or(0) + 1);
+        self.bar.set_message(format!(
+            "loss {:.3} lr {:.1e} {:.0} samples/s",
+            f("loss"),
+            f("lr"),
+            f("samples_per_s")
+        ));
+        let _ = writeln!(self.metrics, "{line}");
+        !self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Prints a line above the bar.
+    pub fn println(&self, msg: String) {
+        self.bar.println(msg);
+    }
+
+    /// Clears the bar.
+    pub fn finish(self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 #[derive(Subcommand)]

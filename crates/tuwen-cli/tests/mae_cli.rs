@@ -108,3 +108,77 @@ fn reconstruct_json_png_and_parity_at_ratio_zero() {
         "{err}"
     );
 }
+
+#[test]
+fn train_mae_writes_a_model_that_reconstructs() {
+    let out = std::env::temp_dir().join(format!("tuwen-train-mae-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let images = fixtures().join("images");
+    let o = tuwen(&[
+        "train",
+        "mae",
+        "--data",
+        images.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--mask-ratio",
+        "0.5",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "curves.png",
+        "reconstructions.png",
+        "checkpoint/optimizer.bpk",
+    ] {
+        assert!(out.join(f).is_file(), "no {f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "vit_mae");
+    assert_eq!(cfg["mask_ratio"], 0.5);
+    let o = tuwen(&[
+        "reconstruct",
+        "--model",
+        out.to_str().unwrap(),
+        "--image",
+        images.join("chelsea.jpg").to_str().unwrap(),
+        "--json",
+        "--out",
+        out.join("r.png").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // tiny: 32 px, 4 px patches: 64 patches, half masked.
+    let mask: Vec<f64> = serde_json::from_value(v["mask"][0].clone()).unwrap();
+    assert_eq!((mask.len(), mask.iter().sum::<f64>()), (64, 32.0));
+    let o = tuwen(&[
+        "train",
+        "mae",
+        "--data",
+        images.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--arch",
+        "enormous",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("unknown --arch"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -23,3 +23,4 @@ pub mod water;
 
 pub use burn;
 pub use error::{Error, Result};
+pub use image;

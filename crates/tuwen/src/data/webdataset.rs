@@ -194,9 +194,10 @@ fn split_key(name: &str) -> (String, String) {
     }
 }
 
-/// Reads the samples of one shard in order. Members that do not make a sample (no image or no
-/// caption) are counted in the second value; a damaged archive ends the list and counts once.
-pub fn read_shard(path: &Path) -> (Vec<ShardSample>, usize) {
+/// Reads the samples of one shard in order. Members that do not make a sample (no image, or no
+/// caption unless `images_only`) are counted in the second value; a damaged archive ends the
+/// list and counts once.
+pub fn read_shard(path: &Path, images_only: bool) -> (Vec<ShardSample>, usize) {
     let mut samples = Vec::new();
     let mut skipped = 0;
     let Ok(file) = File::open(path) else {
@@ -212,6 +213,11 @@ pub fn read_shard(path: &Path) -> (Vec<ShardSample>, usize) {
                     key,
                     image,
                     caption,
+                }),
+                (Some(image), None) if images_only => samples.push(ShardSample {
+                    key,
+                    image,
+                    caption: String::new(),
                 }),
                 _ => skipped += 1,
             }
@@ -266,6 +272,8 @@ pub struct ShardStream {
     /// Samples and damaged shards skipped so far.
     pub skipped: usize,
     produced_in_epoch: usize,
+    /// Take images without captions too (for image-only training).
+    pub images_only: bool,
 }
 
 impl ShardStream {
@@ -292,6 +300,7 @@ impl ShardStream {
             rng: SplitMix64::new(seed),
             skipped: 0,
             produced_in_epoch: 0,
+            images_only: false,
         };
         s.start_epoch(0);
         Ok(s)
@@ -313,7 +322,7 @@ impl ShardStream {
     fn pull(&mut self) -> Option<ShardSample> {
         while self.pending.is_empty() {
             let shard = self.order.pop_front()?;
-            let (samples, skipped) = read_shard(&self.shards[shard]);
+            let (samples, skipped) = read_shard(&self.shards[shard], self.images_only);
             self.skipped += skipped;
             self.pending.extend(samples);
         }
@@ -439,16 +448,18 @@ mod tests {
         .collect();
         let good = tar_bytes(&members).unwrap();
         std::fs::write(dir.join("s-0.tar"), &good).unwrap();
-        let (samples, skipped) = read_shard(&dir.join("s-0.tar"));
+        let (samples, skipped) = read_shard(&dir.join("s-0.tar"), false);
         assert_eq!(samples.len(), 2);
         assert_eq!(skipped, 2);
         assert_eq!(samples[0].key, "a/0001");
         assert_eq!(samples[0].caption, "first caption");
         assert_eq!(samples[1].image, b"img2");
         assert_eq!(samples[1].caption, "second");
+        // Images alone count when captions are not needed.
+        assert_eq!(read_shard(&dir.join("s-0.tar"), true).0.len(), 3);
         // Cut inside the third member: the first two samples stay, the damage counts once.
         std::fs::write(dir.join("s-1.tar"), &good[..512 * 9 + 100]).unwrap();
-        let (samples, skipped) = read_shard(&dir.join("s-1.tar"));
+        let (samples, skipped) = read_shard(&dir.join("s-1.tar"), false);
         assert_eq!(samples.len(), 2);
         assert_eq!(skipped, 1);
         // A stream over both shards (and a missing one) cycles through epochs.

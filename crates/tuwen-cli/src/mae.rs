@@ -1,0 +1,234 @@
+//! `tuwen train mae`: masked-autoencoder pre-training with a progress bar, checkpoints, exact
+//! resume, metrics, curves and a picture of reconstructions at the end.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+use tuwen::burn::prelude::Device;
+use tuwen::data::ImageProcessor;
+use tuwen::data::augment::Augment;
+use tuwen::data::captions::{CsvSpec, Sample, read_csv};
+use tuwen::data::webdataset::{self, ShardStream};
+use tuwen::models::vit_mae::{ViTMAEForPreTraining, read_config};
+use tuwen::pipeline::mae::MaskedAutoencoder;
+use tuwen::train::checkpoint;
+use tuwen::train::data::TrainData;
+use tuwen::train::mae::{ARCHS, MaeTrainConfig, arch, image_folder, init_folder, train};
+
+use crate::train::Progress;
+
+#[derive(Args)]
+pub struct MaeArgs {
+    /// Images: a folder (searched recursively), a CSV/TSV with a `filepath` column, or
+    /// WebDataset shards (`shards-{0000..0099}.tar`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder: the model in HF layout, metrics.jsonl, curves.png, reconstructions.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Architecture to train from scratch: tiny (32 px), small (64 px), base, large, huge.
+    #[arg(long, default_value = "tiny", conflicts_with = "init")]
+    arch: String,
+    /// Image side for a model trained from scratch (default: the architecture's).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Continue pre-training this ViTMAE checkpoint (folder or HF repo id) instead.
+    #[arg(long)]
+    init: Option<String>,
+    /// Share of patches masked in each image (default: the model's mask_ratio, 0.75).
+    #[arg(long)]
+    mask_ratio: Option<f64>,
+    /// Predict per-patch normalised pixels (a model trained from scratch).
+    #[arg(long)]
+    norm_pix_loss: bool,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Passes over the images instead of --steps (not for shards).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate (AdamW, β = 0.9, 0.95).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// Weight decay (none on norms, biases and tokens).
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    /// Random-resized-crop: the smallest share of the image a crop keeps (the paper: 0.2).
+    #[arg(long, default_value_t = 0.2)]
+    crop_scale: f64,
+    /// Do not mirror half of the images.
+    #[arg(long)]
+    no_hflip: bool,
+    /// Shuffle-buffer size when streaming shards.
+    #[arg(long, default_value_t = 1000)]
+    shuffle_buffer: usize,
+    /// Seed of initialisation, data order, masks and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save a checkpoint (OUT/checkpoint) every N steps; one is always saved at the end.
+    #[arg(long, default_value_t = 200)]
+    save_every: usize,
+    /// Continue the run saved in OUT/checkpoint (same data and settings).
+    #[arg(long)]
+    resume: bool,
+}
+
+pub fn run(args: MaeArgs) -> Result<()> {
+    if !(0.05..=1.0).contains(&args.crop_scale) {
+        bail!("--crop-scale {} must be in [0.05, 1]", args.crop_scale);
+    }
+    let shards = webdataset::is_shards(&args.data);
+    let (samples, stream): (Vec<Sample>, Option<ShardStream>) = if shards {
+        let mut s = ShardStream::open(&args.data, args.shuffle_buffer, args.seed)?;
+        s.images_only = true;
+        eprintln!("streaming WebDataset shards {}", args.data.display());
+        (Vec::new(), Some(s))
+    } else if args.data.is_dir() {
+        let s = image_folder(&args.data)?;
+        eprintln!("{} images under {}", s.len(), args.data.display());
+        (s, None)
+    } else {
+        // Only the image column matters.
+        let spec = CsvSpec {
+            caption_column: "filepath".into(),
+            ..CsvSpec::default()
+        };
+        let s = read_csv(&args.data, &spec)?;
+        eprintln!("{} images listed in {}", s.len(), args.data.display());
+        (s, None)
+    };
+    let steps = match args.epochs {
+        None => args.steps,
+        Some(_) if shards => {
+            bail!("--epochs needs a known number of images: use --steps with shards")
+        }
+        Some(e) if !(e > 0.0 && e.is_finite()) => bail!("--epochs {e} must be positive"),
+        Some(e) => ((e * samples.len() as f64 / args.batch_size as f64).ceil() as usize).max(1),
+    };
+    let ckpt_dir = args.out.join("checkpoint");
+    let resume_from = if args.resume {
+        Some(checkpoint::find(&ckpt_dir).with_context(|| {
+            format!(
+                "--resume: no checkpoint in {} (start without --resume)",
+                ckpt_dir.display()
+            )
+        })?)
+    } else {
+        match &args.init {
+            Some(m) => {
+                let folder = tuwen::hub::resolve(m)?;
+                read_config(&folder)?;
+                tuwen::pipeline::convert(
+                    folder.to_str().context("non-UTF-8 path")?,
+                    &args.out,
+                    &Device::flex(),
+                )?;
+            }
+            None => {
+                let mut cfg = arch(&args.arch, args.image_size).with_context(|| {
+                    format!(
+                        "unknown --arch {:?} (known: {})",
+                        args.arch,
+                        ARCHS.join(", ")
+                    )
+                })?;
+                cfg.norm_pix_loss = args.norm_pix_loss;
+                if let Some(r) = args.mask_ratio {
+                    cfg.mask_ratio = r;
+                }
+                init_folder(&args.out, &cfg, args.seed)?;
+            }
+        }
+        None
+    };
+    let folder = resume_from.clone().unwrap_or_else(|| args.out.clone());
+    let device = Device::flex().autodiff();
+    let (model, config) = ViTMAEForPreTraining::load(&folder, &device)?;
+    let processor = tuwen::pipeline::image_processor(&folder, "ViTImageProcessor")?;
+    check_size(&processor, config.vit.image_size)?;
+    let cfg = MaeTrainConfig {
+        steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        warmup: args.warmup,
+        weight_decay: args.weight_decay,
+        max_grad_norm: 0.0,
+        mask_ratio: args.mask_ratio.unwrap_or(config.mask_ratio),
+        seed: args.seed,
+        augment: Augment {
+            min_scale: args.crop_scale,
+            hflip: !args.no_hflip,
+        },
+        checkpoint_every: args.save_every,
+        checkpoint_dir: Some(ckpt_dir),
+        resume_from: resume_from.clone(),
+    };
+    let mut progress = Progress::start(&args.out, steps, resume_from.as_deref())?;
+    let data = match stream {
+        Some(s) => TrainData::Shards(s),
+        None => TrainData::Samples(&samples),
+    };
+    let (model, report) = train(model, &config, &processor, data, &cfg, |s| {
+        progress.step(json!({"step": s.step, "loss": s.loss, "lr": s.lr,
+                             "grad_norm": s.grad_norm, "samples_per_s": s.samples_per_s}))
+    })?;
+    progress.finish();
+    model.save(&config, &args.out)?;
+    tuwen::hub::write_atomic(
+        &args.out.join("preprocessor_config.json"),
+        tuwen::train::mae::preprocessor_json(config.vit.image_size)
+            .to_string()
+            .as_bytes(),
+    )?;
+    let done = report.losses.len();
+    if done >= 2 {
+        tuwen::train::plot::loss_curve_png(&report.losses, &args.out.join("curves.png"))?;
+    }
+    // What the model makes of a few training images.
+    if !samples.is_empty() {
+        let mae = MaskedAutoencoder::load_folder(&args.out, &Device::flex())?;
+        let some: Vec<PathBuf> = samples.iter().take(4).map(|s| s.image.clone()).collect();
+        let r = mae.reconstruct(&some, cfg.mask_ratio, args.seed)?;
+        r.png(
+            &mae.processor,
+            config.norm_pix_loss,
+            &args.out.join("reconstructions.png"),
+        )?;
+    }
+    if done < steps {
+        eprintln!(
+            "interrupted after {done} steps; saved the model to {} (continue with --resume)",
+            args.out.display()
+        );
+    }
+    let first = report.losses.first().map_or(f32::NAN, |l| l.1);
+    let last = report.losses.last().map_or(f32::NAN, |l| l.1);
+    eprintln!(
+        "trained {done} steps: masked-patch loss {first:.3} -> {last:.3}, {:.0} images/s, {} unreadable images skipped; model in {}",
+        report.samples_per_s,
+        report.skipped,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn check_size(processor: &ImageProcessor, size: usize) -> Result<()> {
+    let probe = tuwen::image::RgbImage::new(size as u32 + 7, size as u32 + 3);
+    let (_, shape) = processor.preprocess(&probe);
+    if shape[1] != size || shape[2] != size {
+        bail!(
+            "the preprocessor makes {}x{} images but the model takes {size}x{size}",
+            shape[1],
+            shape[2]
+        );
+    }
+    Ok(())
+}
