@@ -232,3 +232,191 @@ fn check_size(processor: &ImageProcessor, size: usize) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub struct BenchMaeArgs {
+    /// Architecture: tiny, small, base, large, huge.
+    #[arg(long, default_value = "base")]
+    arch: String,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// The mask ratio compared with no masking.
+    #[arg(long, default_value_t = 0.75)]
+    mask_ratio: f64,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed steps (median).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+}
+
+pub fn bench(a: BenchMaeArgs) -> Result<()> {
+    let cfg = arch(&a.arch, None)
+        .with_context(|| format!("unknown --arch {:?} (known: {})", a.arch, ARCHS.join(", ")))?;
+    if a.steps == 0 || a.batch_size == 0 || !(0.0..1.0).contains(&a.mask_ratio) {
+        bail!("--steps and --batch-size must be positive and --mask-ratio in [0, 1)");
+    }
+    // Alternate the two settings, so that the machine's drift touches both alike.
+    let (mut e0, mut f0, mut e1, mut f1) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..3 {
+        let (e, f) = tuwen::train::mae::step_times(&cfg, a.batch_size, 0.0, a.warmup, a.steps)?;
+        e0.push(e);
+        f0.push(f);
+        let (e, f) =
+            tuwen::train::mae::step_times(&cfg, a.batch_size, a.mask_ratio, a.warmup, a.steps)?;
+        e1.push(e);
+        f1.push(f);
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (e0, f0, e1, f1) = (med(e0), med(f0), med(e1), med(f1));
+    println!(
+        "MAE {} ({}x{} px, {} patches), batch {}, {} threads, forward + backward, median ms:",
+        a.arch,
+        cfg.vit.image_size,
+        cfg.vit.image_size,
+        cfg.num_patches(),
+        a.batch_size,
+        tuwen::device::threads()
+    );
+    println!(
+        "  encoder: {:.1} (no masking) vs {:.1} (mask {}): {:.2}x faster",
+        e0 * 1e3,
+        e1 * 1e3,
+        a.mask_ratio,
+        e0 / e1
+    );
+    println!(
+        "  encoder + decoder + loss: {:.1} vs {:.1}: {:.2}x faster",
+        f0 * 1e3,
+        f1 * 1e3,
+        f0 / f1
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RatioStudyArgs {
+    /// Labelled training images (CSV with filepath and --label-column): pre-training uses the
+    /// images, the linear probe the labels.
+    #[arg(long)]
+    data: PathBuf,
+    /// Labelled test images for the probe's score.
+    #[arg(long)]
+    test: PathBuf,
+    /// The label column.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Mask ratios to compare.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,0.9")]
+    ratios: Vec<f64>,
+    /// Architecture.
+    #[arg(long, default_value = "tiny")]
+    arch: String,
+    /// Pre-training steps per ratio.
+    #[arg(long, default_value_t = 800)]
+    steps: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder: ratio_study.json, ratio_study.md, ratio_study.png and the runs.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn ratio_study(a: RatioStudyArgs) -> Result<()> {
+    let cfg = arch(&a.arch, None)
+        .with_context(|| format!("unknown --arch {:?} (known: {})", a.arch, ARCHS.join(", ")))?;
+    let spec = CsvSpec {
+        caption_column: a.label_column.clone(),
+        ..CsvSpec::default()
+    };
+    let train_set = read_csv(&a.data, &spec)?;
+    let test = read_csv(&a.test, &spec)?;
+    // The label also lives in `extra` for the probe.
+    let with_label = |v: Vec<Sample>| -> Vec<Sample> {
+        v.into_iter()
+            .map(|mut s| {
+                s.extra.insert(a.label_column.clone(), s.caption.clone());
+                s
+            })
+            .collect()
+    };
+    let (train_set, test) = (with_label(train_set), with_label(test));
+    let run = MaeTrainConfig {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        seed: a.seed,
+        ..MaeTrainConfig::default()
+    };
+    eprintln!(
+        "{} training and {} test images; {} steps of {} per ratio",
+        train_set.len(),
+        test.len(),
+        a.steps,
+        a.batch_size
+    );
+    let rows = tuwen::train::mae::ratio_study(
+        &cfg,
+        &train_set,
+        &test,
+        &a.label_column,
+        &a.ratios,
+        &run,
+        &a.out,
+        |r| {
+            eprintln!(
+                "{}: linear probe {:.1}%{}",
+                r.mask_ratio
+                    .map_or("random init".to_string(), |m| format!("mask {m}")),
+                r.probe_top1 * 100.0,
+                r.final_loss.map_or(String::new(), |l| format!(
+                    ", final loss {l:.3}, {:.0} s",
+                    r.seconds
+                ))
+            )
+        },
+    )?;
+    let mut md = String::from(
+        "| pre-training | final masked-patch loss | linear probe top-1 |\n|---|---|---|\n",
+    );
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {} | {:.1}% |\n",
+            r.mask_ratio
+                .map_or("none (random init)".to_string(), |m| format!(
+                    "mask ratio {m}"
+                )),
+            r.final_loss.map_or("-".to_string(), |l| format!("{l:.3}")),
+            r.probe_top1 * 100.0
+        ));
+    }
+    tuwen::hub::write_atomic(&a.out.join("ratio_study.md"), md.as_bytes())?;
+    tuwen::hub::write_atomic(
+        &a.out.join("ratio_study.json"),
+        serde_json::to_string_pretty(&rows)?.as_bytes(),
+    )?;
+    let bars: Vec<(String, f64)> = rows
+        .iter()
+        .filter_map(|r| r.mask_ratio.map(|m| (format!("{m}"), r.probe_top1)))
+        .collect();
+    tuwen::train::plot::bar_chart_png(
+        &bars,
+        Some(("random init", rows[0].probe_top1)),
+        "linear-probe top-1 after MAE pre-training, by mask ratio",
+        &a.out.join("ratio_study.png"),
+    )?;
+    print!("{md}");
+    Ok(())
+}

@@ -618,6 +618,10 @@ pub fn run_eval(cmd: EvalCommand, device: &Device) -> Result<()> {
 pub enum BenchCommand {
     /// Time a training step (forward, backward, AdamW) on random inputs.
     Train(BenchTrainArgs),
+    /// MAE: time the encoder's and the whole model's training step with and without masking.
+    Mae(crate::mae::BenchMaeArgs),
+    /// MAE's masking-ratio study in miniature: pre-train at several ratios, linear-probe each.
+    MaeRatios(crate::mae::RatioStudyArgs),
 }
 
 #[derive(Args)]
@@ -643,7 +647,11 @@ pub struct BenchTrainArgs {
 }
 
 pub fn run_bench(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Train(a) = cmd;
+    let a = match cmd {
+        BenchCommand::Train(a) => a,
+        BenchCommand::Mae(a) => return crate::mae::bench(a),
+        BenchCommand::MaeRatios(a) => return crate::mae::ratio_study(a),
+    };
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }

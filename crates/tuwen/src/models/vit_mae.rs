@@ -224,6 +224,14 @@ impl Masking {
         Self::from_noise(&noise, ratio)
     }
 
+    /// No masking: every patch kept, in order (for features and evaluation).
+    pub fn none(batch: usize, patches: usize) -> Self {
+        Masking {
+            order: vec![(0..patches).collect(); batch],
+            keep: patches,
+        }
+    }
+
     /// transformers' `mask`: per image and patch, 1 where masked, 0 where kept.
     pub fn mask(&self) -> Vec<Vec<f32>> {
         self.order

@@ -105,6 +105,39 @@ impl MaskedAutoencoder {
     }
 }
 
+impl MaskedAutoencoder {
+    /// The encoder's class-token features (after its final norm) of unmasked images, as MAE's
+    /// linear probing reads them; unreadable images are an error.
+    pub fn features(&self, paths: &[PathBuf], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        let size = self.config.vit.image_size;
+        let mut out = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(batch_size.max(1)) {
+            let items = chunk
+                .iter()
+                .map(|p| {
+                    let (v, shape) = self.processor.preprocess(&crate::data::open_rgb(p)?);
+                    if shape != [3, size, size] {
+                        return Err(Error::InvalidInput(format!(
+                            "{}: preprocessed to {}x{}, the model takes {size}",
+                            p.display(),
+                            shape[1],
+                            shape[2]
+                        )));
+                    }
+                    Ok((v, shape))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let pixels = crate::data::processor::batch_tensor(items, &self.device)?;
+            let masking = Masking::none(chunk.len(), self.config.num_patches());
+            let latent = self.model.encode(pixels, &masking);
+            let [b, _, d] = latent.dims();
+            let cls = to_vec(latent.slice(s![.., 0..1, ..]).reshape([b, d]))?;
+            out.extend(cls.chunks(d).map(<[f32]>::to_vec));
+        }
+        Ok(out)
+    }
+}
+
 impl Reconstruction {
     /// The `(y, x)` of value `k` of patch `i` in a `[3, size, size]` image, with its channel.
     fn place(&self, i: usize, k: usize) -> (usize, usize, usize) {

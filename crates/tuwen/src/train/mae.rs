@@ -321,3 +321,138 @@ pub fn train<'a>(
         },
     ))
 }
+
+/// One row of the masking-ratio study.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RatioRow {
+    /// The mask ratio of pre-training; `None` for the randomly initialised encoder.
+    pub mask_ratio: Option<f64>,
+    /// Masked-patch loss at the last pre-training step.
+    pub final_loss: Option<f32>,
+    /// Linear-probe top-1 on the test images.
+    pub probe_top1: f64,
+    /// Seconds of pre-training.
+    pub seconds: f64,
+}
+
+/// The paper's masking-ratio study in miniature: for each ratio, pre-train the same initial
+/// model (`arch`, `seed`) on the training images with `cfg`, then linear-probe its encoder
+/// (class labels from `label_column`) and score the probe on `test`. The first row is the same
+/// probe on the encoder as initialised.
+#[allow(clippy::too_many_arguments)]
+pub fn ratio_study(
+    config: &ViTMAEConfig,
+    train_set: &[Sample],
+    test: &[Sample],
+    label_column: &str,
+    ratios: &[f64],
+    cfg: &MaeTrainConfig,
+    work: &Path,
+    mut on_row: impl FnMut(&RatioRow),
+) -> Result<Vec<RatioRow>> {
+    let labels = |set: &[Sample], names: &mut Vec<String>| -> Result<Vec<usize>> {
+        set.iter()
+            .map(|s| {
+                let l = s.extra.get(label_column).ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "no column {label_column:?} for {}",
+                        s.image.display()
+                    ))
+                })?;
+                Ok(match names.iter().position(|n| n == l) {
+                    Some(i) => i,
+                    None => {
+                        names.push(l.clone());
+                        names.len() - 1
+                    }
+                })
+            })
+            .collect()
+    };
+    let mut names = Vec::new();
+    let y_train = labels(train_set, &mut names)?;
+    let y_test = labels(test, &mut names)?;
+    let train_paths: Vec<PathBuf> = train_set.iter().map(|s| s.image.clone()).collect();
+    let test_paths: Vec<PathBuf> = test.iter().map(|s| s.image.clone()).collect();
+    let init = work.join("init");
+    init_folder(&init, config, cfg.seed)?;
+    let probe = |folder: &Path| -> Result<f64> {
+        let mae = crate::pipeline::mae::MaskedAutoencoder::load_folder(folder, &Device::flex())?;
+        let f_train = mae.features(&train_paths, 128)?;
+        let f_test = mae.features(&test_paths, 128)?;
+        let p = super::probe::LinearProbe::train(&f_train, &y_train, 500, 0.05, 1e-4, cfg.seed)?;
+        Ok(p.accuracy(&f_test, &y_test))
+    };
+    let mut rows = vec![RatioRow {
+        mask_ratio: None,
+        final_loss: None,
+        probe_top1: probe(&init)?,
+        seconds: 0.0,
+    }];
+    on_row(&rows[0]);
+    let processor = ImageProcessor::from_file(&init.join("preprocessor_config.json"))?;
+    for &ratio in ratios {
+        let out = work.join(format!("ratio-{ratio}"));
+        let run = MaeTrainConfig {
+            mask_ratio: ratio,
+            checkpoint_dir: Some(out.clone()),
+            resume_from: None,
+            ..cfg.clone()
+        };
+        let (model, _) = ViTMAEForPreTraining::load(&init, &Device::flex().autodiff())?;
+        let t0 = Instant::now();
+        let (_, report) = train(model, config, &processor, train_set, &run, |_| true)?;
+        let row = RatioRow {
+            mask_ratio: Some(ratio),
+            final_loss: report.losses.last().map(|l| l.1),
+            probe_top1: probe(&out)?,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        on_row(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Median seconds of one training step of the encoder alone (forward and backward on the
+/// visible patches) and of the whole MAE step, at `mask_ratio`, on random images.
+pub fn step_times(
+    config: &ViTMAEConfig,
+    batch: usize,
+    mask_ratio: f64,
+    warmup: usize,
+    steps: usize,
+) -> Result<(f64, f64)> {
+    let device = Device::flex().autodiff();
+    device.seed(0);
+    let model = ViTMAEForPreTraining::new(config, &device);
+    let s = config.vit.image_size;
+    let pixels = Tensor::<4>::random(
+        [batch, config.vit.num_channels, s, s],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let patches = config.num_patches();
+    let (mut enc, mut full) = (Vec::new(), Vec::new());
+    for i in 0..warmup + steps {
+        let masking = Masking::random(batch, patches, mask_ratio, i as u64);
+        let t0 = Instant::now();
+        let latent = model.encode(pixels.clone(), &masking);
+        let g = latent.powi_scalar(2).mean().backward();
+        drop(g);
+        let t1 = Instant::now();
+        let out = model.forward(pixels.clone(), &masking);
+        let g = out.loss.backward();
+        drop(g);
+        let t2 = Instant::now();
+        if i >= warmup {
+            enc.push((t1 - t0).as_secs_f64());
+            full.push((t2 - t1).as_secs_f64());
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    Ok((median(enc), median(full)))
+}

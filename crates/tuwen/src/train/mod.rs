@@ -8,6 +8,7 @@ pub mod grads;
 pub mod mae;
 pub mod optim;
 pub mod plot;
+pub mod probe;
 
 pub use checkpoint::stable_param_ids;
 pub use grads::named_grads;

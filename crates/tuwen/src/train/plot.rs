@@ -89,6 +89,85 @@ pub fn loss_curve_png(losses: &[(usize, f32)], path: &Path) -> Result<()> {
     write_atomic(path, &png)
 }
 
+/// A bar chart of `bars` (label, value in [0, 1], drawn as a percentage), with an optional
+/// horizontal reference line (label, value), a title, written to `path` atomically.
+pub fn bar_chart_png(
+    bars: &[(String, f64)],
+    reference: Option<(&str, f64)>,
+    title: &str,
+    path: &Path,
+) -> Result<()> {
+    if bars.is_empty() {
+        return Err(Error::InvalidInput("a bar chart needs bars".into()));
+    }
+    let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
+    let ink = [40, 40, 40];
+    let (top, bottom) = (MARGIN + 16, H - MARGIN - 16);
+    let (left, right) = (LEFT, W - MARGIN);
+    let y_of = |v: f64| bottom as f32 - (v.clamp(0.0, 1.0) as f32) * (bottom - top) as f32;
+    crate::draw::text(&mut img, LEFT as i64, 6, title, 1, ink);
+    for pct in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let y = y_of(pct);
+        line(
+            &mut img,
+            (left as f32, y),
+            (right as f32, y),
+            [225, 225, 225],
+        );
+        let label = format!("{:>4.0}%", pct * 100.0);
+        crate::draw::text(&mut img, 8, y as i64 - 4, &label, 1, ink);
+    }
+    let slot = (right - left) / bars.len() as u32;
+    for (k, (label, v)) in bars.iter().enumerate() {
+        let x0 = left + k as u32 * slot + slot / 4;
+        let x1 = left + (k as u32 + 1) * slot - slot / 4;
+        let y = y_of(*v) as u32;
+        for x in x0..x1 {
+            for yy in y..bottom {
+                img.put_pixel(x, yy, Rgb([70, 110, 190]));
+            }
+        }
+        let value = format!("{:.1}%", v * 100.0);
+        let cx = ((x0 + x1) / 2) as i64;
+        crate::draw::text(
+            &mut img,
+            cx - crate::draw::text_width(&value, 1) as i64 / 2,
+            y as i64 - 12,
+            &value,
+            1,
+            ink,
+        );
+        crate::draw::text(
+            &mut img,
+            cx - crate::draw::text_width(label, 1) as i64 / 2,
+            bottom as i64 + 6,
+            label,
+            1,
+            ink,
+        );
+    }
+    if let Some((label, v)) = reference {
+        let y = y_of(v);
+        let mut x = left as f32;
+        while x < right as f32 {
+            line(
+                &mut img,
+                (x, y),
+                ((x + 6.0).min(right as f32), y),
+                [200, 60, 50],
+            );
+            x += 10.0;
+        }
+        let text = format!("{label} {:.1}%", v * 100.0);
+        let tx = right as i64 - crate::draw::text_width(&text, 1) as i64;
+        crate::draw::text(&mut img, tx, y as i64 - 12, &text, 1, [200, 60, 50]);
+    }
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::InvalidInput(format!("cannot encode PNG: {e}")))?;
+    write_atomic(path, &png)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
