@@ -182,3 +182,67 @@ fn train_mae_writes_a_model_that_reconstructs() {
     );
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// `bench mae` and a miniature `bench mae-ratios` run and write what they promise.
+#[test]
+fn mae_benches_run() {
+    let o = tuwen(&[
+        "bench",
+        "mae",
+        "--arch",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("encoder:") && out.contains("x faster"),
+        "{out}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("tuwen-ratios-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let o = tuwen(&[
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--n",
+        "48",
+        "--size",
+        "32",
+    ]);
+    assert!(o.status.success());
+    let o = tuwen(&[
+        "bench",
+        "mae-ratios",
+        "--data",
+        data.join("train.csv").to_str().unwrap(),
+        "--test",
+        data.join("test.csv").to_str().unwrap(),
+        "--ratios",
+        "0.5,0.75",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        dir.join("study").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(dir.join("study/ratio_study.md")).unwrap();
+    assert_eq!(md.lines().count(), 2 + 3, "{md}");
+    assert!(md.contains("random init") && md.contains("mask ratio 0.75"));
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("study/ratio_study.json")).unwrap())
+            .unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    assert!(dir.join("study/ratio_study.png").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

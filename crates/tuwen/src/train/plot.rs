@@ -188,4 +188,19 @@ mod tests {
         assert!(loss_curve_png(&losses[..1], &p).is_err());
         std::fs::remove_file(&p).unwrap();
     }
+
+    #[test]
+    fn bar_chart_draws_bars_by_value() {
+        let p = std::env::temp_dir().join(format!("tuwen-bars-{}.png", std::process::id()));
+        let bars = vec![("a".to_string(), 0.2), ("b".to_string(), 0.9)];
+        bar_chart_png(&bars, Some(("ref", 0.5)), "title", &p).unwrap();
+        let img = image::open(&p).unwrap().to_rgb8();
+        let bar = [70, 110, 190];
+        let height = |x: u32| (0..H).filter(|&y| img.get_pixel(x, y).0 == bar).count();
+        let slot = (W - MARGIN - LEFT) / 2;
+        let (a, b) = (height(LEFT + slot / 2), height(LEFT + slot + slot / 2));
+        assert!(a > 0 && b > 4 * a, "{a} {b}");
+        assert!(bar_chart_png(&[], None, "t", &p).is_err());
+        std::fs::remove_file(&p).unwrap();
+    }
 }
