@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tuwen::burn::prelude::Device;
 
+mod classifier;
 mod classify;
 mod embed;
 mod info;

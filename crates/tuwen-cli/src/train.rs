@@ -47,6 +47,8 @@ pub enum TrainCommand {
     Siglip(Box<TrainArgs>),
     /// MAE: masked-autoencoder pre-training of a ViT on images.
     Mae(Box<crate::mae::MaeArgs>),
+    /// A ViT image classifier: from scratch, fine-tuned, or a linear probe (--linear-probe).
+    Classifier(Box<crate::classifier::ClassifierArgs>),
 }
 
 pub fn run(cmd: TrainCommand) -> Result<()> {
@@ -60,6 +62,7 @@ pub fn run(cmd: TrainCommand) -> Result<()> {
             run_train(*a)
         }
         TrainCommand::Mae(a) => crate::mae::run(*a),
+        TrainCommand::Classifier(a) => crate::classifier::run(*a),
     }
 }
 
@@ -528,6 +531,70 @@ pub enum EvalCommand {
     ZeroShot(ZeroShotArgs),
     /// Image-to-text and text-to-image recall@1/5/10 on captioned pairs.
     Retrieval(RetrievalArgs),
+    /// A classifier's top-1 accuracy, per class, and its confusion matrix as a PNG.
+    Classify(EvalClassifyArgs),
+}
+
+#[derive(Args)]
+pub struct EvalClassifyArgs {
+    /// Classifier checkpoint (folder or HF repo id).
+    #[arg(long)]
+    model: String,
+    /// Labelled images: a CSV/TSV with filepath and --label-column, or class subfolders.
+    #[arg(long)]
+    data: PathBuf,
+    /// Column holding the class label.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Where the confusion-matrix picture goes.
+    #[arg(long, default_value = "confusion.png")]
+    confusion: PathBuf,
+    /// Print `{"top1", "n", "per_class", "confusion"}` as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn eval_classify(a: EvalClassifyArgs, device: &Device) -> Result<()> {
+    let model = tuwen::pipeline::ImageClassification::load(&a.model, device)?;
+    let samples = labelled(&a.data, &a.label_column)?;
+    let (mut r, confusion) =
+        tuwen::eval::classification_eval(&model, &samples, &a.label_column, 32)?;
+    tuwen::eval::confusion_png(&model.labels, &confusion, &a.confusion)?;
+    if a.json {
+        r["confusion"] = json!(confusion);
+        println!("{r}");
+    } else {
+        println!(
+            "top-1 {:.1}% on {} images; confusion matrix in {}",
+            r["top1"].as_f64().unwrap_or(0.0) * 100.0,
+            r["n"],
+            a.confusion.display()
+        );
+    }
+    Ok(())
+}
+
+/// Labelled images: a CSV/TSV whose `label_column` names the class (also kept as the
+/// caption), or class subfolders (label = folder name).
+pub fn labelled(path: &Path, label_column: &str) -> Result<Vec<tuwen::data::captions::Sample>> {
+    if path.is_dir() {
+        let mut s = open(path, &CsvSpec::default(), "{}")?;
+        for x in &mut s {
+            if let Some(l) = x.extra.get("label").cloned() {
+                x.extra.insert(label_column.to_string(), l);
+            }
+        }
+        return Ok(s);
+    }
+    let spec = CsvSpec {
+        caption_column: label_column.to_string(),
+        ..CsvSpec::default()
+    };
+    let mut s = tuwen::data::captions::read_csv(path, &spec)?;
+    for x in &mut s {
+        x.extra.insert(label_column.to_string(), x.caption.clone());
+    }
+    Ok(s)
 }
 
 #[derive(Args)]
@@ -567,6 +634,7 @@ pub struct ZeroShotArgs {
 
 pub fn run_eval(cmd: EvalCommand, device: &Device) -> Result<()> {
     let args = match cmd {
+        EvalCommand::Classify(a) => return eval_classify(a, device),
         EvalCommand::ZeroShot(args) => args,
         EvalCommand::Retrieval(args) => {
             let model = ImageText::load(&args.model, device)?;

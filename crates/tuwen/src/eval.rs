@@ -206,3 +206,117 @@ pub fn retrieval_grid_png(
     hub::write_atomic(path, &bytes)?;
     Ok(hits as f64 / (queries.len() * k) as f64)
 }
+
+/// Top-1 accuracy of a classifier on labelled images, per class, with the confusion matrix
+/// (`confusion[true][predicted]`, classes in the model's order): `{"top1", "n", "per_class"}`.
+pub fn classification_eval(
+    model: &crate::pipeline::ImageClassification,
+    samples: &[Sample],
+    label_column: &str,
+    batch_size: usize,
+) -> Result<(serde_json::Value, Vec<Vec<usize>>)> {
+    let k = model.labels.len();
+    let mut truth = Vec::with_capacity(samples.len());
+    for s in samples {
+        let l = s.extra.get(label_column).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "no column {label_column:?} for {}",
+                s.image.display()
+            ))
+        })?;
+        let i = model.labels.iter().position(|m| m == l).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{}: label {l:?} is not one of the model's {k} classes",
+                s.image.display()
+            ))
+        })?;
+        truth.push(i);
+    }
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
+    let logits = model.logits(&paths, batch_size, |_| {})?;
+    let mut confusion = vec![vec![0usize; k]; k];
+    for (row, &t) in logits.iter().zip(&truth) {
+        let p = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap_or(0);
+        confusion[t][p] += 1;
+    }
+    let n = truth.len();
+    let hits: usize = (0..k).map(|i| confusion[i][i]).sum();
+    let per_class: serde_json::Map<String, serde_json::Value> = model
+        .labels
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| confusion[*i].iter().sum::<usize>() > 0)
+        .map(|(i, l)| {
+            let total: usize = confusion[i].iter().sum();
+            (l.clone(), json!(confusion[i][i] as f64 / total as f64))
+        })
+        .collect();
+    Ok((
+        json!({"top1": hits as f64 / n.max(1) as f64, "n": n, "per_class": per_class}),
+        confusion,
+    ))
+}
+
+/// The confusion matrix as a PNG: rows are true classes, columns predictions, each cell shaded
+/// by its share of the row and labelled with its count.
+pub fn confusion_png(labels: &[String], confusion: &[Vec<usize>], path: &Path) -> Result<()> {
+    let k = labels.len().max(1) as u32;
+    let cell: u32 = if k <= 12 { 40 } else { (480 / k).max(8) };
+    let label_w = labels
+        .iter()
+        .map(|l| draw::text_width(l, 1))
+        .max()
+        .unwrap_or(0)
+        + 12;
+    let top = 28;
+    let (w, h) = (label_w + k * cell + 8, top + k * cell + 8);
+    let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    draw::text(&mut img, label_w as i64, 8, "predicted ->", 1, [40, 40, 40]);
+    for (i, row) in confusion.iter().enumerate() {
+        let total = row.iter().sum::<usize>().max(1) as f32;
+        let y = top + i as u32 * cell;
+        draw::text(
+            &mut img,
+            4,
+            (y + cell / 2) as i64 - 4,
+            &labels[i],
+            1,
+            [40, 40, 40],
+        );
+        for (j, &c) in row.iter().enumerate() {
+            let share = c as f32 / total;
+            let shade = |base: u8| (255.0 - share * (255.0 - f32::from(base))) as u8;
+            let color = if i == j {
+                [shade(30), shade(140), shade(60)]
+            } else {
+                [shade(200), shade(50), shade(40)]
+            };
+            let x = label_w + j as u32 * cell;
+            for yy in y + 1..y + cell {
+                for xx in x + 1..x + cell {
+                    img.put_pixel(xx, yy, Rgb(color));
+                }
+            }
+            if cell >= 24 && c > 0 {
+                let t = c.to_string();
+                let ink = if share > 0.5 {
+                    [255, 255, 255]
+                } else {
+                    [30, 30, 30]
+                };
+                let tx = (x + cell / 2) as i64 - draw::text_width(&t, 1) as i64 / 2;
+                draw::text(&mut img, tx, (y + cell / 2) as i64 - 4, &t, 1, ink);
+            }
+        }
+    }
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| Error::InvalidInput(format!("cannot encode PNG: {e}")))?;
+    hub::write_atomic(path, &bytes)
+}

@@ -21,6 +21,15 @@ pub enum Resample {
 }
 
 impl Resample {
+    /// PIL's integer code of the filter.
+    pub fn pil_code(self) -> u32 {
+        match self {
+            Resample::Nearest => 0,
+            Resample::Bilinear => 2,
+            Resample::Bicubic => 3,
+        }
+    }
+
     /// The filter for PIL's integer code, if tuwen supports it.
     pub fn from_pil(code: u32) -> Option<Self> {
         match code {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod classifier;
 pub mod contrastive;
 pub mod data;
 pub mod grads;

@@ -104,9 +104,20 @@ pub fn bar_chart_png(
     let ink = [40, 40, 40];
     let (top, bottom) = (MARGIN + 16, H - MARGIN - 16);
     let (left, right) = (LEFT, W - MARGIN);
-    let y_of = |v: f64| bottom as f32 - (v.clamp(0.0, 1.0) as f32) * (bottom - top) as f32;
+    // The axis starts at the tenth below the lowest value, so that differences show.
+    let lowest = bars
+        .iter()
+        .map(|b| b.1)
+        .chain(reference.map(|r| r.1))
+        .fold(1.0f64, f64::min);
+    let floor = ((lowest - 0.05) * 10.0).floor().clamp(0.0, 9.0) / 10.0;
+    let y_of = |v: f64| {
+        let t = ((v.clamp(0.0, 1.0) - floor) / (1.0 - floor)).max(0.0);
+        bottom as f32 - t as f32 * (bottom - top) as f32
+    };
     crate::draw::text(&mut img, LEFT as i64, 6, title, 1, ink);
-    for pct in [0.0, 0.25, 0.5, 0.75, 1.0] {
+    for k in 0..=4 {
+        let pct = floor + (1.0 - floor) * f64::from(k) / 4.0;
         let y = y_of(pct);
         line(
             &mut img,
@@ -159,8 +170,14 @@ pub fn bar_chart_png(
             x += 10.0;
         }
         let text = format!("{label} {:.1}%", v * 100.0);
-        let tx = right as i64 - crate::draw::text_width(&text, 1) as i64;
-        crate::draw::text(&mut img, tx, y as i64 - 12, &text, 1, [200, 60, 50]);
+        crate::draw::text(
+            &mut img,
+            left as i64 + 4,
+            y as i64 + 4,
+            &text,
+            1,
+            [200, 60, 50],
+        );
     }
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)

@@ -91,6 +91,28 @@ impl LinearProbe {
         })
     }
 
+    /// The probe as one linear layer on raw features (the standardisation folded in): weights
+    /// `[features, classes]` (burn's layout) and biases.
+    pub fn folded(&self, classes: usize) -> (Vec<f32>, Vec<f32>) {
+        let w = crate::pipeline::to_vec(self.linear.weight.val()).unwrap_or_default();
+        let b = self
+            .linear
+            .bias
+            .as_ref()
+            .and_then(|b| crate::pipeline::to_vec(b.val()).ok())
+            .unwrap_or_else(|| vec![0.0; classes]);
+        let mut fw = vec![0f32; w.len()];
+        let mut fb = b.clone();
+        for (j, (m, s)) in self.mean.iter().zip(&self.inv_std).enumerate() {
+            for c in 0..classes {
+                let wj = w[j * classes + c];
+                fw[j * classes + c] = wj * s;
+                fb[c] -= wj * s * m;
+            }
+        }
+        (fw, fb)
+    }
+
     /// The predicted class of each feature row.
     pub fn predict(&self, features: &[Vec<f32>]) -> Vec<usize> {
         if features.is_empty() {
