@@ -246,3 +246,123 @@ fn mae_benches_run() {
     assert!(dir.join("study/ratio_study.png").is_file());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `train classifier`: a linear probe of the MAE fixture's encoder and a short fine-tune, both
+/// saved as classifiers that `classify` and `eval classify` read.
+#[test]
+fn classifier_probe_and_fine_tune_from_mae() {
+    let dir = std::env::temp_dir().join(format!("tuwen-clf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let o = tuwen(&[
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--n",
+        "48",
+        "--size",
+        "32",
+    ]);
+    assert!(o.status.success());
+    let (train, test) = (data.join("train.csv"), data.join("test.csv"));
+    let init = fixtures().join("vit-mae-odd");
+    let probe = dir.join("probe");
+    let o = tuwen(&[
+        "train",
+        "classifier",
+        "--data",
+        train.to_str().unwrap(),
+        "--label-column",
+        "color",
+        "--init",
+        init.to_str().unwrap(),
+        "--linear-probe",
+        "--probe-epochs",
+        "50",
+        "--val",
+        test.to_str().unwrap(),
+        "--out",
+        probe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((0.0..=1.0).contains(&v["top1"].as_f64().unwrap()));
+    assert!(probe.join("confusion.png").is_file());
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(probe.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "vit");
+    assert_eq!(cfg["id2label"].as_object().unwrap().len(), 6, "six colours");
+    let o = tuwen(&[
+        "eval",
+        "classify",
+        "--model",
+        probe.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--label-column",
+        "color",
+        "--json",
+        "--confusion",
+        dir.join("c.png").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["top1"], v["top1"]);
+    let confusion: Vec<Vec<usize>> = serde_json::from_value(e["confusion"].clone()).unwrap();
+    assert_eq!(
+        confusion.iter().flatten().sum::<usize>(),
+        e["n"].as_u64().unwrap() as usize
+    );
+
+    let ft = dir.join("ft");
+    let o = tuwen(&[
+        "train",
+        "classifier",
+        "--data",
+        train.to_str().unwrap(),
+        "--label-column",
+        "shape",
+        "--init",
+        init.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--out",
+        ft.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(ft.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    let o = tuwen(&[
+        "classify",
+        "--model",
+        ft.to_str().unwrap(),
+        "--image",
+        data.join("images/test-00000.png").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = tuwen(&[
+        "eval",
+        "classify",
+        "--model",
+        ft.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--label-column",
+        "color",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("not one of the model"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -173,4 +173,37 @@ mod tests {
         let tnoise: Vec<usize> = (0..200).map(|i| (i * 104_729 % 17) % 2).collect();
         assert!(probe.accuracy(&tx, &tnoise) < 0.7);
     }
+
+    #[test]
+    fn folded_head_predicts_what_the_probe_predicts() {
+        let mut rng = crate::data::shapes::SplitMix64::new(5);
+        let x: Vec<Vec<f32>> = (0..120)
+            .map(|_| {
+                (0..4)
+                    .map(|k| rng.unit() * (k as f32 + 1.0) + 3.0)
+                    .collect()
+            })
+            .collect();
+        let y: Vec<usize> = x
+            .iter()
+            .map(|r| usize::from(r[0] > 3.5) + usize::from(r[3] > 5.0))
+            .collect();
+        let probe = LinearProbe::train(&x, &y, 200, 0.05, 0.0, 1).unwrap();
+        let (w, b) = probe.folded(3);
+        for row in &x {
+            let logits: Vec<f32> = (0..3)
+                .map(|c| {
+                    b[c] + row
+                        .iter()
+                        .enumerate()
+                        .map(|(j, v)| v * w[j * 3 + c])
+                        .sum::<f32>()
+                })
+                .collect();
+            let best = (0..3)
+                .max_by(|&a, &c| logits[a].total_cmp(&logits[c]))
+                .unwrap();
+            assert_eq!(best, probe.predict(std::slice::from_ref(row))[0]);
+        }
+    }
 }
