@@ -32,9 +32,10 @@ pub struct ClassifierArgs {
     #[arg(long)]
     out: PathBuf,
     /// Start from this checkpoint's encoder: a ViT classifier or ViTModel, or an MAE run.
-    #[arg(long, conflicts_with = "arch")]
+    #[arg(long)]
     init: Option<String>,
-    /// Architecture to train from scratch (vit-ti16, vit-s16, vit-b16, ...).
+    /// Architecture (vit-ti16, vit-s16, vit-b16, ...): trained from scratch, or, with --init,
+    /// checked against the checkpoint's.
     #[arg(long)]
     arch: Option<String>,
     /// Image side for --arch (default 224).
@@ -125,9 +126,29 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
                 tuwen::pipeline::image_processor(dir, "ViTImageProcessor")?,
             )
         }
-        (None, Some(init), _) => {
+        (None, Some(init), arch) => {
             let folder = tuwen::hub::resolve(init)?;
             let (m, c) = from_checkpoint(&folder, &labels, &device)?;
+            if let Some(name) = arch {
+                let a = vit::arch(name, labels.len()).with_context(|| {
+                    format!("unknown --arch {name:?} (known: {})", vit::ARCHS.join(", "))
+                })?;
+                let sizes = |c: &vit::ViTConfig| {
+                    (
+                        c.hidden_size,
+                        c.num_hidden_layers,
+                        c.num_attention_heads,
+                        c.patch_size,
+                    )
+                };
+                if sizes(&a) != sizes(&c) {
+                    bail!(
+                        "--arch {name} (width, layers, heads, patch {:?}) does not match --init (width, layers, heads, patch {:?})",
+                        sizes(&a),
+                        sizes(&c)
+                    );
+                }
+            }
             (
                 m,
                 c,
