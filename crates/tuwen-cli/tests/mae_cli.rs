@@ -159,12 +159,15 @@ fn train_mae_writes_a_model_that_reconstructs() {
         "--json",
         "--out",
         out.join("r.png").to_str().unwrap(),
+        "--mask-ratio",
+        "0.75",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    // tiny: 32 px, 4 px patches: 64 patches, half masked.
+    // tiny: 32 px, 4 px patches: 64 patches, 75% of them masked.
     let mask: Vec<f64> = serde_json::from_value(v["mask"][0].clone()).unwrap();
-    assert_eq!((mask.len(), mask.iter().sum::<f64>()), (64, 32.0));
+    assert_eq!((mask.len(), mask.iter().sum::<f64>()), (64, 48.0));
+    assert!(out.join("r.png").is_file());
     let o = tuwen(&[
         "train",
         "mae",
