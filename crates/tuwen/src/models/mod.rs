@@ -2,6 +2,7 @@
 //! name and structure them.
 
 pub mod clip;
+pub mod efficientnet;
 pub mod siglip;
 pub mod vit;
 pub mod vit_mae;

@@ -127,10 +127,10 @@ pub fn convert(model: &str, out: &Path, device: &Device) -> Result<()> {
     let mc = ModelConfig::read(&folder)?;
     if !matches!(
         mc.model_type.as_str(),
-        "vit" | "vit_mae" | "clip" | "siglip"
+        "vit" | "vit_mae" | "efficientnet" | "clip" | "siglip"
     ) {
         return Err(Error::Unsupported(format!(
-            "{}: convert supports model_type vit, vit_mae, clip and siglip, not {:?}",
+            "{}: convert supports model_type vit, vit_mae, efficientnet, clip and siglip, not {:?}",
             mc.path.display(),
             mc.model_type
         )));
@@ -141,7 +141,11 @@ pub fn convert(model: &str, out: &Path, device: &Device) -> Result<()> {
         ));
     }
     let classifier = mc.architecture.as_deref() == Some("ViTForImageClassification");
-    if mc.model_type == "vit_mae" {
+    if mc.model_type == "efficientnet" {
+        let (m, cfg) =
+            crate::models::efficientnet::EfficientNetForImageClassification::load(&folder, device)?;
+        m.save(&cfg, out)?;
+    } else if mc.model_type == "vit_mae" {
         let (m, cfg) = crate::models::vit_mae::ViTMAEForPreTraining::load(&folder, device)?;
         m.save(&cfg, out)?;
     } else if mc.model_type != "vit" {
