@@ -427,9 +427,10 @@ fn bn(c: usize, cfg: &EfficientNetConfig, device: &Device) -> BatchNorm {
         .init(device)
 }
 
+/// A `k`×`k` convolution `(in, out)` channels: "same" padding at stride 1, none at stride 2
+/// (the caller pads, TensorFlow's way).
 fn conv(
-    i: usize,
-    o: usize,
+    (i, o): (usize, usize),
     k: usize,
     stride: usize,
     groups: usize,
@@ -540,21 +541,21 @@ impl EfficientNetBlock {
         };
         EfficientNetBlock {
             expansion: (b.expand != 1).then(|| EfficientNetExpansionLayer {
-                expand_conv: conv(b.in_dim, mid, 1, 1, 1, false, std, device),
+                expand_conv: conv((b.in_dim, mid), 1, 1, 1, false, std, device),
                 expand_bn: bn(mid, cfg, device),
             }),
             depthwise_conv: EfficientNetDepthwiseLayer {
-                depthwise_conv: conv(mid, mid, k, b.stride, mid, false, std, device),
+                depthwise_conv: conv((mid, mid), k, b.stride, mid, false, std, device),
                 depthwise_norm: bn(mid, cfg, device),
                 stride: b.stride,
                 stride_pad,
             },
             squeeze_excite: EfficientNetSqueezeExciteLayer {
-                reduce: conv(mid, se, 1, 1, 1, true, std, device),
-                expand: conv(se, mid, 1, 1, 1, true, std, device),
+                reduce: conv((mid, se), 1, 1, 1, true, std, device),
+                expand: conv((se, mid), 1, 1, 1, true, std, device),
             },
             projection: EfficientNetFinalBlockLayer {
-                project_conv: conv(mid, b.out_dim, 1, 1, 1, false, std, device),
+                project_conv: conv((mid, b.out_dim), 1, 1, 1, false, std, device),
                 project_bn: bn(b.out_dim, cfg, device),
                 residual: b.stride == 1 && !b.first,
                 drop_rate: b.drop_rate,
@@ -656,7 +657,7 @@ impl EfficientNetModel {
         let last = blocks.last().map_or(stem, |b| b.out_dim);
         EfficientNetModel {
             embeddings: EfficientNetEmbeddings {
-                convolution: conv(cfg.num_channels, stem, 3, 2, 1, false, std, device),
+                convolution: conv((cfg.num_channels, stem), 3, 2, 1, false, std, device),
                 batchnorm: bn(stem, cfg, device),
                 act: cfg.hidden_act,
             },
@@ -665,7 +666,7 @@ impl EfficientNetModel {
                     .iter()
                     .map(|b| EfficientNetBlock::new(cfg, b, device))
                     .collect(),
-                top_conv: conv(last, cfg.hidden_dim, 1, 1, 1, false, std, device),
+                top_conv: conv((last, cfg.hidden_dim), 1, 1, 1, false, std, device),
                 top_bn: bn(cfg.hidden_dim, cfg, device),
                 act: cfg.hidden_act,
             },
