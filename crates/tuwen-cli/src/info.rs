@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use tuwen::hub;
+use tuwen::models::efficientnet;
 use tuwen::models::vit::{self, ViTConfig};
 
 #[derive(Args)]
@@ -11,9 +12,20 @@ pub struct InfoArgs {
     /// Checkpoint folder or HF repo id.
     #[arg(long, conflicts_with = "arch", required_unless_present = "arch")]
     model: Option<String>,
-    /// A standard architecture: vit-ti16, vit-s16, vit-b16, vit-b32, vit-l16, vit-l32, vit-h14.
+    /// A standard architecture: vit-ti16, vit-s16, vit-b16, vit-b32, vit-l16, vit-l32, vit-h14,
+    /// efficientnet-b0 .. efficientnet-b7, or efficientnet-custom (with --width, --depth,
+    /// --resolution).
     #[arg(long)]
     arch: Option<String>,
+    /// efficientnet-custom: width coefficient.
+    #[arg(long, default_value_t = 1.0)]
+    width: f64,
+    /// efficientnet-custom: depth coefficient.
+    #[arg(long, default_value_t = 1.0)]
+    depth: f64,
+    /// efficientnet-custom: input resolution.
+    #[arg(long, default_value_t = 224)]
+    resolution: usize,
     /// Classes of the classifier head built for --arch.
     #[arg(long, default_value_t = 1000)]
     num_labels: usize,
@@ -40,32 +52,76 @@ fn describe_vit(cfg: &ViTConfig, architecture: &str, params: u64) -> Value {
     })
 }
 
+fn describe_effnet(cfg: &efficientnet::EfficientNetConfig, params: u64) -> Value {
+    let macs = cfg.macs();
+    json!({
+        "model_type": "efficientnet",
+        "architecture": "EfficientNetForImageClassification",
+        "params": params,
+        "macs": macs,
+        "flops": 2 * macs,
+        "image_size": cfg.image_size,
+        "width_coefficient": cfg.width_coefficient,
+        "depth_coefficient": cfg.depth_coefficient,
+        "blocks": cfg.blocks().len(),
+        "hidden_dim": cfg.hidden_dim,
+        "num_labels": cfg.id2label.len(),
+    })
+}
+
 pub fn run(args: InfoArgs) -> Result<()> {
     let info = if let Some(name) = &args.arch {
-        let Some(cfg) = vit::arch(name, args.num_labels) else {
-            bail!("unknown --arch {name:?} (known: {})", vit::ARCHS.join(", "));
-        };
-        describe_vit(&cfg, "ViTForImageClassification", cfg.num_params(true))
+        if name == "efficientnet-custom" {
+            if !(args.width > 0.0 && args.depth > 0.0 && args.resolution > 0) {
+                bail!("--width, --depth and --resolution must be positive");
+            }
+            let cfg = efficientnet::custom(
+                args.width,
+                args.depth,
+                args.resolution,
+                0.2,
+                args.num_labels,
+            );
+            describe_effnet(&cfg, cfg.num_params())
+        } else if let Some(cfg) = efficientnet::arch(name, args.num_labels) {
+            describe_effnet(&cfg, cfg.num_params())
+        } else {
+            let Some(cfg) = vit::arch(name, args.num_labels) else {
+                bail!(
+                    "unknown --arch {name:?} (known: {}, {}, efficientnet-custom)",
+                    vit::ARCHS.join(", "),
+                    efficientnet::ARCHS.join(", ")
+                );
+            };
+            describe_vit(&cfg, "ViTForImageClassification", cfg.num_params(true))
+        }
     } else {
         let folder = hub::resolve(args.model.as_deref().expect("clap requires one"))?;
         let mc = hub::ModelConfig::read(&folder)?;
-        if mc.model_type != "vit" {
+        if mc.model_type != "vit" && mc.model_type != "efficientnet" {
             bail!(
-                "{}: unsupported model_type {:?} (supported: vit)",
+                "{}: unsupported model_type {:?} (supported: vit, efficientnet)",
                 mc.path.display(),
                 mc.model_type
             );
         }
-        let (_, cfg) = vit::read_config(&folder)?;
-        // Count what the checkpoint holds: exact whatever heads it has.
+        // Count what the checkpoint holds: exact whatever heads it has (not running statistics).
         let mut params = 0u64;
         for file in hub::weight_files(&folder)? {
-            for shape in hub::safetensors_header(&file)?.values() {
-                params += shape.iter().product::<usize>() as u64;
+            for (name, shape) in hub::safetensors_header(&file)? {
+                if !name.contains("running_") && !name.ends_with("num_batches_tracked") {
+                    params += shape.iter().product::<usize>() as u64;
+                }
             }
         }
-        let architecture = mc.architecture.as_deref().unwrap_or("ViTModel");
-        describe_vit(&cfg, architecture, params)
+        if mc.model_type == "efficientnet" {
+            let (_, cfg) = efficientnet::read_config(&folder)?;
+            describe_effnet(&cfg, params)
+        } else {
+            let (_, cfg) = vit::read_config(&folder)?;
+            let architecture = mc.architecture.as_deref().unwrap_or("ViTModel");
+            describe_vit(&cfg, architecture, params)
+        }
     };
     if args.json {
         println!("{info}");
@@ -87,6 +143,19 @@ pub fn run(args: InfoArgs) -> Result<()> {
             group(g("flops")),
             g("flops") as f64 / 1e9
         );
+        if info["model_type"] == "efficientnet" {
+            println!(
+                "  input   {}x{} px, width x{}, depth x{}, {} blocks, head {} channels, {} classes",
+                g("image_size"),
+                g("image_size"),
+                info["width_coefficient"],
+                info["depth_coefficient"],
+                g("blocks"),
+                g("hidden_dim"),
+                g("num_labels")
+            );
+            return Ok(());
+        }
         println!(
             "  input   {}x{} px, patch {}, {} layers, width {}, {} heads, {} classes",
             g("image_size"),

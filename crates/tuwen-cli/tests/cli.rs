@@ -86,6 +86,47 @@ fn info_counts_match_the_paper() {
 }
 
 #[test]
+fn info_efficientnet_family() {
+    for (arch, params) in [
+        ("efficientnet-b0", 5_288_548u64),
+        ("efficientnet-b7", 66_347_960),
+    ] {
+        let o = tuwen(&["info", "--arch", arch, "--json"]);
+        assert!(o.status.success());
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["params"], params, "{arch}");
+    }
+    // B0: about 0.39 G multiply-adds per image.
+    let o = tuwen(&["info", "--arch", "efficientnet-b0", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["macs"].as_u64().unwrap() / 10_000_000, 38);
+    // A custom point equal to B3 counts as B3.
+    let o = tuwen(&[
+        "info",
+        "--arch",
+        "efficientnet-custom",
+        "--width",
+        "1.2",
+        "--depth",
+        "1.4",
+        "--resolution",
+        "300",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["params"], 12_233_232u64);
+    // A checkpoint's own tensors, running statistics left out: transformers' count.
+    let o = tuwen(&[
+        "info",
+        "--model",
+        fixtures().join("efficientnet-odd").to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["params"], 245_529u64);
+}
+
+#[test]
 fn info_on_a_checkpoint_counts_its_tensors() {
     let o = tuwen(&[
         "info",

@@ -19,6 +19,8 @@ fn logits_and_preprocessing_match_transformers() {
     let device = Device::flex();
     let (model, cfg) = EfficientNetForImageClassification::load(&folder, &device).unwrap();
     assert!(!cfg.depthwise_padding.is_empty());
+    // transformers' own count of this model's parameters.
+    assert_eq!(cfg.num_params(), 245_529);
     let logits = to_vec(model.forward(Tensor::from_data(
         TensorData::new(px.clone(), shape),
         &device,
