@@ -752,3 +752,41 @@ fn embed_folder_skips_corrupt_files_and_writes_arrays() {
     assert!(String::from_utf8_lossy(&bytes[..128]).contains("'shape': (3, 32)"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `classify` with an EfficientNet checkpoint reads the photos as transformers does and gives
+/// its logits (lossless photos; reference: python/make_efficientnet_fixtures.py).
+#[test]
+fn classify_efficientnet_matches_transformers() {
+    let model = fixtures().join("efficientnet-odd");
+    let o = tuwen(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        fixtures().join("images/astronaut.png").to_str().unwrap(),
+        "--image",
+        fixtures().join("images/coffee.bmp").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let ours: Vec<f32> = serde_json::from_value::<Vec<Vec<f32>>>(v["logits"].clone())
+        .unwrap()
+        .concat();
+    let bytes = std::fs::read(fixtures().join("efficientnet_reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let theirs: Vec<f32> = st
+        .tensor("logits")
+        .unwrap()
+        .data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .take(10)
+        .collect();
+    let d = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-3, "logits differ by {d}");
+}

@@ -33,9 +33,15 @@ pub fn image_processor(folder: &Path, default_type: &str) -> Result<ImageProcess
     }
 }
 
+/// The classifier networks [`ImageClassification`] runs.
+enum Classifier {
+    Vit(Box<ViTForImageClassification>),
+    EfficientNet(Box<crate::models::efficientnet::EfficientNetForImageClassification>),
+}
+
 /// An image classifier: a checkpoint, its preprocessing and its class names.
 pub struct ImageClassification {
-    model: ViTForImageClassification,
+    model: Classifier,
     patch_size: usize,
     /// The preprocessing the checkpoint expects.
     pub processor: ImageProcessor,
@@ -61,15 +67,36 @@ impl ImageClassification {
                     )));
                 }
                 Ok(ImageClassification {
-                    model,
+                    model: Classifier::Vit(Box::new(model)),
                     patch_size: cfg.patch_size,
                     processor: image_processor(&folder, "ViTImageProcessor")?,
                     labels,
                     device: device.clone(),
                 })
             }
+            "efficientnet" => {
+                use crate::models::efficientnet::EfficientNetForImageClassification;
+                let (model, cfg) = EfficientNetForImageClassification::load(&folder, device)?;
+                let labels = cfg.labels().map_err(|m| Error::config(&mc.path, m))?;
+                if cfg.num_channels != 3 || labels.is_empty() {
+                    return Err(Error::Unsupported(format!(
+                        "{}: not an RGB image classifier (channels {}, {} labels)",
+                        mc.path.display(),
+                        cfg.num_channels,
+                        labels.len()
+                    )));
+                }
+                Ok(ImageClassification {
+                    model: Classifier::EfficientNet(Box::new(model)),
+                    // The stem and four stride-2 stages: 32 px is the least that keeps a pixel.
+                    patch_size: 1,
+                    processor: image_processor(&folder, "EfficientNetImageProcessor")?,
+                    labels,
+                    device: device.clone(),
+                })
+            }
             other => Err(Error::Unsupported(format!(
-                "{}: image classification supports model_type \"vit\", not {other:?}",
+                "{}: image classification supports model_type \"vit\" and \"efficientnet\", not {other:?}",
                 mc.path.display()
             ))),
         }
@@ -77,7 +104,10 @@ impl ImageClassification {
 
     /// Logits for preprocessed pixels `[n, 3, h, w]`: `[n, num_labels]`.
     pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
-        self.model.forward(pixel_values)
+        match &self.model {
+            Classifier::Vit(m) => m.forward(pixel_values),
+            Classifier::EfficientNet(m) => m.forward(pixel_values),
+        }
     }
 
     /// Logits per image file, in the order given, `batch_size` images per forward pass;
