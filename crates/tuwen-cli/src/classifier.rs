@@ -7,12 +7,15 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 use tuwen::burn::prelude::Device;
+use tuwen::data::ImageProcessor;
 use tuwen::data::augment::Augment;
+use tuwen::models::efficientnet::{self, EfficientNetForImageClassification};
 use tuwen::models::vit::{self, ViTForImageClassification};
 use tuwen::pipeline::ImageClassification;
 use tuwen::train::checkpoint;
 use tuwen::train::classifier::{
-    ClassifierTrainConfig, from_checkpoint, linear_probe, processor_json, train,
+    Classifier, ClassifierTrainConfig, EfficientNetClassifier, VitClassifier, from_checkpoint,
+    linear_probe, processor_json, train,
 };
 
 use crate::train::{Progress, labelled};
@@ -34,8 +37,8 @@ pub struct ClassifierArgs {
     /// Start from this checkpoint's encoder: a ViT classifier or ViTModel, or an MAE run.
     #[arg(long)]
     init: Option<String>,
-    /// Architecture (vit-ti16, vit-s16, vit-b16, ...): trained from scratch, or, with --init,
-    /// checked against the checkpoint's.
+    /// Architecture (efficientnet-b0..b7, vit-ti16, vit-s16, vit-b16, ...): trained from
+    /// scratch, or, with --init, checked against the checkpoint's.
     #[arg(long)]
     arch: Option<String>,
     /// Image side for --arch (default 224).
@@ -72,6 +75,9 @@ pub struct ClassifierArgs {
     /// Mirror half of the images.
     #[arg(long)]
     hflip: bool,
+    /// Label smoothing of the cross-entropy.
+    #[arg(long, default_value_t = 0.1)]
+    label_smoothing: f64,
     /// Seed of initialisation, data order and augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -117,128 +123,70 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
     } else {
         None
     };
-    let (model, config, processor) = match (&resume_from, &args.init, &args.arch) {
-        (Some(dir), _, _) => {
-            let (m, c) = ViTForImageClassification::load(dir, &device)?;
-            (
-                m,
-                c,
-                tuwen::pipeline::image_processor(dir, "ViTImageProcessor")?,
-            )
-        }
-        (None, Some(init), arch) => {
-            let folder = tuwen::hub::resolve(init)?;
-            let (m, c) = from_checkpoint(&folder, &labels, &device)?;
-            if let Some(name) = arch {
-                let a = vit::arch(name, labels.len()).with_context(|| {
-                    format!("unknown --arch {name:?} (known: {})", vit::ARCHS.join(", "))
-                })?;
-                let sizes = |c: &vit::ViTConfig| {
-                    (
-                        c.hidden_size,
-                        c.num_hidden_layers,
-                        c.num_attention_heads,
-                        c.patch_size,
-                    )
-                };
-                if sizes(&a) != sizes(&c) {
-                    bail!(
-                        "--arch {name} (width, layers, heads, patch {:?}) does not match --init (width, layers, heads, patch {:?})",
-                        sizes(&a),
-                        sizes(&c)
-                    );
-                }
-            }
-            (
-                m,
-                c,
-                tuwen::pipeline::image_processor(&folder, "ViTImageProcessor")?,
-            )
-        }
-        (None, None, Some(name)) => {
-            let mut c = vit::arch(name, labels.len()).with_context(|| {
-                format!("unknown --arch {name:?} (known: {})", vit::ARCHS.join(", "))
-            })?;
-            if let Some(s) = args.image_size {
-                c.image_size = s;
-            }
-            c.id2label = labels
-                .iter()
-                .enumerate()
-                .map(|(i, l)| (i.to_string(), l.clone()))
-                .collect();
-            c.validate()
-                .map_err(|m| anyhow::anyhow!("--arch {name}: {m}"))?;
-            let p = tuwen::train::mae::preprocessor_json(c.image_size);
-            let p = tuwen::data::ImageProcessor::from_json(&p.to_string())
-                .map_err(|m| anyhow::anyhow!(m))?;
-            (ViTForImageClassification::new(&c, &device), c, p)
-        }
-        (None, None, None) => bail!("give --init CHECKPOINT or --arch NAME"),
-    };
+    let (net, processor) = build(&args, &labels, resume_from.as_deref(), &device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let processor_bytes = serde_json::to_vec(&processor_json(&processor))?;
-    let model = if args.linear_probe {
-        let (m, acc) = linear_probe(
-            model,
-            &processor,
-            &samples,
-            &labels,
-            args.probe_epochs,
-            args.seed,
-        )?;
-        eprintln!(
-            "linear probe: {:.1}% top-1 on the training images",
-            acc * 100.0
-        );
-        m
-    } else {
-        let steps = match args.epochs {
-            Some(e) if e > 0.0 && e.is_finite() => {
-                ((e * samples.len() as f64 / args.batch_size as f64).ceil() as usize).max(1)
-            }
-            Some(e) => bail!("--epochs {e} must be positive"),
-            None => args.steps,
-        };
-        let cfg = ClassifierTrainConfig {
-            steps,
-            batch_size: args.batch_size,
-            lr: args.lr,
-            warmup: args.warmup,
-            weight_decay: args.weight_decay,
-            max_grad_norm: 1.0,
-            seed: args.seed,
-            augment: Augment {
-                min_scale: args.crop_scale,
-                hflip: args.hflip,
-            },
-            checkpoint_every: args.save_every,
-            checkpoint_dir: Some(ckpt_dir),
-            resume_from: resume_from.clone(),
-        };
-        let mut progress = Progress::start(&args.out, steps, resume_from.as_deref())?;
-        let (m, losses) = train(
-            model,
-            &config,
+    let steps = match args.epochs {
+        Some(e) if e > 0.0 && e.is_finite() => {
+            ((e * samples.len() as f64 / args.batch_size as f64).ceil() as usize).max(1)
+        }
+        Some(e) => bail!("--epochs {e} must be positive"),
+        None => args.steps,
+    };
+    let cfg = ClassifierTrainConfig {
+        steps,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        warmup: args.warmup,
+        weight_decay: args.weight_decay,
+        max_grad_norm: 1.0,
+        seed: args.seed,
+        augment: Augment {
+            min_scale: args.crop_scale,
+            hflip: args.hflip,
+        },
+        checkpoint_every: args.save_every,
+        checkpoint_dir: Some(ckpt_dir),
+        resume_from: resume_from.clone(),
+        label_smoothing: args.label_smoothing,
+    };
+    match net {
+        Net::Vit(m) if args.linear_probe => {
+            let (model, acc) = linear_probe(
+                m.model,
+                &processor,
+                &samples,
+                &labels,
+                args.probe_epochs,
+                args.seed,
+            )?;
+            eprintln!(
+                "linear probe: {:.1}% top-1 on the training images",
+                acc * 100.0
+            );
+            model.save(&m.config, &args.out)?;
+        }
+        Net::Eff(_) if args.linear_probe => bail!("--linear-probe is for ViT encoders"),
+        Net::Vit(m) => fit(
+            *m,
             &processor,
             &samples,
             &labels,
             &cfg,
-            |s, _| {
-                progress.step(json!({"step": s.step, "loss": s.loss, "lr": s.lr,
-                                 "samples_per_s": s.samples_per_s}))
-            },
-        )?;
-        progress.finish();
-        if losses.len() >= 2 {
-            tuwen::train::plot::loss_curve_png(&losses, &args.out.join("curves.png"))?;
-        }
-        let last = losses.last().map_or(f32::NAN, |l| l.1);
-        eprintln!("trained {} steps: final loss {last:.3}", losses.len());
-        m
-    };
-    model.save(&config, &args.out)?;
+            &args,
+            resume_from.as_deref(),
+        )?,
+        Net::Eff(m) => fit(
+            *m,
+            &processor,
+            &samples,
+            &labels,
+            &cfg,
+            &args,
+            resume_from.as_deref(),
+        )?,
+    }
     tuwen::hub::write_atomic(&args.out.join("preprocessor_config.json"), &processor_bytes)?;
     if let Some(val) = &args.val {
         let clf = ImageClassification::load(
@@ -253,5 +201,170 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
             json!({"top1": r["top1"], "n": r["n"], "per_class": r["per_class"]})
         );
     }
+    Ok(())
+}
+
+enum Net {
+    Vit(Box<VitClassifier>),
+    Eff(Box<EfficientNetClassifier>),
+}
+
+/// The network to train and its preprocessing: resumed, from --init, or new from --arch.
+fn build(
+    args: &ClassifierArgs,
+    labels: &[String],
+    resume_from: Option<&std::path::Path>,
+    device: &Device,
+) -> Result<(Net, ImageProcessor)> {
+    let id2label: std::collections::BTreeMap<String, String> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), l.clone()))
+        .collect();
+    let processor_of =
+        |folder: &std::path::Path, default: &str| tuwen::pipeline::image_processor(folder, default);
+    if let Some(folder) = resume_from
+        .map(std::path::Path::to_path_buf)
+        .or(match &args.init {
+            Some(m) => Some(tuwen::hub::resolve(m)?),
+            None => None,
+        })
+    {
+        let mc = tuwen::hub::ModelConfig::read(&folder)?;
+        if mc.model_type == "efficientnet" {
+            let (mut m, mut c) = EfficientNetForImageClassification::load(&folder, device)?;
+            if c.labels().ok().as_deref() != Some(labels) {
+                // A new head for these classes (--init M with other classes).
+                c.id2label = id2label;
+                m.classifier = tuwen::nn::encoder::linear(
+                    c.hidden_dim,
+                    labels.len(),
+                    true,
+                    c.initializer_range,
+                    device,
+                );
+            }
+            check_arch(args, None)?;
+            let p = processor_of(&folder, "EfficientNetImageProcessor")?;
+            return Ok((
+                Net::Eff(Box::new(EfficientNetClassifier {
+                    model: m,
+                    config: c,
+                })),
+                p,
+            ));
+        }
+        let (m, c) = if resume_from.is_some() {
+            ViTForImageClassification::load(&folder, device)?
+        } else {
+            from_checkpoint(&folder, labels, device)?
+        };
+        check_arch(args, Some(&c))?;
+        let p = processor_of(&folder, "ViTImageProcessor")?;
+        return Ok((
+            Net::Vit(Box::new(VitClassifier {
+                model: m,
+                config: c,
+            })),
+            p,
+        ));
+    }
+    let Some(name) = &args.arch else {
+        bail!("give --init CHECKPOINT or --arch NAME");
+    };
+    if let Some(mut c) = efficientnet::arch(name, labels.len()) {
+        if let Some(s) = args.image_size {
+            c.image_size = s;
+        }
+        c.id2label = id2label;
+        c.validate()
+            .map_err(|m| anyhow::anyhow!("--arch {name}: {m}"))?;
+        let p = new_processor(c.image_size)?;
+        let m = EfficientNetForImageClassification::new(&c, device);
+        return Ok((
+            Net::Eff(Box::new(EfficientNetClassifier {
+                model: m,
+                config: c,
+            })),
+            p,
+        ));
+    }
+    let mut c = vit::arch(name, labels.len()).with_context(|| {
+        format!(
+            "unknown --arch {name:?} (known: {}, {})",
+            vit::ARCHS.join(", "),
+            efficientnet::ARCHS.join(", ")
+        )
+    })?;
+    if let Some(s) = args.image_size {
+        c.image_size = s;
+    }
+    c.id2label = id2label;
+    c.validate()
+        .map_err(|m| anyhow::anyhow!("--arch {name}: {m}"))?;
+    let p = new_processor(c.image_size)?;
+    let m = ViTForImageClassification::new(&c, device);
+    Ok((
+        Net::Vit(Box::new(VitClassifier {
+            model: m,
+            config: c,
+        })),
+        p,
+    ))
+}
+
+/// Resize to the model's side, ImageNet mean and standard deviation.
+fn new_processor(size: usize) -> Result<ImageProcessor> {
+    let p = tuwen::train::mae::preprocessor_json(size);
+    ImageProcessor::from_json(&p.to_string()).map_err(|m| anyhow::anyhow!(m))
+}
+
+/// With --init, --arch must name the checkpoint's own sizes.
+fn check_arch(args: &ClassifierArgs, init: Option<&vit::ViTConfig>) -> Result<()> {
+    let (Some(name), Some(c)) = (&args.arch, init) else {
+        return Ok(());
+    };
+    let a = vit::arch(name, 1)
+        .with_context(|| format!("unknown --arch {name:?} (known: {})", vit::ARCHS.join(", ")))?;
+    let sizes = |c: &vit::ViTConfig| {
+        (
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.patch_size,
+        )
+    };
+    if sizes(&a) != sizes(c) {
+        bail!(
+            "--arch {name} (width, layers, heads, patch {:?}) does not match --init (width, layers, heads, patch {:?})",
+            sizes(&a),
+            sizes(c)
+        );
+    }
+    Ok(())
+}
+
+/// Trains with a progress bar, metrics and curves, then saves the model to --out.
+fn fit<M: Classifier>(
+    model: M,
+    processor: &ImageProcessor,
+    samples: &[tuwen::data::captions::Sample],
+    labels: &[String],
+    cfg: &ClassifierTrainConfig,
+    args: &ClassifierArgs,
+    resume_from: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut progress = Progress::start(&args.out, cfg.steps, resume_from)?;
+    let (m, losses) = train(model, processor, samples, labels, cfg, |s, _| {
+        progress.step(json!({"step": s.step, "loss": s.loss, "lr": s.lr,
+                             "samples_per_s": s.samples_per_s}))
+    })?;
+    progress.finish();
+    if losses.len() >= 2 {
+        tuwen::train::plot::loss_curve_png(&losses, &args.out.join("curves.png"))?;
+    }
+    let last = losses.last().map_or(f32::NAN, |l| l.1);
+    eprintln!("trained {} steps: final loss {last:.3}", losses.len());
+    m.save_to(&args.out)?;
     Ok(())
 }

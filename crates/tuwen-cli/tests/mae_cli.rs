@@ -369,3 +369,93 @@ fn classifier_probe_and_fine_tune_from_mae() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `train classifier` trains EfficientNets too: from an architecture, and from a checkpoint
+/// with other classes (a new head).
+#[test]
+fn classifier_trains_efficientnet() {
+    let dir = std::env::temp_dir().join(format!("tuwen-clf-eff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let o = tuwen(&[
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--n",
+        "32",
+        "--size",
+        "32",
+    ]);
+    assert!(o.status.success());
+    let train = data.join("train.csv");
+    for (tag, extra) in [
+        (
+            "b0",
+            vec!["--arch", "efficientnet-b0", "--image-size", "32"],
+        ),
+        (
+            "init",
+            vec![
+                "--init",
+                fixtures()
+                    .join("efficientnet-odd")
+                    .to_str()
+                    .unwrap()
+                    .to_string()
+                    .leak(),
+            ],
+        ),
+    ] {
+        let out = dir.join(tag);
+        let mut args = vec![
+            "train",
+            "classifier",
+            "--data",
+            train.to_str().unwrap(),
+            "--label-column",
+            "shape",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = tuwen(&args);
+        assert!(
+            o.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["model_type"], "efficientnet", "{tag}");
+        assert_eq!(
+            cfg["id2label"].as_object().unwrap().len(),
+            4,
+            "{tag}: four shapes"
+        );
+        let o = tuwen(&[
+            "eval",
+            "classify",
+            "--model",
+            out.to_str().unwrap(),
+            "--data",
+            data.join("test.csv").to_str().unwrap(),
+            "--label-column",
+            "shape",
+            "--json",
+            "--confusion",
+            out.join("c.png").to_str().unwrap(),
+        ]);
+        assert!(
+            o.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

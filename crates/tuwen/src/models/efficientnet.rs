@@ -420,10 +420,12 @@ fn pad(x: Tensor<4>, (t, b, l, r): (usize, usize, usize, usize)) -> Tensor<4> {
 }
 
 fn bn(c: usize, cfg: &EfficientNetConfig, device: &Device) -> BatchNorm {
-    // The running statistics move by 1 − momentum per step, as TensorFlow's momentum means.
+    // Running statistics move by 0.1 per training step, as timm and PyTorch train: the
+    // config's 0.99 is TensorFlow's weight of the old value (too slow for short runs), and
+    // transformers hands it to PyTorch as the weight of the new one.
     BatchNormConfig::new(c)
         .with_epsilon(cfg.batch_norm_eps)
-        .with_momentum((1.0 - cfg.batch_norm_momentum).clamp(1e-3, 1.0))
+        .with_momentum(0.1)
         .init(device)
 }
 

@@ -15,6 +15,7 @@ use crate::data::augment::Augment;
 use crate::data::captions::Sample;
 use crate::data::processor::{ImageProcessor, batch_tensor};
 use crate::hub::{self, ModelConfig};
+use crate::models::efficientnet::{EfficientNetConfig, EfficientNetForImageClassification};
 use crate::models::vit::{NEW_TO_LEGACY, ViTConfig, ViTForImageClassification};
 use crate::{Error, Result};
 
@@ -43,6 +44,8 @@ pub struct ClassifierTrainConfig {
     pub checkpoint_dir: Option<PathBuf>,
     /// Continue from this checkpoint folder (the model must be loaded from it).
     pub resume_from: Option<PathBuf>,
+    /// Label smoothing of the cross-entropy (0: none).
+    pub label_smoothing: f64,
 }
 
 impl Default for ClassifierTrainConfig {
@@ -59,6 +62,7 @@ impl Default for ClassifierTrainConfig {
             checkpoint_every: 0,
             checkpoint_dir: None,
             resume_from: None,
+            label_smoothing: 0.1,
         }
     }
 }
@@ -177,18 +181,45 @@ pub struct ClassifierStep {
     pub samples_per_s: f64,
 }
 
+/// A network [`train`] can train: its logits and how it saves itself (in the HF layout).
+pub trait Classifier: burn::module::Module + Sized {
+    /// `[b, c, h, w]` pixels to `[b, classes]` logits.
+    fn logits(&self, pixels: Tensor<4>) -> Tensor<2>;
+    /// Writes the model (config.json and weights) to `folder`.
+    fn save_to(&self, folder: &Path) -> Result<()>;
+}
+
+/// A ViT classifier with its config.
+#[derive(burn::module::Module, Debug)]
+pub struct VitClassifier {
+    /// The network.
+    pub model: ViTForImageClassification,
+    /// Its config (for saving).
+    #[module(skip)]
+    pub config: ViTConfig,
+}
+
+/// An EfficientNet classifier with its config.
+#[derive(burn::module::Module, Debug)]
+pub struct EfficientNetClassifier {
+    /// The network.
+    pub model: EfficientNetForImageClassification,
+    /// Its config (for saving).
+    #[module(skip)]
+    pub config: EfficientNetConfig,
+}
+
 /// Fine-tunes (or trains from scratch) `model` on labelled samples (the caption is the label),
-/// with checkpoints and exact resume as the other training loops.
+/// with label smoothing, checkpoints and exact resume as the other training loops.
 #[allow(clippy::too_many_arguments)]
-pub fn train<'a>(
-    model: ViTForImageClassification,
-    config: &ViTConfig,
+pub fn train<'a, M: Classifier>(
+    model: M,
     processor: &ImageProcessor,
     data: impl Into<TrainData<'a>>,
     labels: &[String],
     cfg: &ClassifierTrainConfig,
-    mut on_step: impl FnMut(&ClassifierStep, &ViTForImageClassification) -> bool,
-) -> Result<(ViTForImageClassification, Vec<(usize, f32)>)> {
+    mut on_step: impl FnMut(&ClassifierStep, &M) -> bool,
+) -> Result<(M, Vec<(usize, f32)>)> {
     let mut data = data.into();
     if cfg.batch_size == 0 {
         return Err(Error::InvalidInput("--batch-size must be positive".into()));
@@ -197,6 +228,7 @@ pub fn train<'a>(
     let mut optim = super::adamw(&model, cfg.weight_decay);
     let settings = json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
+        "label_smoothing": cfg.label_smoothing,
         "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip});
     let mut state = RunState {
         seed: cfg.seed,
@@ -216,20 +248,23 @@ pub fn train<'a>(
         state = saved;
         optim = loaded;
     }
-    let device = model.classifier.weight.val().device();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let device = first_param_device(&model)
+        .ok_or_else(|| Error::InvalidInput("the model has no parameters".into()))?;
+    let loss_fn = CrossEntropyLossConfig::new()
+        .with_smoothing((cfg.label_smoothing > 0.0).then_some(cfg.label_smoothing as f32))
+        .init(&device);
     if let TrainData::Shards(stream) = &mut data {
         for _ in 0..state.step * cfg.batch_size {
             stream.next_sample()?;
         }
     }
-    let save = |model: &ViTForImageClassification,
-                optim: &burn::optim::ModuleOptimizer,
-                state: &RunState| match &cfg.checkpoint_dir {
+    let save = |model: &M, optim: &burn::optim::ModuleOptimizer, state: &RunState| match &cfg
+        .checkpoint_dir
+    {
         Some(dir) => checkpoint::save(
             dir,
             |tmp| {
-                model.save(config, tmp)?;
+                model.save_to(tmp)?;
                 let bytes =
                     serde_json::to_vec(&processor_json(processor)).expect("processor serialises");
                 hub::write_atomic(&tmp.join("preprocessor_config.json"), &bytes)
@@ -264,7 +299,7 @@ pub fn train<'a>(
         let n = items.len();
         let pixels = batch_tensor(items, &device)?;
         let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [n]), &device);
-        let loss = loss_fn.forward(model.forward(pixels), y);
+        let loss = loss_fn.forward(model.logits(pixels), y);
         let loss_value: f32 = loss.clone().into_scalar();
         if !loss_value.is_finite() {
             return Err(Error::InvalidInput(format!(
@@ -297,6 +332,40 @@ pub fn train<'a>(
     Ok((model, state.losses))
 }
 
+/// The device of a module's first float parameter.
+fn first_param_device<M: burn::module::Module>(m: &M) -> Option<Device> {
+    struct First(Option<Device>);
+    impl burn::module::ModuleVisitor for First {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            if self.0.is_none() {
+                self.0 = Some(p.val().device());
+            }
+        }
+    }
+    let mut v = First(None);
+    m.visit(&mut v);
+    v.0
+}
+
+impl Classifier for VitClassifier {
+    fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.model.forward(pixels)
+    }
+
+    fn save_to(&self, folder: &Path) -> Result<()> {
+        self.model.save(&self.config, folder)
+    }
+}
+
+impl Classifier for EfficientNetClassifier {
+    fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
+        self.model.forward(pixels)
+    }
+
+    fn save_to(&self, folder: &Path) -> Result<()> {
+        self.model.save(&self.config, folder)
+    }
+}
 /// preprocessor_config.json for a processor (as transformers' ViTImageProcessor reads it).
 pub fn processor_json(p: &ImageProcessor) -> serde_json::Value {
     let (mean, std) = p.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
