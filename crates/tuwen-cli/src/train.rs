@@ -690,6 +690,56 @@ pub enum BenchCommand {
     Mae(crate::mae::BenchMaeArgs),
     /// MAE's masking-ratio study in miniature: pre-train at several ratios, linear-probe each.
     MaeRatios(crate::mae::RatioStudyArgs),
+    /// An image classifier (efficientnet-bN, vit-...): inference and a training step.
+    Classifier(BenchClassifierArgs),
+}
+
+#[derive(Args)]
+pub struct BenchClassifierArgs {
+    /// Architecture: efficientnet-b0 .. b7, vit-ti16, vit-s16, vit-b16, ...
+    #[arg(long, default_value = "efficientnet-b0")]
+    arch: String,
+    /// Image side (default: the architecture's).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+}
+
+fn bench_classifier(a: BenchClassifierArgs) -> Result<()> {
+    if a.steps == 0 || a.batch_size == 0 {
+        bail!("--steps and --batch-size must be at least 1");
+    }
+    let (mut infer, mut train, size) = tuwen::train::bench::classifier_step_times(
+        &a.arch,
+        a.image_size,
+        a.batch_size,
+        a.warmup,
+        a.steps,
+    )?;
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (i, t) = (med(&mut infer), med(&mut train));
+    println!(
+        "tuwen {} {size}px batch {}, {} threads: inference median {:.1} ms ({:.1} images/s), training step median {:.1} ms ({:.1} images/s)",
+        a.arch,
+        a.batch_size,
+        tuwen::device::threads(),
+        i * 1e3,
+        a.batch_size as f64 / i,
+        t * 1e3,
+        a.batch_size as f64 / t
+    );
+    Ok(())
 }
 
 #[derive(Args)]
@@ -719,6 +769,7 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(a) => a,
         BenchCommand::Mae(a) => return crate::mae::bench(a),
         BenchCommand::MaeRatios(a) => return crate::mae::ratio_study(a),
+        BenchCommand::Classifier(a) => return bench_classifier(a),
     };
     if a.steps == 0 {
         bail!("--steps must be at least 1");

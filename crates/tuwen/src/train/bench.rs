@@ -6,9 +6,9 @@ use std::time::Instant;
 use burn::prelude::*;
 
 use super::contrastive::init_folder;
-use crate::Result;
 use crate::pipeline::ImageText;
 use crate::pipeline::image_text::Family;
+use crate::{Error, Result};
 
 /// Seconds per optimiser step (forward, backward, AdamW) of a freshly initialised model on
 /// random pixels and captions, after `warmup` untimed steps.
@@ -49,4 +49,111 @@ pub fn contrastive_step_times(
         }
     }
     Ok(times)
+}
+
+/// Seconds of inference (forward on the plain device) and of a training step (forward,
+/// backward, AdamW on an autodiff device) of an image classifier (`efficientnet-bN` or a ViT
+/// architecture) with 1000 classes, on random images: `(inference, training)`, one per timed
+/// step.
+pub fn classifier_step_times(
+    arch: &str,
+    image_size: Option<usize>,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+) -> Result<(Vec<f64>, Vec<f64>, usize)> {
+    use crate::models::efficientnet::{self, EfficientNetForImageClassification};
+    use crate::models::vit::{self, ViTForImageClassification};
+    use crate::train::classifier::{Classifier, EfficientNetClassifier, VitClassifier};
+    fn time<M: Classifier>(
+        build: impl Fn(&Device) -> M,
+        size: usize,
+        batch: usize,
+        warmup: usize,
+        steps: usize,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let plain = Device::flex();
+        plain.seed(0);
+        let model = build(&plain);
+        let px = Tensor::<4>::random(
+            [batch, 3, size, size],
+            burn::tensor::Distribution::Default,
+            &plain,
+        );
+        let mut infer = Vec::new();
+        for i in 0..warmup + steps {
+            let t0 = Instant::now();
+            let _ = crate::pipeline::to_vec(model.logits(px.clone()))?;
+            if i >= warmup {
+                infer.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        let ad = plain.clone().autodiff();
+        let mut model = build(&ad);
+        let mut optim = crate::train::adamw(&model, 0.05);
+        let px = Tensor::<4>::random(
+            [batch, 3, size, size],
+            burn::tensor::Distribution::Default,
+            &ad,
+        );
+        let y = Tensor::<1, Int>::from_data(
+            TensorData::new(
+                (0..batch as i64).map(|i| i % 1000).collect::<Vec<_>>(),
+                [batch],
+            ),
+            &ad,
+        );
+        let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&ad);
+        let mut train = Vec::new();
+        for i in 0..warmup + steps {
+            let t0 = Instant::now();
+            let loss = loss_fn.forward(model.logits(px.clone()), y.clone());
+            let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-4, model, grads);
+            let _: f32 = loss.into_scalar();
+            if i >= warmup {
+                train.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        Ok((infer, train))
+    }
+    if let Some(mut c) = efficientnet::arch(arch, 1000) {
+        if let Some(s) = image_size {
+            c.image_size = s;
+        }
+        let size = c.image_size;
+        let (i, t) = time(
+            |d| EfficientNetClassifier {
+                model: EfficientNetForImageClassification::new(&c, d),
+                config: c.clone(),
+            },
+            size,
+            batch,
+            warmup,
+            steps,
+        )?;
+        return Ok((i, t, size));
+    }
+    let mut c = vit::arch(arch, 1000).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "unknown --arch {arch:?} (known: {}, {})",
+            vit::ARCHS.join(", "),
+            efficientnet::ARCHS.join(", ")
+        ))
+    })?;
+    if let Some(s) = image_size {
+        c.image_size = s;
+    }
+    let size = c.image_size;
+    let (i, t) = time(
+        |d| VitClassifier {
+            model: ViTForImageClassification::new(&c, d),
+            config: c.clone(),
+        },
+        size,
+        batch,
+        warmup,
+        steps,
+    )?;
+    Ok((i, t, size))
 }
