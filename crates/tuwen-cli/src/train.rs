@@ -549,7 +549,7 @@ pub struct EvalClassifyArgs {
     /// Where the confusion-matrix picture goes.
     #[arg(long, default_value = "confusion.png")]
     confusion: PathBuf,
-    /// Print `{"top1", "n", "per_class", "confusion"}` as JSON.
+    /// Print `{"top1", "top5", "n", "per_class", "confusion"}` as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -565,8 +565,9 @@ fn eval_classify(a: EvalClassifyArgs, device: &Device) -> Result<()> {
         println!("{r}");
     } else {
         println!(
-            "top-1 {:.1}% on {} images; confusion matrix in {}",
+            "top-1 {:.1}%, top-5 {:.1}% on {} images; confusion matrix in {}",
             r["top1"].as_f64().unwrap_or(0.0) * 100.0,
+            r["top5"].as_f64().unwrap_or(0.0) * 100.0,
             r["n"],
             a.confusion.display()
         );

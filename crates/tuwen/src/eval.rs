@@ -208,7 +208,8 @@ pub fn retrieval_grid_png(
 }
 
 /// Top-1 accuracy of a classifier on labelled images, per class, with the confusion matrix
-/// (`confusion[true][predicted]`, classes in the model's order): `{"top1", "n", "per_class"}`.
+/// (`confusion[true][predicted]`, classes in the model's order): `{"top1", "top5", "n",
+/// "per_class"}`.
 pub fn classification_eval(
     model: &crate::pipeline::ImageClassification,
     samples: &[Sample],
@@ -235,11 +236,12 @@ pub fn classification_eval(
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
     let logits = model.logits(&paths, batch_size, |_| {})?;
     let mut confusion = vec![vec![0usize; k]; k];
+    let mut top5 = 0usize;
     for (row, &t) in logits.iter().zip(&truth) {
-        let p = (0..row.len())
-            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-            .unwrap_or(0);
-        confusion[t][p] += 1;
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        confusion[t][order[0]] += 1;
+        top5 += usize::from(order.iter().take(5).any(|&o| o == t));
     }
     let n = truth.len();
     let hits: usize = (0..k).map(|i| confusion[i][i]).sum();
@@ -254,7 +256,8 @@ pub fn classification_eval(
         })
         .collect();
     Ok((
-        json!({"top1": hits as f64 / n.max(1) as f64, "n": n, "per_class": per_class}),
+        json!({"top1": hits as f64 / n.max(1) as f64, "top5": top5 as f64 / n.max(1) as f64,
+               "n": n, "per_class": per_class}),
         confusion,
     ))
 }
