@@ -78,6 +78,9 @@ pub struct ClassifierArgs {
     /// Label smoothing of the cross-entropy.
     #[arg(long, default_value_t = 0.1)]
     label_smoothing: f64,
+    /// Mixup with this α (0: none; 0.2 is usual).
+    #[arg(long, default_value_t = 0.0)]
+    mixup: f64,
     /// Seed of initialisation, data order and augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -109,6 +112,10 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
     );
     if !(0.05..=1.0).contains(&args.crop_scale) {
         bail!("--crop-scale {} must be in [0.05, 1]", args.crop_scale);
+    }
+    if !(args.mixup >= 0.0 && args.mixup.is_finite()) || !(0.0..1.0).contains(&args.label_smoothing)
+    {
+        bail!("--mixup must be >= 0 and --label-smoothing in [0, 1)");
     }
     let device = Device::flex().autodiff();
     device.seed(args.seed);
@@ -150,6 +157,7 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
         checkpoint_dir: Some(ckpt_dir),
         resume_from: resume_from.clone(),
         label_smoothing: args.label_smoothing,
+        mixup: args.mixup,
     };
     match net {
         Net::Vit(m) if args.linear_probe => {

@@ -85,6 +85,36 @@ pub fn crop_box(
     ((width - w) / 2, (height - h) / 2, w, h)
 }
 
+/// A draw from Beta(α, α), the mixing weight of mixup (Zhang et al., 2018), as the ratio of two
+/// Gamma(α) draws (Marsaglia and Tsang's method, with Box-Muller normals).
+pub fn beta_symmetric(alpha: f64, rng: &mut SplitMix64) -> f64 {
+    let x = gamma(alpha, rng);
+    let y = gamma(alpha, rng);
+    if x + y > 0.0 { x / (x + y) } else { 0.5 }
+}
+
+fn gamma(alpha: f64, rng: &mut SplitMix64) -> f64 {
+    if alpha < 1.0 {
+        // Gamma(α) = Gamma(α + 1) · U^(1/α).
+        let u = f64::from(rng.unit()).max(1e-12);
+        return gamma(alpha + 1.0, rng) * u.powf(1.0 / alpha);
+    }
+    let d = alpha - 1.0 / 3.0;
+    let c = 1.0 / (9.0 * d).sqrt();
+    loop {
+        let (u1, u2) = (f64::from(rng.unit()).max(1e-12), f64::from(rng.unit()));
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let v = (1.0 + c * z).powi(3);
+        if v <= 0.0 {
+            continue;
+        }
+        let u = f64::from(rng.unit()).max(1e-12);
+        if u.ln() < 0.5 * z * z + d - d * v + d * v.ln() {
+            return d * v;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +148,25 @@ mod tests {
             .count();
         assert!((70..130).contains(&flipped), "{flipped}");
         assert!(Augment::default().is_identity());
+    }
+
+    #[test]
+    fn beta_draws_have_the_right_mean_and_spread() {
+        let mut rng = SplitMix64::new(9);
+        for alpha in [0.2, 1.0, 4.0] {
+            let xs: Vec<f64> = (0..20_000)
+                .map(|_| beta_symmetric(alpha, &mut rng))
+                .collect();
+            let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+            // Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)).
+            let expect = 1.0 / (4.0 * (2.0 * alpha + 1.0));
+            assert!((mean - 0.5).abs() < 0.01, "{alpha}: mean {mean}");
+            assert!(
+                (var - expect).abs() < 0.1 * expect,
+                "{alpha}: var {var} vs {expect}"
+            );
+            assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)));
+        }
     }
 }

@@ -46,6 +46,9 @@ pub struct ClassifierTrainConfig {
     pub resume_from: Option<PathBuf>,
     /// Label smoothing of the cross-entropy (0: none).
     pub label_smoothing: f64,
+    /// Mixup's α (0: none): each batch is blended with itself reversed, with weight λ ~
+    /// Beta(α, α), and the loss blends the two labels' losses the same way.
+    pub mixup: f64,
 }
 
 impl Default for ClassifierTrainConfig {
@@ -63,6 +66,7 @@ impl Default for ClassifierTrainConfig {
             checkpoint_dir: None,
             resume_from: None,
             label_smoothing: 0.1,
+            mixup: 0.0,
         }
     }
 }
@@ -228,7 +232,7 @@ pub fn train<'a, M: Classifier>(
     let mut optim = super::adamw(&model, cfg.weight_decay);
     let settings = json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
-        "label_smoothing": cfg.label_smoothing,
+        "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup,
         "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip});
     let mut state = RunState {
         seed: cfg.seed,
@@ -298,8 +302,19 @@ pub fn train<'a, M: Classifier>(
         }
         let n = items.len();
         let pixels = batch_tensor(items, &device)?;
+        let reversed: Vec<i64> = ys.iter().rev().copied().collect();
         let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [n]), &device);
-        let loss = loss_fn.forward(model.logits(pixels), y);
+        let loss = if cfg.mixup > 0.0 && n > 1 {
+            let mut rng =
+                crate::data::shapes::SplitMix64::new(super::data::step_seed(cfg.seed, step, 999));
+            let lam = crate::data::augment::beta_symmetric(cfg.mixup, &mut rng);
+            let mixed = pixels.clone() * lam + pixels.flip([0]) * (1.0 - lam);
+            let logits = model.logits(mixed);
+            let y2 = Tensor::<1, Int>::from_data(TensorData::new(reversed, [n]), &device);
+            loss_fn.forward(logits.clone(), y) * lam + loss_fn.forward(logits, y2) * (1.0 - lam)
+        } else {
+            loss_fn.forward(model.logits(pixels), y)
+        };
         let loss_value: f32 = loss.clone().into_scalar();
         if !loss_value.is_finite() {
             return Err(Error::InvalidInput(format!(
