@@ -113,7 +113,7 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
     if !(0.05..=1.0).contains(&args.crop_scale) {
         bail!("--crop-scale {} must be in [0.05, 1]", args.crop_scale);
     }
-    if !(args.mixup >= 0.0 && args.mixup.is_finite()) || !(0.0..1.0).contains(&args.label_smoothing)
+    if !(args.mixup >= 0.0 && args.mixup.is_finite() && (0.0..1.0).contains(&args.label_smoothing))
     {
         bail!("--mixup must be >= 0 and --label-smoothing in [0, 1)");
     }

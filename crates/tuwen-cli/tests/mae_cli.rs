@@ -392,7 +392,14 @@ fn classifier_trains_efficientnet() {
     for (tag, extra) in [
         (
             "b0",
-            vec!["--arch", "efficientnet-b0", "--image-size", "32"],
+            vec![
+                "--arch",
+                "efficientnet-b0",
+                "--image-size",
+                "32",
+                "--mixup",
+                "0.2",
+            ],
         ),
         (
             "init",
