@@ -12,7 +12,6 @@ use tuwen::data::augment::Augment;
 use tuwen::models::efficientnet::{self, EfficientNetForImageClassification};
 use tuwen::models::vit::{self, ViTForImageClassification};
 use tuwen::pipeline::ImageClassification;
-use tuwen::train::checkpoint;
 use tuwen::train::classifier::{
     Classifier, ClassifierTrainConfig, EfficientNetClassifier, VitClassifier, from_checkpoint,
     linear_probe, processor_json, train,
@@ -121,12 +120,7 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
     device.seed(args.seed);
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
-        Some(checkpoint::find(&ckpt_dir).with_context(|| {
-            format!(
-                "--resume: no checkpoint in {} (start without --resume)",
-                ckpt_dir.display()
-            )
-        })?)
+        Some(crate::train::resume_dir(&ckpt_dir)?)
     } else {
         None
     };

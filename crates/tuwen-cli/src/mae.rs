@@ -13,7 +13,6 @@ use tuwen::data::captions::{CsvSpec, Sample, read_csv};
 use tuwen::data::webdataset::{self, ShardStream};
 use tuwen::models::vit_mae::{ViTMAEForPreTraining, read_config};
 use tuwen::pipeline::mae::MaskedAutoencoder;
-use tuwen::train::checkpoint;
 use tuwen::train::data::TrainData;
 use tuwen::train::mae::{ARCHS, MaeTrainConfig, arch, image_folder, init_folder, train};
 
@@ -115,12 +114,7 @@ pub fn run(args: MaeArgs) -> Result<()> {
     };
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
-        Some(checkpoint::find(&ckpt_dir).with_context(|| {
-            format!(
-                "--resume: no checkpoint in {} (start without --resume)",
-                ckpt_dir.display()
-            )
-        })?)
+        Some(crate::train::resume_dir(&ckpt_dir)?)
     } else {
         match &args.init {
             Some(m) => {

@@ -305,12 +305,7 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
     device.seed(args.seed);
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
-        let found = checkpoint::find(&ckpt_dir).with_context(|| {
-            format!(
-                "--resume: no checkpoint in {} (start without --resume)",
-                ckpt_dir.display()
-            )
-        })?;
+        let found = crate::train::resume_dir(&ckpt_dir)?;
         Some(found)
     } else {
         match &args.init {
@@ -453,6 +448,16 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         losses: report.losses,
         samples_per_s: report.samples_per_s,
         zero_shot,
+    })
+}
+
+/// The checkpoint folder `--resume` continues from; a one-line error when there is none.
+pub fn resume_dir(ckpt_dir: &Path) -> Result<PathBuf> {
+    checkpoint::find(ckpt_dir).with_context(|| {
+        format!(
+            "--resume: no checkpoint in {} (start without --resume)",
+            ckpt_dir.display()
+        )
     })
 }
 

@@ -140,6 +140,45 @@ pub fn load(dir: &Path, optim: ModuleOptimizer) -> Result<(RunState, ModuleOptim
     Ok((state, optim))
 }
 
+/// Where a run starts: fresh (step 0, `optim` as built) or, with `resume_from`, the saved
+/// position and optimiser state, after checking that the run was saved with the same `seed`
+/// and `settings` (an error names the first that differs).
+pub fn start(
+    resume_from: Option<&Path>,
+    optim: ModuleOptimizer,
+    seed: u64,
+    settings: serde_json::Value,
+) -> Result<(RunState, ModuleOptimizer)> {
+    let Some(dir) = resume_from else {
+        let state = RunState {
+            seed,
+            settings,
+            ..RunState::default()
+        };
+        return Ok((state, optim));
+    };
+    let (saved, optim) = load(dir, optim)?;
+    if saved.seed != seed {
+        return Err(Error::InvalidInput(format!(
+            "{} was trained with --seed {}, not {seed}",
+            dir.display(),
+            saved.seed
+        )));
+    }
+    if let Some(map) = saved.settings.as_object() {
+        for (key, was) in map {
+            if settings[key.as_str()] != *was {
+                return Err(Error::InvalidInput(format!(
+                    "{} was trained with {key} = {was}, not {}; resume with the same settings",
+                    dir.display(),
+                    settings[key.as_str()]
+                )));
+            }
+        }
+    }
+    Ok((saved, optim))
+}
+
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let name = dir
         .file_name()

@@ -229,39 +229,22 @@ pub fn train<'a, M: Classifier>(
         return Err(Error::InvalidInput("--batch-size must be positive".into()));
     }
     let mut model = super::stable_param_ids(model);
-    let mut optim = super::adamw(&model, cfg.weight_decay);
     let settings = json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
         "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup,
         "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip});
-    let mut state = RunState {
-        seed: cfg.seed,
-        settings: settings.clone(),
-        ..RunState::default()
-    };
-    if let Some(dir) = &cfg.resume_from {
-        let (saved, loaded) = checkpoint::load(dir, optim)?;
-        if saved.seed != cfg.seed || saved.settings != settings {
-            return Err(Error::InvalidInput(format!(
-                "{} was trained with other settings ({} and seed {}); resume with the same",
-                dir.display(),
-                saved.settings,
-                saved.seed
-            )));
-        }
-        state = saved;
-        optim = loaded;
-    }
+    let (mut state, mut optim) = checkpoint::start(
+        cfg.resume_from.as_deref(),
+        super::adamw(&model, cfg.weight_decay),
+        cfg.seed,
+        settings,
+    )?;
     let device = first_param_device(&model)
         .ok_or_else(|| Error::InvalidInput("the model has no parameters".into()))?;
     let loss_fn = CrossEntropyLossConfig::new()
         .with_smoothing((cfg.label_smoothing > 0.0).then_some(cfg.label_smoothing as f32))
         .init(&device);
-    if let TrainData::Shards(stream) = &mut data {
-        for _ in 0..state.step * cfg.batch_size {
-            stream.next_sample()?;
-        }
-    }
+    data.skip(state.step * cfg.batch_size)?;
     let save = |model: &M, optim: &burn::optim::ModuleOptimizer, state: &RunState| match &cfg
         .checkpoint_dir
     {

@@ -277,7 +277,6 @@ pub fn train<'a>(
     let mut model = model.with_stable_param_ids();
     model.set_patch_dropout(cfg.patch_dropout);
     let device = model.device().clone();
-    let mut optim = model.optimizer(cfg.weight_decay);
     let settings = json!({
         "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup": cfg.warmup,
         "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
@@ -285,35 +284,12 @@ pub fn train<'a>(
         "patch_dropout": cfg.patch_dropout, "accum_freq": cfg.accum_freq,
         "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip,
     });
-    let mut state = RunState {
-        seed: cfg.seed,
-        settings: settings.clone(),
-        ..RunState::default()
-    };
-    if let Some(dir) = &cfg.resume_from {
-        let (saved, loaded) = checkpoint::load(dir, optim)?;
-        if saved.seed != cfg.seed {
-            return Err(Error::InvalidInput(format!(
-                "{} was trained with --seed {}, not {}",
-                dir.display(),
-                saved.seed,
-                cfg.seed
-            )));
-        }
-        if let Some(map) = saved.settings.as_object() {
-            for (key, was) in map {
-                if settings[key.as_str()] != *was {
-                    return Err(Error::InvalidInput(format!(
-                        "{} was trained with {key} = {was}, not {}; resume with the same settings",
-                        dir.display(),
-                        settings[key.as_str()]
-                    )));
-                }
-            }
-        }
-        state = saved;
-        optim = loaded;
-    }
+    let (mut state, mut optim) = checkpoint::start(
+        cfg.resume_from.as_deref(),
+        model.optimizer(cfg.weight_decay),
+        cfg.seed,
+        settings,
+    )?;
     let save =
         |model: &ImageText, optim: &burn::optim::ModuleOptimizer, state: &RunState| match &cfg
             .checkpoint_dir
@@ -325,13 +301,11 @@ pub fn train<'a>(
     let mut rates = Vec::new();
     let first = state.step;
     // A stream resumes where the run stood by reading past what it already used.
-    let mut stream_skipped = 0;
-    if let TrainData::Shards(stream) = &mut data {
-        for _ in 0..first * cfg.batch_size {
-            stream.next_sample()?;
-        }
-        stream_skipped = stream.skipped;
-    }
+    data.skip(first * cfg.batch_size)?;
+    let stream_skipped = match &data {
+        TrainData::Shards(s) => s.skipped,
+        TrainData::Samples(_) => 0,
+    };
     while state.step < cfg.steps {
         let step = state.step;
         let t0 = Instant::now();

@@ -68,6 +68,19 @@ pub fn step_seed(seed: u64, step: usize, j: usize) -> u64 {
     rng.next_u64()
 }
 
+impl TrainData<'_> {
+    /// Moves a stream past `n` samples (a resumed run reads past what it used); a list needs
+    /// nothing, its order being a function of the step.
+    pub fn skip(&mut self, n: usize) -> Result<()> {
+        if let TrainData::Shards(stream) = self {
+            for _ in 0..n {
+                stream.next_sample()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The images (preprocessed, augmented with draws from the step's seed) and captions of step
 /// `step`; `None` for an image that could not be read.
 pub fn next_batch(

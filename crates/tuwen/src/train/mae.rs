@@ -201,29 +201,16 @@ pub fn train<'a>(
         )));
     }
     let mut model = super::stable_param_ids(model);
-    let mut optim = super::optim::adamw_betas(&model, cfg.weight_decay, 0.95, 1e-8);
     let settings = json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "mask_ratio": cfg.mask_ratio,
         "max_grad_norm": cfg.max_grad_norm, "crop_scale": cfg.augment.min_scale,
         "hflip": cfg.augment.hflip, "norm_pix_loss": config.norm_pix_loss});
-    let mut state = RunState {
-        seed: cfg.seed,
-        settings: settings.clone(),
-        ..RunState::default()
-    };
-    if let Some(dir) = &cfg.resume_from {
-        let (saved, loaded) = checkpoint::load(dir, optim)?;
-        if saved.seed != cfg.seed || saved.settings != settings {
-            return Err(Error::InvalidInput(format!(
-                "{} was trained with other settings ({} and seed {}); resume with the same",
-                dir.display(),
-                saved.settings,
-                saved.seed
-            )));
-        }
-        state = saved;
-        optim = loaded;
-    }
+    let (mut state, mut optim) = checkpoint::start(
+        cfg.resume_from.as_deref(),
+        super::optim::adamw_betas(&model, cfg.weight_decay, 0.95, 1e-8),
+        cfg.seed,
+        settings,
+    )?;
     let device = model.vit.layernorm.gamma.val().device();
     let save = |model: &ViTMAEForPreTraining,
                 optim: &burn::optim::ModuleOptimizer,
@@ -244,11 +231,7 @@ pub fn train<'a>(
         ),
         None => Ok(()),
     };
-    if let TrainData::Shards(stream) = &mut data {
-        for _ in 0..state.step * cfg.batch_size {
-            stream.next_sample()?;
-        }
-    }
+    data.skip(state.step * cfg.batch_size)?;
     let first = state.step;
     let mut rates = Vec::new();
     while state.step < cfg.steps {
