@@ -322,8 +322,25 @@ fn classify_bad_inputs_are_one_line_errors() {
     let _ = std::fs::remove_file(truncated);
 }
 
+/// A scratch folder, removed when dropped.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Copies a fixture checkpoint to a scratch folder so a test can break it.
-fn scratch_copy(name: &str, tag: &str) -> PathBuf {
+fn scratch_copy(name: &str, tag: &str) -> Scratch {
     let dst = std::env::temp_dir().join(format!("tuwen-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dst);
     std::fs::create_dir_all(&dst).unwrap();
@@ -331,15 +348,16 @@ fn scratch_copy(name: &str, tag: &str) -> PathBuf {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
-    dst
+    Scratch(dst)
 }
 
 #[test]
 fn broken_checkpoints_are_one_line_errors() {
     let img = fixtures().join("images/astronaut.png");
     let img = img.to_str().unwrap();
-    let run =
-        |dir: &PathBuf| tuwen(&["classify", "--model", dir.to_str().unwrap(), "--image", img]);
+    let run = |dir: &std::path::Path| {
+        tuwen(&["classify", "--model", dir.to_str().unwrap(), "--image", img])
+    };
 
     // A copy of vit-tiny whose config.json has `from` replaced by `to`.
     let edited = |tag: &str, from: &str, to: &str| {
@@ -380,7 +398,7 @@ fn broken_checkpoints_are_one_line_errors() {
     assert_one_line_error(&run(&d), "no model.safetensors");
 
     let d = scratch_copy("vit-sharded", "missing-shard");
-    let shard = std::fs::read_dir(&d)
+    let shard = std::fs::read_dir(&*d)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.to_string_lossy().contains("-of-"))
