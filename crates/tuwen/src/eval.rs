@@ -267,16 +267,30 @@ pub fn classification_eval(
 pub fn confusion_png(labels: &[String], confusion: &[Vec<usize>], path: &Path) -> Result<()> {
     let k = labels.len().max(1) as u32;
     let cell: u32 = if k <= 12 { 40 } else { (480 / k).max(8) };
-    let label_w = labels
+    // Rows are "index label"; columns carry the index.
+    let row_labels: Vec<String> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{i} {l}"))
+        .collect();
+    let label_w = row_labels
         .iter()
         .map(|l| draw::text_width(l, 1))
         .max()
         .unwrap_or(0)
         + 12;
-    let top = 28;
+    let top = 40;
     let (w, h) = (label_w + k * cell + 8, top + k * cell + 8);
     let mut img = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
-    draw::text(&mut img, label_w as i64, 8, "predicted ->", 1, [40, 40, 40]);
+    draw::text(&mut img, label_w as i64, 6, "predicted ->", 1, [40, 40, 40]);
+    if cell >= 16 {
+        for j in 0..labels.len() {
+            let t = j.to_string();
+            let x =
+                (label_w + j as u32 * cell + cell / 2) as i64 - draw::text_width(&t, 1) as i64 / 2;
+            draw::text(&mut img, x, 24, &t, 1, [40, 40, 40]);
+        }
+    }
     for (i, row) in confusion.iter().enumerate() {
         let total = row.iter().sum::<usize>().max(1) as f32;
         let y = top + i as u32 * cell;
@@ -284,7 +298,7 @@ pub fn confusion_png(labels: &[String], confusion: &[Vec<usize>], path: &Path) -
             &mut img,
             4,
             (y + cell / 2) as i64 - 4,
-            &labels[i],
+            &row_labels[i],
             1,
             [40, 40, 40],
         );

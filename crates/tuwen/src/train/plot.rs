@@ -11,8 +11,8 @@ use crate::{Error, Result};
 const W: u32 = 640;
 const H: u32 = 360;
 const MARGIN: u32 = 24;
-/// Room left of the plot for the loss labels.
-const LEFT: u32 = 72;
+/// Room left of the plot for the axis labels.
+const LEFT: u32 = 136;
 
 fn line(img: &mut RgbImage, (x0, y0): (f32, f32), (x1, y1): (f32, f32), color: [u8; 3]) {
     let steps = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as usize).max(1);
