@@ -10,6 +10,25 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
+/// A fresh folder for test `tag` with `n` generated 32 px shapes pictures in its `data/`.
+fn fresh_shapes(tag: &str, n: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tuwen-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let o = tuwen(&[
+        "data",
+        "shapes",
+        "--out",
+        data.to_str().unwrap(),
+        "--n",
+        n,
+        "--size",
+        "32",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (dir, data)
+}
+
 fn tuwen(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tuwen"))
         .args(args)
@@ -208,20 +227,7 @@ fn mae_benches_run() {
         "{out}"
     );
 
-    let dir = std::env::temp_dir().join(format!("tuwen-ratios-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("data");
-    let o = tuwen(&[
-        "data",
-        "shapes",
-        "--out",
-        data.to_str().unwrap(),
-        "--n",
-        "48",
-        "--size",
-        "32",
-    ]);
-    assert!(o.status.success());
+    let (dir, data) = fresh_shapes("ratios", "48");
     let o = tuwen(&[
         "bench",
         "mae-ratios",
@@ -254,20 +260,7 @@ fn mae_benches_run() {
 /// saved as classifiers that `classify` and `eval classify` read.
 #[test]
 fn classifier_probe_and_fine_tune_from_mae() {
-    let dir = std::env::temp_dir().join(format!("tuwen-clf-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("data");
-    let o = tuwen(&[
-        "data",
-        "shapes",
-        "--out",
-        data.to_str().unwrap(),
-        "--n",
-        "48",
-        "--size",
-        "32",
-    ]);
-    assert!(o.status.success());
+    let (dir, data) = fresh_shapes("clf", "48");
     let (train, test) = (data.join("train.csv"), data.join("test.csv"));
     let init = fixtures().join("vit-mae-odd");
     let probe = dir.join("probe");
@@ -374,20 +367,7 @@ fn classifier_probe_and_fine_tune_from_mae() {
 /// with other classes (a new head).
 #[test]
 fn classifier_trains_efficientnet() {
-    let dir = std::env::temp_dir().join(format!("tuwen-clf-eff-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let data = dir.join("data");
-    let o = tuwen(&[
-        "data",
-        "shapes",
-        "--out",
-        data.to_str().unwrap(),
-        "--n",
-        "32",
-        "--size",
-        "32",
-    ]);
-    assert!(o.status.success());
+    let (dir, data) = fresh_shapes("clf-eff", "32");
     let train = data.join("train.csv");
     for (tag, extra) in [
         (
