@@ -326,9 +326,20 @@ pub struct RatioStudyArgs {
     /// Output folder: ratio_study.json, ratio_study.md, ratio_study.png and the runs.
     #[arg(long)]
     out: PathBuf,
+    /// Only draw the table and chart again from OUT/ratio_study.json.
+    #[arg(long)]
+    replot: bool,
 }
 
 pub fn ratio_study(a: RatioStudyArgs) -> Result<()> {
+    if a.replot {
+        let path = a.out.join("ratio_study.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("--replot: cannot read {}", path.display()))?;
+        let rows: Vec<tuwen::train::mae::RatioRow> = serde_json::from_str(&text)
+            .with_context(|| format!("--replot: {} is not a study", path.display()))?;
+        return report(&rows, &a.out);
+    }
     let cfg = arch(&a.arch, None)
         .with_context(|| format!("unknown --arch {:?} (known: {})", a.arch, ARCHS.join(", ")))?;
     let spec = CsvSpec {
@@ -382,10 +393,15 @@ pub fn ratio_study(a: RatioStudyArgs) -> Result<()> {
             )
         },
     )?;
+    report(&rows, &a.out)
+}
+
+/// Writes the study's table (Markdown), rows (JSON) and chart (PNG) to `out`, and prints the table.
+fn report(rows: &[tuwen::train::mae::RatioRow], out: &std::path::Path) -> Result<()> {
     let mut md = String::from(
         "| pre-training | final masked-patch loss | linear probe top-1 |\n|---|---|---|\n",
     );
-    for r in &rows {
+    for r in rows {
         md.push_str(&format!(
             "| {} | {} | {:.1}% |\n",
             r.mask_ratio
@@ -396,9 +412,9 @@ pub fn ratio_study(a: RatioStudyArgs) -> Result<()> {
             r.probe_top1 * 100.0
         ));
     }
-    tuwen::hub::write_atomic(&a.out.join("ratio_study.md"), md.as_bytes())?;
+    tuwen::hub::write_atomic(&out.join("ratio_study.md"), md.as_bytes())?;
     tuwen::hub::write_atomic(
-        &a.out.join("ratio_study.json"),
+        &out.join("ratio_study.json"),
         serde_json::to_string_pretty(&rows)?.as_bytes(),
     )?;
     let bars: Vec<(String, f64)> = rows
@@ -409,7 +425,7 @@ pub fn ratio_study(a: RatioStudyArgs) -> Result<()> {
         &bars,
         Some(("random init", rows[0].probe_top1)),
         "linear-probe top-1 after MAE pre-training, by mask ratio",
-        &a.out.join("ratio_study.png"),
+        &out.join("ratio_study.png"),
     )?;
     print!("{md}");
     Ok(())

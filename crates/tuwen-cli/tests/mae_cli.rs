@@ -253,6 +253,21 @@ fn mae_benches_run() {
             .unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 3);
     assert!(dir.join("study/ratio_study.png").is_file());
+    // The table and chart can be drawn again from the rows alone.
+    std::fs::remove_file(dir.join("study/ratio_study.png")).unwrap();
+    let o = tuwen(&[
+        "bench",
+        "mae-ratios",
+        "--data",
+        "unused",
+        "--test",
+        "unused",
+        "--out",
+        dir.join("study").to_str().unwrap(),
+        "--replot",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.join("study/ratio_study.png").is_file());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -306,7 +306,7 @@ pub fn train<'a>(
 }
 
 /// One row of the masking-ratio study.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RatioRow {
     /// The mask ratio of pre-training; `None` for the randomly initialised encoder.
     pub mask_ratio: Option<f64>,

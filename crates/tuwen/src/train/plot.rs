@@ -169,15 +169,9 @@ pub fn bar_chart_png(
             );
             x += 10.0;
         }
+        // The label sits in the margin left of the plot, under the axis values' column.
         let text = format!("{label} {:.1}%", v * 100.0);
-        crate::draw::text(
-            &mut img,
-            left as i64 + 4,
-            y as i64 + 4,
-            &text,
-            1,
-            [200, 60, 50],
-        );
+        crate::draw::text(&mut img, 4, y as i64 + 6, &text, 1, [200, 60, 50]);
     }
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
