@@ -342,6 +342,13 @@ impl ImageText {
             .map(|j| (j * n / micro, (j + 1) * n / micro))
             .filter(|(a, b)| b > a)
             .collect();
+        if bounds.len() == 1 {
+            // One micro-batch: no cache to build, a single forward and backward.
+            reseed(0);
+            let loss = self.contrastive_loss_locked(pixels, ids, chunks, lock_image, lock_text);
+            let loss_value = loss.clone().into_scalar();
+            return (loss_value, self.grads_of(loss));
+        }
         let part4 = |t: &Tensor<4>, (a, b): (usize, usize)| t.clone().slice(a..b);
         let part2 = |t: &Tensor<2, Int>, (a, b): (usize, usize)| t.clone().slice(a..b);
         let mut cached_img = Vec::new();

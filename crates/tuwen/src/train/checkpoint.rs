@@ -179,6 +179,12 @@ pub fn start(
     Ok((saved, optim))
 }
 
+/// Whether a checkpoint is due after `done` of `total` steps: every `every` steps (0: never
+/// in between), at the end, and when the run is stopping.
+pub fn due(done: usize, total: usize, every: usize, stopping: bool) -> bool {
+    stopping || done == total || (every > 0 && done.is_multiple_of(every))
+}
+
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let name = dir
         .file_name()

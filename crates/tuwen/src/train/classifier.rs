@@ -319,8 +319,7 @@ pub fn train<'a, M: Classifier>(
             },
             &model,
         );
-        let due = cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
-        if !go_on || state.step == cfg.steps || due {
+        if checkpoint::due(state.step, cfg.steps, cfg.checkpoint_every, !go_on) {
             save(&model, &optim, &state)?;
         }
         if !go_on {

@@ -365,8 +365,7 @@ pub fn train<'a>(
             samples_per_s: rate,
         };
         let go_on = on_step(&info, &model);
-        let due = cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every);
-        if !go_on || state.step == cfg.steps || due {
+        if checkpoint::due(state.step, cfg.steps, cfg.checkpoint_every, !go_on) {
             model.set_patch_dropout(0.0);
             save(&model, &optim, &state)?;
             model.set_patch_dropout(cfg.patch_dropout);
