@@ -5,6 +5,9 @@ captioned image set for `tuwen train`: PNGs upscaled to 32x32, `train.csv` and `
     /work/pyenv/bin/python python/make_digits.py --out /tmp/digits
     tuwen train siglip --data /tmp/digits/train.csv --val /tmp/digits/test.csv \
         --val-template "a handwritten {}" --out /tmp/digits-siglip
+
+With `--template "a handwritten digit {w}" --upscale nearest` every caption follows one
+template, as labelled data turned into captions does (many identical captions per batch).
 """
 
 import argparse
@@ -31,7 +34,11 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--template", help="one caption template for every image, e.g. "
+                   "'a handwritten digit {w}' ({w}: the word, {d}: the numeral)")
+    p.add_argument("--upscale", choices=["bicubic", "nearest"], default="bicubic")
     a = p.parse_args()
+    resample = Image.NEAREST if a.upscale == "nearest" else Image.BICUBIC
     d = load_digits()
     os.makedirs(os.path.join(a.out, "images"), exist_ok=True)
     rng = np.random.default_rng(a.seed)
@@ -41,10 +48,11 @@ def main():
     rows = {"train": [], "test": []}
     for i, (img, label) in enumerate(zip(d.images, d.target)):
         pixels = (img / 16.0 * 255.0).round().astype(np.uint8)
-        im = Image.fromarray(pixels, "L").resize((a.size, a.size), Image.BICUBIC).convert("RGB")
+        im = Image.fromarray(pixels, "L").resize((a.size, a.size), resample).convert("RGB")
         name = f"images/{i:04d}.png"
         im.save(os.path.join(a.out, name))
         t = TEMPLATES[rng.integers(len(TEMPLATES))]
+        t = a.template or t
         caption = t.format(w=WORDS[label], d=label)
         rows["test" if i in test else "train"].append((name, caption, WORDS[label]))
     for split, r in rows.items():

@@ -13,11 +13,12 @@ use tuwen::models::efficientnet::{self, EfficientNetForImageClassification};
 use tuwen::models::vit::{self, ViTForImageClassification};
 use tuwen::pipeline::ImageClassification;
 use tuwen::train::classifier::{
-    Classifier, ClassifierTrainConfig, EfficientNetClassifier, VitClassifier, from_checkpoint,
-    linear_probe, processor_json, train,
+    Classifier, ClassifierTrainConfig, EfficientNetClassifier, VitClassifier,
+    efficientnet_from_checkpoint, from_checkpoint, linear_probe, train,
 };
 
-use crate::train::{Progress, labelled};
+use crate::train::Progress;
+use tuwen::data::labelled::labelled;
 
 #[derive(Args)]
 pub struct ClassifierArgs {
@@ -91,18 +92,9 @@ pub struct ClassifierArgs {
     resume: bool,
 }
 
-pub fn run(args: ClassifierArgs) -> Result<()> {
+pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
     let samples = labelled(&args.data, &args.label_column)?;
-    let mut labels: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
-    labels.sort();
-    labels.dedup();
-    if labels.len() < 2 {
-        bail!(
-            "{}: need at least two classes, found {}",
-            args.data.display(),
-            labels.len()
-        );
-    }
+    let labels = tuwen::data::labelled::class_names(&samples, &args.data)?;
     eprintln!(
         "{} labelled images of {} classes from {}",
         samples.len(),
@@ -116,7 +108,8 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
     {
         bail!("--mixup must be >= 0 and --label-smoothing in [0, 1)");
     }
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
+    let rng = tuwen::train::engine::device_rng();
     device.seed(args.seed);
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
@@ -125,14 +118,11 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
         None
     };
     let (net, processor) = build(&args, &labels, resume_from.as_deref(), &device)?;
+    drop(rng);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    let processor_bytes = serde_json::to_vec(&processor_json(&processor))?;
     let steps = match args.epochs {
-        Some(e) if e > 0.0 && e.is_finite() => {
-            ((e * samples.len() as f64 / args.batch_size as f64).ceil() as usize).max(1)
-        }
-        Some(e) => bail!("--epochs {e} must be positive"),
+        Some(e) => tuwen::train::engine::epochs_to_steps(e, samples.len(), args.batch_size)?,
         None => args.steps,
     };
     let cfg = ClassifierTrainConfig {
@@ -152,6 +142,7 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
         resume_from: resume_from.clone(),
         label_smoothing: args.label_smoothing,
         mixup: args.mixup,
+        ..ClassifierTrainConfig::default()
     };
     match net {
         Net::Vit(m) if args.linear_probe => {
@@ -189,7 +180,7 @@ pub fn run(args: ClassifierArgs) -> Result<()> {
             resume_from.as_deref(),
         )?,
     }
-    tuwen::hub::write_atomic(&args.out.join("preprocessor_config.json"), &processor_bytes)?;
+    processor.save(&args.out)?;
     if let Some(val) = &args.val {
         let clf = ImageClassification::load(
             args.out.to_str().context("non-UTF-8 path")?,
@@ -218,11 +209,7 @@ fn build(
     resume_from: Option<&std::path::Path>,
     device: &Device,
 ) -> Result<(Net, ImageProcessor)> {
-    let id2label: std::collections::BTreeMap<String, String> = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (i.to_string(), l.clone()))
-        .collect();
+    let id2label = tuwen::train::classifier::id2label(labels);
     let processor_of =
         |folder: &std::path::Path, default: &str| tuwen::pipeline::image_processor(folder, default);
     if let Some(folder) = resume_from
@@ -234,27 +221,10 @@ fn build(
     {
         let mc = tuwen::hub::ModelConfig::read(&folder)?;
         if mc.model_type == "efficientnet" {
-            let (mut m, mut c) = EfficientNetForImageClassification::load(&folder, device)?;
-            if c.labels().ok().as_deref() != Some(labels) {
-                // A new head for these classes (--init M with other classes).
-                c.id2label = id2label;
-                m.classifier = tuwen::nn::encoder::linear(
-                    c.hidden_dim,
-                    labels.len(),
-                    true,
-                    c.initializer_range,
-                    device,
-                );
-            }
             check_arch(args, None)?;
+            let net = efficientnet_from_checkpoint(&folder, labels, device)?;
             let p = processor_of(&folder, "EfficientNetImageProcessor")?;
-            return Ok((
-                Net::Eff(Box::new(EfficientNetClassifier {
-                    model: m,
-                    config: c,
-                })),
-                p,
-            ));
+            return Ok((Net::Eff(Box::new(net)), p));
         }
         let (m, c) = if resume_from.is_some() {
             ViTForImageClassification::load(&folder, device)?
@@ -356,10 +326,14 @@ fn fit<M: Classifier>(
     args: &ClassifierArgs,
     resume_from: Option<&std::path::Path>,
 ) -> Result<()> {
-    let mut progress = Progress::start(&args.out, cfg.steps, resume_from)?;
-    let (m, losses) = train(model, processor, samples, labels, cfg, |s, _| {
-        progress.step(json!({"step": s.step, "loss": s.loss, "lr": s.lr,
-                             "samples_per_s": s.samples_per_s}))
+    let mut progress = Progress::start(cfg.steps, resume_from)?;
+    let cfg = ClassifierTrainConfig {
+        metrics: Some(args.out.join("metrics.jsonl")),
+        stop: Some(progress.stop_flag()),
+        ..cfg.clone()
+    };
+    let (m, losses) = train(model, processor, samples, labels, &cfg, |s, _| {
+        progress.step(s)
     })?;
     progress.finish();
     if losses.len() >= 2 {

@@ -15,8 +15,9 @@ pub struct ClassifyArgs {
     /// Checkpoint folder or HF repo id.
     #[arg(long)]
     model: String,
-    /// Image files (PNG, JPEG, WebP, GIF, BMP, TIFF); repeat for several.
-    #[arg(long = "image", required = true)]
+    /// Image files (PNG, JPEG, WebP, GIF, BMP, TIFF): one or more after each --image, which
+    /// may repeat (`--image photos/*.jpg`).
+    #[arg(long = "image", required = true, num_args = 1..)]
     images: Vec<PathBuf>,
     /// How many labels to show per image.
     #[arg(long, default_value_t = 5)]

@@ -16,8 +16,8 @@ pub struct EmbedArgs {
     /// Checkpoint folder or HF repo id (CLIP or SigLIP).
     #[arg(long)]
     model: String,
-    /// Image files; repeat for several.
-    #[arg(long = "image")]
+    /// Image files: one or more after each --image, which may repeat.
+    #[arg(long = "image", num_args = 1..)]
     images: Vec<PathBuf>,
     /// A folder of images, walked recursively; unreadable files are skipped with a warning.
     #[arg(long = "images")]
@@ -163,8 +163,8 @@ pub struct SimilarityArgs {
     /// Checkpoint folder or HF repo id (CLIP or SigLIP).
     #[arg(long)]
     model: String,
-    /// Image files; repeat for several.
-    #[arg(long = "image", required = true)]
+    /// Image files: one or more after each --image, which may repeat.
+    #[arg(long = "image", required = true, num_args = 1..)]
     images: Vec<PathBuf>,
     /// Texts; repeat for several.
     #[arg(long = "text", required = true)]

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use serde_json::json;
 use tuwen::burn::prelude::Device;
 use tuwen::data::ImageProcessor;
 use tuwen::data::augment::Augment;
@@ -80,7 +79,7 @@ pub struct MaeArgs {
     resume: bool,
 }
 
-pub fn run(args: MaeArgs) -> Result<()> {
+pub fn run(args: MaeArgs, device: &Device) -> Result<()> {
     if !(0.05..=1.0).contains(&args.crop_scale) {
         bail!("--crop-scale {} must be in [0.05, 1]", args.crop_scale);
     }
@@ -109,8 +108,7 @@ pub fn run(args: MaeArgs) -> Result<()> {
         Some(_) if shards => {
             bail!("--epochs needs a known number of images: use --steps with shards")
         }
-        Some(e) if !(e > 0.0 && e.is_finite()) => bail!("--epochs {e} must be positive"),
-        Some(e) => ((e * samples.len() as f64 / args.batch_size as f64).ceil() as usize).max(1),
+        Some(e) => tuwen::train::engine::epochs_to_steps(e, samples.len(), args.batch_size)?,
     };
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
@@ -144,11 +142,10 @@ pub fn run(args: MaeArgs) -> Result<()> {
         None
     };
     let folder = resume_from.clone().unwrap_or_else(|| args.out.clone());
-    let device = Device::flex().autodiff();
-    let (model, config) = ViTMAEForPreTraining::load(&folder, &device)?;
+    let (model, config) = ViTMAEForPreTraining::load(&folder, &device.clone().autodiff())?;
     let processor = tuwen::pipeline::image_processor(&folder, "ViTImageProcessor")?;
     check_size(&processor, config.vit.image_size)?;
-    let cfg = MaeTrainConfig {
+    let mut cfg = MaeTrainConfig {
         steps,
         batch_size: args.batch_size,
         lr: args.lr,
@@ -164,31 +161,26 @@ pub fn run(args: MaeArgs) -> Result<()> {
         checkpoint_every: args.save_every,
         checkpoint_dir: Some(ckpt_dir),
         resume_from: resume_from.clone(),
+        ..MaeTrainConfig::default()
     };
-    let mut progress = Progress::start(&args.out, steps, resume_from.as_deref())?;
+    let mut progress = Progress::start(steps, resume_from.as_deref())?;
+    cfg.metrics = Some(args.out.join("metrics.jsonl"));
+    cfg.stop = Some(progress.stop_flag());
     let data = match stream {
         Some(s) => TrainData::Shards(s),
         None => TrainData::Samples(&samples),
     };
-    let (model, report) = train(model, &config, &processor, data, &cfg, |s| {
-        progress.step(json!({"step": s.step, "loss": s.loss, "lr": s.lr,
-                             "grad_norm": s.grad_norm, "samples_per_s": s.samples_per_s}))
-    })?;
+    let (model, report) = train(model, &config, &processor, data, &cfg, |s| progress.step(s))?;
     progress.finish();
     model.save(&config, &args.out)?;
-    tuwen::hub::write_atomic(
-        &args.out.join("preprocessor_config.json"),
-        tuwen::train::mae::preprocessor_json(config.vit.image_size)
-            .to_string()
-            .as_bytes(),
-    )?;
+    processor.save(&args.out)?;
     let done = report.losses.len();
     if done >= 2 {
         tuwen::train::plot::loss_curve_png(&report.losses, &args.out.join("curves.png"))?;
     }
     // What the model makes of a few training images.
     if !samples.is_empty() {
-        let mae = MaskedAutoencoder::load_folder(&args.out, &Device::flex())?;
+        let mae = MaskedAutoencoder::load_folder(&args.out, device)?;
         let some: Vec<PathBuf> = samples.iter().take(4).map(|s| s.image.clone()).collect();
         let r = mae.reconstruct(&some, cfg.mask_ratio, args.seed)?;
         r.png(
@@ -246,7 +238,7 @@ pub struct BenchMaeArgs {
     steps: usize,
 }
 
-pub fn bench(a: BenchMaeArgs) -> Result<()> {
+pub fn bench(a: BenchMaeArgs, device: &Device) -> Result<()> {
     let cfg = arch(&a.arch, None)
         .with_context(|| format!("unknown --arch {:?} (known: {})", a.arch, ARCHS.join(", ")))?;
     if a.steps == 0 || a.batch_size == 0 || !(0.0..1.0).contains(&a.mask_ratio) {
@@ -255,11 +247,18 @@ pub fn bench(a: BenchMaeArgs) -> Result<()> {
     // Alternate the two settings, so that the machine's drift touches both alike.
     let (mut e0, mut f0, mut e1, mut f1) = (vec![], vec![], vec![], vec![]);
     for _ in 0..3 {
-        let (e, f) = tuwen::train::mae::step_times(&cfg, a.batch_size, 0.0, a.warmup, a.steps)?;
+        let (e, f) =
+            tuwen::train::mae::step_times(device, &cfg, a.batch_size, 0.0, a.warmup, a.steps)?;
         e0.push(e);
         f0.push(f);
-        let (e, f) =
-            tuwen::train::mae::step_times(&cfg, a.batch_size, a.mask_ratio, a.warmup, a.steps)?;
+        let (e, f) = tuwen::train::mae::step_times(
+            device,
+            &cfg,
+            a.batch_size,
+            a.mask_ratio,
+            a.warmup,
+            a.steps,
+        )?;
         e1.push(e);
         f1.push(f);
     }
@@ -331,7 +330,7 @@ pub struct RatioStudyArgs {
     replot: bool,
 }
 
-pub fn ratio_study(a: RatioStudyArgs) -> Result<()> {
+pub fn ratio_study(a: RatioStudyArgs, device: &Device) -> Result<()> {
     if a.replot {
         let path = a.out.join("ratio_study.json");
         let text = std::fs::read_to_string(&path)
@@ -373,6 +372,7 @@ pub fn ratio_study(a: RatioStudyArgs) -> Result<()> {
         a.batch_size
     );
     let rows = tuwen::train::mae::ratio_study(
+        device,
         &cfg,
         &train_set,
         &test,

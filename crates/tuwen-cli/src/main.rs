@@ -132,12 +132,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Water(args) => water(args),
-        Command::Train(cmd) => train::run(cmd),
-        Command::Quickstart(args) => quickstart::run(args),
+        Command::Train(cmd) => train::run(cmd, &device()?),
+        Command::Quickstart(args) => quickstart::run(args, &device()?),
         Command::Reconstruct(args) => reconstruct::run(args, &device()?),
         Command::Eval(cmd) => train::run_eval(cmd, &device()?),
         Command::Data(cmd) => train::run_data(cmd),
-        Command::Bench(cmd) => train::run_bench(cmd),
+        Command::Bench(cmd) => train::run_bench(cmd, &device()?),
     }
 }
 

@@ -31,7 +31,7 @@ pub struct QuickstartArgs {
     seed: u64,
 }
 
-pub fn run(args: QuickstartArgs) -> Result<()> {
+pub fn run(args: QuickstartArgs, device: &Device) -> Result<()> {
     let t0 = Instant::now();
     let data = args.out.join("data");
     let model_dir = args.out.join("model");
@@ -54,11 +54,11 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         args.steps,
         args.seed,
     );
-    let outcome = fit(&train_args)?;
+    let outcome = fit(&train_args, device)?;
     let train_s = t0.elapsed().as_secs_f64();
 
     eprintln!("3/3 evaluating on the test pictures");
-    let model = ImageText::load_folder(&model_dir, &Device::flex())?;
+    let model = ImageText::load_folder(&model_dir, device)?;
     let test = open(&data.join("test.csv"), &CsvSpec::default(), "{}")?;
     let zs = zero_shot(&model, &test, "label", &["a {}".to_string()], 64)?;
     let held = |i: usize| test[i].extra.get("held_out").is_some_and(|h| h == "true");

@@ -13,8 +13,8 @@ pub struct ReconstructArgs {
     /// A ViTMAE checkpoint (folder or HF repo id, e.g. facebook/vit-mae-base).
     #[arg(long)]
     model: String,
-    /// Images; repeat for several.
-    #[arg(long = "image", required = true)]
+    /// Images: one or more after each --image, which may repeat.
+    #[arg(long = "image", required = true, num_args = 1..)]
     images: Vec<PathBuf>,
     /// Share of patches to mask (default: the checkpoint's mask_ratio).
     #[arg(long)]

@@ -1,6 +1,5 @@
 //! `tuwen train`, `tuwen eval` and `tuwen data`: contrastive training and its measurements.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +16,13 @@ use tuwen::eval::{retrieval_eval, zero_shot_eval};
 use tuwen::hub;
 use tuwen::pipeline::ImageText;
 use tuwen::pipeline::image_text::{DEFAULT_TEMPLATE, Family, IMAGENET_TEMPLATES};
+use tuwen::train::StepReport;
 use tuwen::train::checkpoint;
-use tuwen::train::contrastive::{TrainConfig, TrainData, init_folder, train};
+use tuwen::train::contrastive::{
+    LossKind, TrainConfig, TrainData, Validation, default_lr, init_folder, tokenizer_captions,
+    train,
+};
+use tuwen::train::engine::epochs_to_steps;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Kind {
@@ -29,13 +33,23 @@ pub enum Kind {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
-pub enum LossKind {
+pub enum LossArg {
     /// CLIP's symmetric softmax cross-entropy.
     Softmax,
     /// SigLIP's pairwise sigmoid loss.
     Sigmoid,
     /// The sigmoid loss computed in --devices chunks, as across devices.
     SigmoidChunked,
+}
+
+impl From<LossArg> for LossKind {
+    fn from(l: LossArg) -> Self {
+        match l {
+            LossArg::Softmax => LossKind::Softmax,
+            LossArg::Sigmoid => LossKind::Sigmoid,
+            LossArg::SigmoidChunked => LossKind::SigmoidChunked,
+        }
+    }
 }
 
 /// `tuwen train clip|siglip|mae`.
@@ -51,18 +65,18 @@ pub enum TrainCommand {
     Classifier(Box<crate::classifier::ClassifierArgs>),
 }
 
-pub fn run(cmd: TrainCommand) -> Result<()> {
+pub fn run(cmd: TrainCommand, device: &Device) -> Result<()> {
     match cmd {
         TrainCommand::Clip(mut a) => {
             a.kind = Kind::Clip;
-            run_train(*a)
+            run_train(*a, device)
         }
         TrainCommand::Siglip(mut a) => {
             a.kind = Kind::Siglip;
-            run_train(*a)
+            run_train(*a, device)
         }
-        TrainCommand::Mae(a) => crate::mae::run(*a),
-        TrainCommand::Classifier(a) => crate::classifier::run(*a),
+        TrainCommand::Mae(a) => crate::mae::run(*a, device),
+        TrainCommand::Classifier(a) => crate::classifier::run(*a, device),
     }
 }
 
@@ -122,7 +136,7 @@ pub struct TrainArgs {
     image_size: usize,
     /// The loss (default: the family's own).
     #[arg(long)]
-    loss: Option<LossKind>,
+    loss: Option<LossArg>,
     /// Simulated devices of the chunked sigmoid loss.
     #[arg(long, default_value_t = 4)]
     devices: usize,
@@ -166,6 +180,10 @@ pub struct TrainArgs {
     /// Caption template for class-subfolder data.
     #[arg(long, default_value = "a photo of a {}.")]
     caption_template: String,
+    /// Score identical captions in a batch as negatives of each other (the standard losses);
+    /// by default pairs with identical captions are positives.
+    #[arg(long)]
+    duplicates_as_negatives: bool,
 }
 
 impl TrainArgs {
@@ -204,12 +222,13 @@ impl TrainArgs {
             crop_scale: 1.0,
             hflip: false,
             caption_template: "a photo of a {}.".into(),
+            duplicates_as_negatives: false,
         }
     }
 }
 
-pub fn run_train(args: TrainArgs) -> Result<()> {
-    let outcome = fit(&args)?;
+pub fn run_train(args: TrainArgs, device: &Device) -> Result<()> {
+    let outcome = fit(&args, device)?;
     if let Some(r) = outcome.zero_shot {
         println!(
             "{}",
@@ -234,36 +253,15 @@ pub struct Outcome {
 }
 
 /// Trains as `tuwen train` says, with a progress bar, metrics.jsonl, curves.png, checkpoints.
-pub fn fit(args: &TrainArgs) -> Result<Outcome> {
+pub fn fit(args: &TrainArgs, device: &Device) -> Result<Outcome> {
     let family = match args.kind {
         Kind::Clip => Family::Clip,
         Kind::Siglip => Family::Siglip,
     };
-    let loss = args.loss.unwrap_or(match family {
-        Family::Clip => LossKind::Softmax,
-        Family::Siglip => LossKind::Sigmoid,
-    });
-    let matches = matches!(
-        (family, loss),
-        (Family::Clip, LossKind::Softmax)
-            | (Family::Siglip, LossKind::Sigmoid | LossKind::SigmoidChunked)
-    );
-    if !matches {
-        bail!(
-            "--loss does not fit the model: CLIP trains with softmax, SigLIP with sigmoid or sigmoid-chunked"
-        );
-    }
-    let chunks = if loss == LossKind::SigmoidChunked {
-        args.devices.max(1)
-    } else {
-        1
-    };
-    if chunks > 1 && !args.batch_size.is_multiple_of(chunks) {
-        bail!(
-            "--batch-size {} is not a multiple of --devices {chunks}",
-            args.batch_size
-        );
-    }
+    let loss = args
+        .loss
+        .map_or(LossKind::default_for(family), LossKind::from);
+    let chunks = loss.chunks(family, args.devices, args.batch_size)?;
     if args.init.is_none() && tuwen::train::contrastive::arch_spec(&args.arch).is_none() {
         bail!(
             "unknown --arch {:?} (known: {})",
@@ -275,7 +273,7 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         bail!("--crop-scale {} must be in [0.05, 1]", args.crop_scale);
     }
     let shards = webdataset::is_shards(&args.data);
-    let (samples, mut stream) = if shards {
+    let (samples, stream) = if shards {
         let stream = ShardStream::open(&args.data, args.shuffle_buffer, args.seed)?;
         eprintln!("streaming WebDataset shards {}", args.data.display());
         (Vec::new(), Some(stream))
@@ -298,11 +296,9 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         Some(_) if shards => {
             bail!("--epochs needs a known number of pairs: use --steps with shards")
         }
-        Some(e) if !(e > 0.0 && e.is_finite()) => bail!("--epochs {e} must be positive"),
-        Some(e) => ((e * samples.len() as f64 / args.batch_size as f64).ceil() as usize).max(1),
+        Some(e) => epochs_to_steps(e, samples.len(), args.batch_size)?,
     };
-    let device = Device::flex().autodiff();
-    device.seed(args.seed);
+    let device = device.clone().autodiff();
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
         let found = crate::train::resume_dir(&ckpt_dir)?;
@@ -318,16 +314,8 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
                 )?;
             }
             None => {
-                let captions: Vec<String> = match &mut stream {
-                    // A new tokenizer learns its words from the first samples of the stream.
-                    Some(_) => {
-                        let mut first = ShardStream::open(&args.data, 1, args.seed)?;
-                        (0..10_000)
-                            .map(|_| first.next_sample().map(|s| s.caption))
-                            .collect::<tuwen::Result<_>>()?
-                    }
-                    None => samples.iter().map(|s| s.caption.clone()).collect(),
-                };
+                let captions =
+                    tokenizer_captions(&samples, shards.then_some(args.data.as_path()), args.seed)?;
                 init_folder(
                     &args.out,
                     family,
@@ -351,12 +339,10 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
             }
         );
     }
-    let cfg = TrainConfig {
+    let mut cfg = TrainConfig {
         steps,
         batch_size: args.batch_size,
-        lr: args
-            .lr
-            .unwrap_or(if family == Family::Clip { 2e-3 } else { 1e-3 }),
+        lr: args.lr.unwrap_or(default_lr(family)),
         warmup: args.warmup,
         weight_decay: args.weight_decay,
         max_grad_norm: 1.0,
@@ -373,46 +359,26 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
             min_scale: args.crop_scale,
             hflip: args.hflip,
         },
+        val: match &args.val {
+            Some(v) => Some(Validation {
+                samples: open(v, &CsvSpec::default(), &args.caption_template)?,
+                label_column: args.label_column.clone(),
+                templates: vec![args.val_template.clone()],
+            }),
+            None => None,
+        },
+        val_every: args.val_every,
+        same_caption_positives: !args.duplicates_as_negatives,
+        ..TrainConfig::default()
     };
-    let val_samples = match &args.val {
-        Some(v) => Some(open(v, &CsvSpec::default(), &args.caption_template)?),
-        None => None,
-    };
-    let val_templates = vec![args.val_template.clone()];
-    let mut progress = Progress::start(&args.out, steps, resume_from.as_deref())?;
-    let mut val_error = None;
+    let mut progress = Progress::start(steps, resume_from.as_deref())?;
+    cfg.metrics = Some(args.out.join("metrics.jsonl"));
+    cfg.stop = Some(progress.stop_flag());
     let data = match stream {
         Some(s) => TrainData::Shards(s),
         None => TrainData::Samples(&samples),
     };
-    let (model, report) = train(model, data, &cfg, |s, model| {
-        let mut line = json!({"step": s.step, "loss": s.loss, "lr": s.lr,
-                              "grad_norm": s.grad_norm, "samples_per_s": s.samples_per_s});
-        if let Some(val) = &val_samples
-            && args.val_every > 0
-            && (s.step + 1).is_multiple_of(args.val_every)
-        {
-            match zero_shot_eval(&model.valid(), val, &args.label_column, &val_templates, 64) {
-                Ok(r) => {
-                    line["val_top1"] = r["top1"].clone();
-                    line["val_top5"] = r["top5"].clone();
-                    progress.println(format!(
-                        "step {}: validation zero-shot top-1 {:.1}%",
-                        s.step + 1,
-                        r["top1"].as_f64().unwrap_or(0.0) * 100.0
-                    ));
-                }
-                Err(e) => {
-                    val_error = Some(e);
-                    return false;
-                }
-            }
-        }
-        progress.step(line)
-    })?;
-    if let Some(e) = val_error {
-        return Err(e).context("validation failed");
-    }
+    let (model, report) = train(model, data, &cfg, |s, _| progress.step(s))?;
     progress.finish();
     model.save(&args.out)?;
     let done = report.losses.len();
@@ -432,12 +398,12 @@ pub fn fit(args: &TrainArgs) -> Result<Outcome> {
         report.skipped,
         args.out.display()
     );
-    let zero_shot = match &val_samples {
+    let zero_shot = match &cfg.val {
         Some(val) => Some(zero_shot_eval(
             &model.valid(),
-            val,
-            &args.label_column,
-            &val_templates,
+            &val.samples,
+            &val.label_column,
+            &val.templates,
             64,
         )?),
         None => None,
@@ -461,67 +427,51 @@ pub fn resume_dir(ckpt_dir: &Path) -> Result<PathBuf> {
     })
 }
 
-/// What every training command shows and records: a progress bar (step, loss, LR, samples/s,
-/// ETA), `metrics.jsonl` (kept up to the checkpoint's step on a resume, then appended) and
-/// Ctrl-C, which asks the run to save and stop.
+/// What every training command shows: a progress bar (step, loss, LR, samples/s, ETA) and
+/// Ctrl-C, which asks the run to save and stop (the library writes `metrics.jsonl`).
 pub struct Progress {
     bar: ProgressBar,
-    metrics: std::fs::File,
     stop: Arc<AtomicBool>,
 }
 
 impl Progress {
     /// Starts the bar at the checkpoint's step when resuming from `resume_from`.
-    pub fn start(out: &Path, steps: usize, resume_from: Option<&Path>) -> Result<Self> {
+    pub fn start(steps: usize, resume_from: Option<&Path>) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-        let metrics_path = out.join("metrics.jsonl");
-        let mut kept = String::new();
-        let mut start = 0;
-        if let Some(dir) = resume_from {
-            start = checkpoint::read_state(dir)?.step;
-            let old = std::fs::read_to_string(&metrics_path).unwrap_or_default();
-            for line in old.lines() {
-                let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-                if v["step"].as_u64().is_some_and(|s| (s as usize) < start) {
-                    kept.push_str(line);
-                    kept.push('\n');
-                }
-            }
-        }
-        hub::write_atomic(&metrics_path, kept.as_bytes())?;
-        let metrics = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&metrics_path)
-            .with_context(|| format!("cannot write {}", metrics_path.display()))?;
+        let start = match resume_from {
+            Some(dir) => checkpoint::read_state(dir)?.step,
+            None => 0,
+        };
         let bar = ProgressBar::new(steps as u64).with_style(
             ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} {elapsed}<{eta}")
                 .expect("valid template"),
         );
         bar.set_position(start as u64);
-        Ok(Progress { bar, metrics, stop })
+        Ok(Progress { bar, stop })
     }
 
-    /// Records a step's metrics line (`step`, `loss`, `lr`, `samples_per_s`, ...); false once
-    /// Ctrl-C asked to stop.
-    pub fn step(&mut self, line: serde_json::Value) -> bool {
-        let f = |k: &str| line[k].as_f64().unwrap_or(f64::NAN);
-        self.bar
-            .set_position(line["step"].as_u64().unwrap_or(0) + 1);
+    /// The flag Ctrl-C sets: a run given it saves and stops.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Shows a step; false once Ctrl-C asked to stop.
+    pub fn step(&mut self, s: &StepReport) -> bool {
+        self.bar.set_position(s.step as u64 + 1);
         self.bar.set_message(format!(
             "loss {:.3} lr {:.1e} {:.0} samples/s",
-            f("loss"),
-            f("lr"),
-            f("samples_per_s")
+            s.loss, s.lr, s.samples_per_s
         ));
-        let _ = writeln!(self.metrics, "{line}");
+        if let Some(top1) = s.metrics["val_top1"].as_f64() {
+            self.bar.println(format!(
+                "step {}: validation top-1 {:.1}%",
+                s.step + 1,
+                top1 * 100.0
+            ));
+        }
         !self.stop.load(Ordering::SeqCst)
-    }
-
-    /// Prints a line above the bar.
-    pub fn println(&self, msg: String) {
-        self.bar.println(msg);
     }
 
     /// Clears the bar.
@@ -561,7 +511,7 @@ pub struct EvalClassifyArgs {
 
 fn eval_classify(a: EvalClassifyArgs, device: &Device) -> Result<()> {
     let model = tuwen::pipeline::ImageClassification::load(&a.model, device)?;
-    let samples = labelled(&a.data, &a.label_column)?;
+    let samples = tuwen::data::labelled::labelled(&a.data, &a.label_column)?;
     let (mut r, confusion) =
         tuwen::eval::classification_eval(&model, &samples, &a.label_column, 32)?;
     tuwen::eval::confusion_png(&model.labels, &confusion, &a.confusion)?;
@@ -578,29 +528,6 @@ fn eval_classify(a: EvalClassifyArgs, device: &Device) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Labelled images: a CSV/TSV whose `label_column` names the class (also kept as the
-/// caption), or class subfolders (label = folder name).
-pub fn labelled(path: &Path, label_column: &str) -> Result<Vec<tuwen::data::captions::Sample>> {
-    if path.is_dir() {
-        let mut s = open(path, &CsvSpec::default(), "{}")?;
-        for x in &mut s {
-            if let Some(l) = x.extra.get("label").cloned() {
-                x.extra.insert(label_column.to_string(), l);
-            }
-        }
-        return Ok(s);
-    }
-    let spec = CsvSpec {
-        caption_column: label_column.to_string(),
-        ..CsvSpec::default()
-    };
-    let mut s = tuwen::data::captions::read_csv(path, &spec)?;
-    for x in &mut s {
-        x.extra.insert(label_column.to_string(), x.caption.clone());
-    }
-    Ok(s)
 }
 
 #[derive(Args)]
@@ -719,11 +646,12 @@ pub struct BenchClassifierArgs {
     steps: usize,
 }
 
-fn bench_classifier(a: BenchClassifierArgs) -> Result<()> {
+fn bench_classifier(a: BenchClassifierArgs, device: &Device) -> Result<()> {
     if a.steps == 0 || a.batch_size == 0 {
         bail!("--steps and --batch-size must be at least 1");
     }
     let (mut infer, mut train, size) = tuwen::train::bench::classifier_step_times(
+        device,
         &a.arch,
         a.image_size,
         a.batch_size,
@@ -770,12 +698,12 @@ pub struct BenchTrainArgs {
     steps: usize,
 }
 
-pub fn run_bench(cmd: BenchCommand) -> Result<()> {
+pub fn run_bench(cmd: BenchCommand, device: &Device) -> Result<()> {
     let a = match cmd {
         BenchCommand::Train(a) => a,
-        BenchCommand::Mae(a) => return crate::mae::bench(a),
-        BenchCommand::MaeRatios(a) => return crate::mae::ratio_study(a),
-        BenchCommand::Classifier(a) => return bench_classifier(a),
+        BenchCommand::Mae(a) => return crate::mae::bench(a, device),
+        BenchCommand::MaeRatios(a) => return crate::mae::ratio_study(a, device),
+        BenchCommand::Classifier(a) => return bench_classifier(a, device),
     };
     if a.steps == 0 {
         bail!("--steps must be at least 1");
@@ -785,6 +713,7 @@ pub fn run_bench(cmd: BenchCommand) -> Result<()> {
         Kind::Siglip => Family::Siglip,
     };
     let mut t = tuwen::train::bench::contrastive_step_times(
+        device,
         family,
         &a.arch,
         a.image_size,

@@ -1,5 +1,9 @@
 //! The `tuwen` binary as a user runs it: outputs, JSON fields, and one-line errors.
 
+#[path = "../../tuwen/tests/common/mod.rs"]
+mod common;
+
+use common::max_abs_diff;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -199,11 +203,7 @@ fn classify_json_matches_transformers() {
             .iter()
             .map(|x| x.as_f64().unwrap() as f32)
             .collect();
-        let diff = got
-            .iter()
-            .zip(&expect)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let diff = max_abs_diff(&got, &expect);
         assert!(diff < 1e-4, "{image}: {diff}");
         let p: f64 = v["probs"][row]
             .as_array()
@@ -486,13 +486,6 @@ fn json_rows(v: &serde_json::Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn embed_json_matches_transformers() {
     let texts: Vec<String> =
@@ -521,7 +514,7 @@ fn embed_json_matches_transformers() {
         assert_eq!(ours.len(), texts.len());
         for (i, row) in ours.iter().enumerate() {
             assert!(
-                max_diff(row, &text_ref[i * shape[1]..(i + 1) * shape[1]]) < 1e-4,
+                max_abs_diff(row, &text_ref[i * shape[1]..(i + 1) * shape[1]]) < 1e-4,
                 "{tag} text {i}"
             );
         }
@@ -529,7 +522,7 @@ fn embed_json_matches_transformers() {
         let (img_ref, shape) = clip_ref(&format!("{tag}/image_embeds"));
         let ours = json_rows(&v["image_embeds"]);
         assert!(
-            max_diff(&ours[0], &img_ref[7 * shape[1]..8 * shape[1]]) < 1e-4,
+            max_abs_diff(&ours[0], &img_ref[7 * shape[1]..8 * shape[1]]) < 1e-4,
             "{tag} image"
         );
     }
@@ -559,7 +552,7 @@ fn zero_shot_classify_and_similarity() {
     let expect = [r[0], r[2], r[4]];
     let logits = json_rows(&v["logits_per_image"]);
     assert!(
-        max_diff(&logits[0], &expect) < 1e-3,
+        max_abs_diff(&logits[0], &expect) < 1e-3,
         "{logits:?} vs {expect:?}"
     );
     let _ = shape;
@@ -582,7 +575,7 @@ fn zero_shot_classify_and_similarity() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let (r, shape) = clip_ref("siglip-tiny/logits_per_image");
     let logits = json_rows(&v["logits_per_image"]);
-    assert!(max_diff(&logits[0], &[r[2], r[4]]) < 1e-3);
+    assert!(max_abs_diff(&logits[0], &[r[2], r[4]]) < 1e-3);
     let per_text = json_rows(&v["logits_per_text"]);
     assert_eq!(per_text.len(), 2);
     let _ = shape;
@@ -801,10 +794,35 @@ fn classify_efficientnet_matches_transformers() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .take(10)
         .collect();
-    let d = ours
-        .iter()
-        .zip(&theirs)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let d = max_abs_diff(&ours, &theirs);
     assert!(d < 1e-3, "logits differ by {d}");
+}
+
+/// `--image` takes one or more paths and may repeat, as a shell glob expands: the rows come in
+/// the order given, the same as one path per flag.
+#[test]
+fn image_takes_several_paths_per_flag() {
+    let model = fixtures().join("vit-odd");
+    let img = |n: &str| {
+        fixtures()
+            .join("images")
+            .join(n)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let (a, b, c) = (img("astronaut.png"), img("coffee.bmp"), img("rocket.webp"));
+    let m = model.to_str().unwrap();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["classify", "--model", m, "--json"];
+        all.extend_from_slice(args);
+        let o = tuwen(&all);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let grouped = run(&["--image", &a, &b, "--image", &c]);
+    let single = run(&["--image", &a, "--image", &b, "--image", &c]);
+    assert_eq!(grouped["logits"].as_array().unwrap().len(), 3);
+    assert_eq!(grouped["logits"], single["logits"]);
+    let reversed = run(&["--image", &c, &b, &a]);
+    assert_eq!(reversed["logits"][0], single["logits"][2]);
 }

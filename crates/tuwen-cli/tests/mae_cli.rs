@@ -1,9 +1,13 @@
 //! `tuwen reconstruct` end to end on the tiny ViTMAE fixture: the JSON mask and logits (equal to
 //! transformers' at mask ratio 0 on losslessly stored photos), the four-panel PNG, errors.
 
+#[path = "../../tuwen/tests/common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use common::max_abs_diff;
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
@@ -92,11 +96,7 @@ fn reconstruct_json_png_and_parity_at_ratio_zero() {
         .collect();
     // Images 1 and 2 of the reference batch are these two photos.
     let per = 25 * 192;
-    let d = ours
-        .iter()
-        .zip(&theirs[per..3 * per])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let d = max_abs_diff(&ours, &theirs[per..3 * per]);
     assert!(d < 1e-4, "logits differ by {d}");
     std::fs::remove_file(&png).unwrap();
 
@@ -123,7 +123,7 @@ fn reconstruct_json_png_and_parity_at_ratio_zero() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("vit_mae") || err.contains("ViTMAE"),
+        !o.status.success() && (err.contains("vit_mae") || err.contains("ViTMAE")),
         "{err}"
     );
 }

@@ -503,3 +503,102 @@ fn epochs_and_caption_column() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--device` reaches training, the quickstart and the benches: a device this build lacks is a
+/// one-line error before any work, never a silent run on the CPU.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_missing_device_is_an_error_for_every_training_command() {
+    let (dir, data) = fresh_shapes("nodevice", "24", "16", &[]);
+    let train = data.join("train.csv");
+    let out = dir.join("out");
+    let commands: [&[&str]; 6] = [
+        &[
+            "train",
+            "classifier",
+            "--arch",
+            "vit-ti16",
+            "--label-column",
+            "color",
+        ],
+        &["train", "siglip"],
+        &["train", "mae"],
+        &["quickstart"],
+        &["bench", "train"],
+        &["bench", "classifier"],
+    ];
+    for cmd in commands {
+        let mut args = vec!["--device", "cuda"];
+        args.extend_from_slice(cmd);
+        if cmd[0] == "train" {
+            args.extend([
+                "--data",
+                train.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+        }
+        if cmd[0] == "quickstart" {
+            args.extend(["--out", out.to_str().unwrap()]);
+        }
+        let o = tuwen(&args);
+        one_line_error(&o, "not compiled in");
+        assert!(!out.exists(), "{cmd:?} wrote {}", out.display());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A classifier fine-tuned or probed from a checkpoint is saved with exactly the preprocessing
+/// it was trained with: EfficientNet's rescale and include_top, the ViT fixture's
+/// shortest-edge resize and center crop.
+#[test]
+fn fine_tuned_and_probed_classifiers_keep_their_preprocessing() {
+    use tuwen::data::ImageProcessor;
+    let (dir, data) = fresh_shapes("keepproc", "48", "40", &[]);
+    let train = data.join("train.csv");
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let photo = tuwen::data::open_rgb(&fixtures.join("images/astronaut.png")).unwrap();
+    let runs: [(&str, &str, &[&str]); 3] = [
+        ("eff", "efficientnet-odd", &[]),
+        ("vit", "vit-odd", &[]),
+        (
+            "probe",
+            "vit-odd",
+            &["--linear-probe", "--probe-epochs", "5"],
+        ),
+    ];
+    for (tag, init, extra) in runs {
+        let out = dir.join(tag);
+        let init = fixtures.join(init);
+        let mut args = vec![
+            "train",
+            "classifier",
+            "--data",
+            train.to_str().unwrap(),
+            "--label-column",
+            "color",
+            "--init",
+            init.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = tuwen(&args);
+        assert!(
+            o.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let before = ImageProcessor::from_file(&init.join("preprocessor_config.json")).unwrap();
+        let after = ImageProcessor::from_file(&out.join("preprocessor_config.json")).unwrap();
+        assert_eq!(after, before, "{tag}");
+        let (a, b) = (before.preprocess(&photo), after.preprocess(&photo));
+        assert_eq!(a.1, b.1, "{tag}: shapes");
+        assert!(a.0 == b.0, "{tag}: pixel values differ");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -22,14 +22,32 @@ pub fn parse(name: &str) -> Result<Device> {
     match kind {
         "cpu" | "flex" => Ok(Device::flex()),
         #[cfg(feature = "cuda")]
-        "cuda" => Ok(Device::cuda(index)),
+        "cuda" => present(name, Device::cuda(index)),
         #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(Device::wgpu(burn::prelude::DeviceKind::DefaultDevice)),
+        "wgpu" => present(name, Device::wgpu(burn::prelude::DeviceKind::DefaultDevice)),
         "cuda" | "wgpu" => Err(Error::Device(format!(
             "device {kind:?} is not compiled in: rebuild with `--features {kind}`"
         ))),
         other => Err(Error::Device(format!(
             "unknown device {other:?} (expected cpu, cuda, cuda:N or wgpu)"
+        ))),
+    }
+}
+
+/// `device` when a tensor can be made and read back on it; a one-line error when the device
+/// is compiled in but not present (no GPU, no driver).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn present(name: &str, device: Device) -> Result<Device> {
+    let probe = std::panic::catch_unwind(|| {
+        burn::prelude::Tensor::<1>::zeros([1], &device)
+            .into_data()
+            .to_vec::<f32>()
+            .is_ok()
+    });
+    match probe {
+        Ok(true) => Ok(device),
+        _ => Err(Error::Device(format!(
+            "device {name:?} is compiled in but not available here (no GPU or driver?)"
         ))),
     }
 }

@@ -121,7 +121,14 @@ pub fn retrieval_eval(
         .iter()
         .map(|i| texts.iter().map(|t| dot(i, t)).collect())
         .collect();
-    let n = samples.len();
+    Ok(retrieval_recall(&sims))
+}
+
+/// Recall@1/5/10 both ways of a square similarity matrix `sims[image][text]` whose diagonal
+/// holds the matching pairs: `{"n", "image_to_text": {"R@1", ...}, "text_to_image": {...}}`.
+/// Ties count against the query.
+pub fn retrieval_recall(sims: &[Vec<f32>]) -> serde_json::Value {
+    let n = sims.len();
     // The rank of entry `own` in `row` (0 = best); ties count against the query.
     let rank = |row: &[f32], own: usize| row.iter().filter(|&&x| x >= row[own]).count() - 1;
     let recall =
@@ -133,11 +140,11 @@ pub fn retrieval_eval(
             rank(&col, j)
         })
         .collect();
-    Ok(json!({
+    json!({
         "n": n,
         "image_to_text": {"R@1": recall(&i2t, 1), "R@5": recall(&i2t, 5), "R@10": recall(&i2t, 10)},
         "text_to_image": {"R@1": recall(&t2i, 1), "R@5": recall(&t2i, 5), "R@10": recall(&t2i, 10)},
-    }))
+    })
 }
 
 /// Writes a PNG with one row per text query: the query, then its `k` best images among
@@ -235,18 +242,29 @@ pub fn classification_eval(
     }
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
     let logits = model.logits(&paths, batch_size, |_| {})?;
+    Ok(classification_scores(&model.labels, &logits, &truth))
+}
+
+/// Top-1, top-5 and per-class accuracy of `logits` (one row per sample) against each sample's
+/// true class, with the confusion matrix `confusion[true][predicted]`. Ties go to the lower
+/// class index.
+pub fn classification_scores(
+    labels: &[String],
+    logits: &[Vec<f32>],
+    truth: &[usize],
+) -> (serde_json::Value, Vec<Vec<usize>>) {
+    let k = labels.len();
     let mut confusion = vec![vec![0usize; k]; k];
     let mut top5 = 0usize;
-    for (row, &t) in logits.iter().zip(&truth) {
+    for (row, &t) in logits.iter().zip(truth) {
         let mut order: Vec<usize> = (0..row.len()).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
         confusion[t][order[0]] += 1;
         top5 += usize::from(order.iter().take(5).any(|&o| o == t));
     }
     let n = truth.len();
     let hits: usize = (0..k).map(|i| confusion[i][i]).sum();
-    let per_class: serde_json::Map<String, serde_json::Value> = model
-        .labels
+    let per_class: serde_json::Map<String, serde_json::Value> = labels
         .iter()
         .enumerate()
         .filter(|(i, _)| confusion[*i].iter().sum::<usize>() > 0)
@@ -255,11 +273,11 @@ pub fn classification_eval(
             (l.clone(), json!(confusion[i][i] as f64 / total as f64))
         })
         .collect();
-    Ok((
+    (
         json!({"top1": hits as f64 / n.max(1) as f64, "top5": top5 as f64 / n.max(1) as f64,
                "n": n, "per_class": per_class}),
         confusion,
-    ))
+    )
 }
 
 /// The confusion matrix as a PNG: rows are true classes, columns predictions, each cell shaded
@@ -336,4 +354,72 @@ pub fn confusion_png(labels: &[String], confusion: &[Vec<usize>], path: &Path) -
         )
         .map_err(|e| Error::InvalidInput(format!("cannot encode PNG: {e}")))?;
     hub::write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recall_at_k_of_a_hand_made_matrix() {
+        // Image 0 finds its text first; image 1 ranks its own text second (behind text 0);
+        // image 2 ties its own text with text 0 (ties count against the query).
+        let sims = vec![
+            vec![0.9, 0.1, 0.0],
+            vec![0.8, 0.5, 0.1],
+            vec![0.4, 0.3, 0.4],
+        ];
+        let r = retrieval_recall(&sims);
+        assert_eq!(r["n"], 3);
+        let third = 1.0 / 3.0;
+        assert!((r["image_to_text"]["R@1"].as_f64().unwrap() - third).abs() < 1e-12);
+        assert_eq!(r["image_to_text"]["R@5"].as_f64(), Some(1.0));
+        // Text 0 finds image 0 first; text 1's best image is 1; text 2's is 2.
+        assert_eq!(r["text_to_image"]["R@1"].as_f64(), Some(1.0));
+        let anti = vec![vec![0.0, 1.0], vec![1.0, 0.0]];
+        let r = retrieval_recall(&anti);
+        assert_eq!(r["image_to_text"]["R@1"].as_f64(), Some(0.0));
+        assert_eq!(r["text_to_image"]["R@1"].as_f64(), Some(0.0));
+    }
+
+    #[test]
+    fn top_k_and_confusion_of_hand_made_logits() {
+        let labels: Vec<String> = ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec();
+        let logits = vec![
+            vec![5.0, 1.0, 0.0, 0.0, 0.0, 0.0], // true 0, predicted 0
+            vec![5.0, 4.0, 0.0, 0.0, 0.0, 0.0], // true 1, predicted 0, top-2
+            vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], // true 0, predicted 5, rank 6: not in top-5
+            vec![0.0, 0.0, 9.0, 0.0, 0.0, 0.0], // true 2, predicted 2
+        ];
+        let (r, confusion) = classification_scores(&labels, &logits, &[0, 1, 0, 2]);
+        assert_eq!(r["n"], 4);
+        assert_eq!(r["top1"].as_f64(), Some(0.5));
+        assert_eq!(r["top5"].as_f64(), Some(0.75));
+        assert_eq!(r["per_class"]["a"].as_f64(), Some(0.5));
+        assert_eq!(r["per_class"]["b"].as_f64(), Some(0.0));
+        assert_eq!(r["per_class"]["c"].as_f64(), Some(1.0));
+        assert!(r["per_class"].get("d").is_none());
+        let mut expect = vec![vec![0usize; 6]; 6];
+        expect[0][0] = 1;
+        expect[1][0] = 1;
+        expect[0][5] = 1;
+        expect[2][2] = 1;
+        assert_eq!(confusion, expect);
+    }
+
+    #[test]
+    fn zero_shot_summary_of_hand_made_rankings() {
+        let zs = ZeroShot {
+            labels: vec!["cat".into(), "dog".into()],
+            truth: vec![0, 1, 1, 0],
+            ranked: vec![vec![0, 1], vec![0, 1], vec![1, 0], vec![1, 0]],
+        };
+        let all = zs.summary(|_| true);
+        assert_eq!(all["top1"].as_f64(), Some(0.5));
+        assert_eq!(all["top5"].as_f64(), Some(1.0));
+        assert_eq!(all["per_class"]["cat"].as_f64(), Some(0.5));
+        let first_two = zs.summary(|i| i < 2);
+        assert_eq!(first_two["n"], 2);
+        assert_eq!(first_two["per_class"]["dog"].as_f64(), Some(0.0));
+    }
 }

@@ -217,7 +217,32 @@ fn shard_files(index: &Path) -> Result<Vec<String>> {
             .ok_or_else(|| Error::config(index, format!("bad shard for {name}: {file}")))?;
         files.insert(file.to_string());
     }
+    if files.is_empty() {
+        return Err(Error::config(index, "\"weight_map\" lists no tensors"));
+    }
     Ok(files.into_iter().collect())
+}
+
+/// Class names in id order from a config's `id2label`: its keys must be exactly the indices
+/// 0..n, each once.
+pub fn labels_from_id2label(id2label: &BTreeMap<String, String>) -> Result<Vec<String>, String> {
+    let n = id2label.len();
+    let mut labels: Vec<Option<String>> = vec![None; n];
+    for (k, v) in id2label {
+        let i: usize = k
+            .trim()
+            .parse()
+            .map_err(|_| format!("id2label key {k:?} is not an index"))?;
+        let slot = labels
+            .get_mut(i)
+            .ok_or_else(|| format!("id2label index {i} is out of 0..{n}"))?;
+        if slot.is_some() {
+            return Err(format!("id2label names index {i} twice"));
+        }
+        *slot = Some(v.clone());
+    }
+    // n distinct indices below n: every slot is filled.
+    Ok(labels.into_iter().flatten().collect())
 }
 
 /// The tensor names and shapes in a safetensors file, from its header alone.
@@ -405,6 +430,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id2label_must_name_each_index_once() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            labels_from_id2label(&map(&[("1", "dog"), ("0", "cat")])).unwrap(),
+            ["cat", "dog"]
+        );
+        let twice = labels_from_id2label(&map(&[("0", "cat"), ("00", "dog")])).unwrap_err();
+        assert!(twice.contains("twice"), "{twice}");
+        assert!(labels_from_id2label(&map(&[("a", "cat")])).is_err());
+        assert!(labels_from_id2label(&map(&[("0", "cat"), ("2", "dog")])).is_err());
+        assert!(labels_from_id2label(&map(&[("-1", "cat")])).is_err());
+    }
+
+    #[test]
+    fn an_empty_weight_map_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("tuwen-empty-map-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(WEIGHTS_INDEX), r#"{"weight_map": {}}"#).unwrap();
+        let err = weight_files(&dir).unwrap_err().to_string();
+        assert!(err.contains("no tensors"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn repo_ids() {

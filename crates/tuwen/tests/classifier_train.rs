@@ -75,3 +75,107 @@ fn small_efficientnet_learns_colours() {
     assert!(acc > 0.6, "{acc}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Stochastic depth and dropout draw every step, and so do mixup and the crops: an interrupted
+/// and resumed run must still equal the uninterrupted one, loss for loss and weight for weight.
+#[test]
+fn resumed_efficientnet_run_equals_uninterrupted_run() {
+    let dir = std::env::temp_dir().join(format!("tuwen-effnet-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    tuwen::data::shapes::generate(&dir, 48, 32, 3).unwrap();
+    let spec = CsvSpec {
+        caption_column: "color".into(),
+        ..CsvSpec::default()
+    };
+    let train_set = read_csv(&dir.join("train.csv"), &spec).unwrap();
+    let mut labels: Vec<String> = train_set.iter().map(|s| s.caption.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    let mut cfg = custom(0.25, 0.25, 32, 0.3, labels.len());
+    cfg.drop_connect_rate = 0.5;
+    cfg.id2label = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), l.clone()))
+        .collect();
+    let device = Device::flex().autodiff();
+    let init = dir.join("init");
+    {
+        device.seed(7);
+        let m = EfficientNetForImageClassification::new(&cfg, &device);
+        m.save(&cfg, &init).unwrap();
+    }
+    let load = |folder: &std::path::Path| {
+        let (model, config) = EfficientNetForImageClassification::load(folder, &device).unwrap();
+        EfficientNetClassifier { model, config }
+    };
+    let processor =
+        ImageProcessor::from_json(&tuwen::train::mae::preprocessor_json(32).to_string()).unwrap();
+    let run = |ckpt: &str| ClassifierTrainConfig {
+        steps: 6,
+        batch_size: 8,
+        warmup: 2,
+        mixup: 0.4,
+        augment: tuwen::data::augment::Augment {
+            min_scale: 0.5,
+            hflip: true,
+        },
+        checkpoint_dir: Some(dir.join(ckpt)),
+        ..ClassifierTrainConfig::default()
+    };
+    let (whole_model, whole) = train(
+        load(&init),
+        &processor,
+        &train_set,
+        &labels,
+        &run("a"),
+        |_, _| true,
+    )
+    .unwrap();
+    // The training forward pass draws (stochastic depth, dropout): two passes differ.
+    let m = load(&init);
+    let x = Tensor::<4>::random(
+        [4, 3, 32, 32],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let y1 = tuwen::pipeline::to_vec(m.model.forward(x.clone())).unwrap();
+    let y2 = tuwen::pipeline::to_vec(m.model.forward(x)).unwrap();
+    assert_ne!(y1, y2, "nothing is drawn in training");
+    let (part_model, part) = train(
+        load(&init),
+        &processor,
+        &train_set,
+        &labels,
+        &run("b"),
+        |s, _| s.step < 2,
+    )
+    .unwrap();
+    assert_eq!(part.len(), 3);
+    let ckpt = tuwen::train::checkpoint::find(&dir.join("b")).unwrap();
+    {
+        let x = Tensor::<4>::ones([2, 3, 32, 32], &Device::flex());
+        let a = tuwen::pipeline::to_vec(part_model.model.valid().forward(x.clone())).unwrap();
+        let b = tuwen::pipeline::to_vec(load(&ckpt).model.valid().forward(x)).unwrap();
+        assert_eq!(a, b, "the checkpoint differs from the model it saved");
+    }
+    let resumed = ClassifierTrainConfig {
+        resume_from: Some(ckpt.clone()),
+        ..run("b")
+    };
+    let (rest_model, rest) = train(
+        load(&ckpt),
+        &processor,
+        &train_set,
+        &labels,
+        &resumed,
+        |_, _| true,
+    )
+    .unwrap();
+    assert_eq!(rest, whole, "the resumed loss curve differs");
+    let x = Tensor::<4>::ones([2, 3, 32, 32], &Device::flex());
+    let a = tuwen::pipeline::to_vec(whole_model.model.valid().forward(x.clone())).unwrap();
+    let b = tuwen::pipeline::to_vec(rest_model.model.valid().forward(x)).unwrap();
+    assert_eq!(a, b, "the resumed weights differ");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,6 +4,7 @@ pub mod augment;
 pub mod captions;
 pub mod decode;
 pub mod files;
+pub mod labelled;
 pub mod processor;
 pub mod resize;
 pub mod shapes;

@@ -33,6 +33,9 @@ pub enum Size {
 /// A parsed preprocessor_config.json: every step and its parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImageProcessor {
+    /// transformers' processor class, e.g. "ViTImageProcessor" (its defaults fill absent
+    /// fields; it is written back on save).
+    pub class: String,
     /// Resize target, when resizing.
     pub resize: Option<Size>,
     /// The resampling filter.
@@ -263,6 +266,11 @@ impl ImageProcessor {
         let normalize = raw.do_normalize.unwrap_or(true).then_some((mean, std));
         let include_top_std = (d.efficientnet && raw.include_top.unwrap_or(true)).then_some(std);
         Ok(ImageProcessor {
+            class: if kind.is_empty() {
+                "ViTImageProcessor".into()
+            } else {
+                kind
+            },
             resize,
             resample,
             center_crop,
@@ -271,6 +279,48 @@ impl ImageProcessor {
             normalize,
             include_top_std,
         })
+    }
+
+    /// preprocessor_config.json for this processor: every step written out, so that tuwen and
+    /// transformers read back exactly this preprocessing.
+    pub fn to_json(&self) -> Value {
+        use serde_json::json;
+        let hw = |h: u32, w: u32| json!({"height": h, "width": w});
+        let size = match self.resize {
+            Some(Size::Exact { height, width }) => hw(height, width),
+            Some(Size::ShortestEdge(s)) => json!({"shortest_edge": s}),
+            None => Value::Null,
+        };
+        let (mean, std) = self
+            .normalize
+            .unwrap_or(([0.0; 3], self.include_top_std.unwrap_or([1.0; 3])));
+        let mut v = json!({
+            "image_processor_type": self.class,
+            "do_resize": self.resize.is_some(),
+            "size": size,
+            "resample": self.resample.pil_code(),
+            "do_center_crop": self.center_crop.is_some(),
+            "do_rescale": self.rescale.is_some(),
+            "rescale_factor": self.rescale.unwrap_or(1.0 / 255.0),
+            "do_normalize": self.normalize.is_some(),
+            "image_mean": mean,
+            "image_std": std,
+        });
+        if let Some((h, w)) = self.center_crop {
+            v["crop_size"] = hw(h, w);
+        }
+        if defaults(&self.class).is_ok_and(|d| d.efficientnet) {
+            v["rescale_offset"] = json!(self.rescale_offset);
+            v["include_top"] = json!(self.include_top_std.is_some());
+        }
+        v
+    }
+
+    /// Writes [`Self::to_json`] as `folder/preprocessor_config.json`.
+    pub fn save(&self, folder: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(&self.to_json())
+            .map_err(|e| Error::InvalidInput(format!("cannot serialise the processor: {e}")))?;
+        crate::hub::write_atomic(&folder.join("preprocessor_config.json"), text.as_bytes())
     }
 
     /// The resize and crop steps: the 8-bit image the model's pixels are computed from.
@@ -392,6 +442,29 @@ pub fn center_crop(img: &RgbImage, crop_h: u32, crop_w: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_itself_back_exactly() {
+        let configs = [
+            r#"{"image_processor_type": "ViTImageProcessor", "size": {"height": 32, "width": 48}, "resample": 2}"#,
+            r#"{"image_processor_type": "CLIPImageProcessor", "size": 40, "crop_size": 36}"#,
+            r#"{"image_processor_type": "SiglipImageProcessor", "do_normalize": false}"#,
+            r#"{"image_processor_type": "EfficientNetImageProcessor", "size": 67, "rescale_offset": true, "include_top": true, "image_std": [0.2, 0.3, 0.4]}"#,
+            r#"{"image_processor_type": "EfficientNetImageProcessor", "include_top": false, "do_center_crop": true, "do_resize": false}"#,
+            r#"{"feature_extractor_type": "ViTFeatureExtractor", "do_rescale": false, "image_mean": 0.1}"#,
+        ];
+        for text in configs {
+            let p = ImageProcessor::from_json(text).unwrap();
+            let back = ImageProcessor::from_json(&p.to_json().to_string()).unwrap();
+            assert_eq!(back, p, "{text}");
+        }
+        let vit = ImageProcessor::from_json(configs[0]).unwrap();
+        assert_eq!(vit.class, "ViTImageProcessor");
+        assert_ne!(
+            ImageProcessor::from_json(configs[3]).unwrap(),
+            ImageProcessor::from_json(configs[4]).unwrap()
+        );
+    }
 
     #[test]
     fn reads_vit_and_clip_configs() {

@@ -12,15 +12,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::Module;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{
-    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, PaddingConfig2d,
-};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::{self, ModelConfig};
 use crate::nn::Activation;
+use crate::nn::conv::{batch_norm, conv, pad, stochastic_depth};
 use crate::nn::encoder::linear;
 use crate::{Error, Result};
 
@@ -344,18 +343,7 @@ impl EfficientNetConfig {
 
     /// Class names in id order.
     pub fn labels(&self) -> std::result::Result<Vec<String>, String> {
-        let n = self.id2label.len();
-        let mut out = vec![String::new(); n];
-        for (k, v) in &self.id2label {
-            let i: usize = k
-                .parse()
-                .map_err(|_| format!("id2label key {k:?} is not a number"))?;
-            let slot = out
-                .get_mut(i)
-                .ok_or_else(|| format!("id2label ids are not 0..{n}"))?;
-            *slot = v.clone();
-        }
-        Ok(out)
+        crate::hub::labels_from_id2label(&self.id2label)
     }
 
     /// Parameters of `EfficientNetForImageClassification` (weights, biases, batch-norm scales
@@ -411,46 +399,8 @@ impl EfficientNetConfig {
     }
 }
 
-/// Pads `x` `[b, c, h, w]` with zeros: `(top, bottom, left, right)`.
-fn pad(x: Tensor<4>, (t, b, l, r): (usize, usize, usize, usize)) -> Tensor<4> {
-    if t + b + l + r == 0 {
-        return x;
-    }
-    x.pad(vec![(t, b), (l, r)], 0.0f32)
-}
-
 fn bn(c: usize, cfg: &EfficientNetConfig, device: &Device) -> BatchNorm {
-    // Running statistics move by 0.1 per training step, as timm and PyTorch train: the
-    // config's 0.99 is TensorFlow's weight of the old value (too slow for short runs), and
-    // transformers hands it to PyTorch as the weight of the new one.
-    BatchNormConfig::new(c)
-        .with_epsilon(cfg.batch_norm_eps)
-        .with_momentum(0.1)
-        .init(device)
-}
-
-/// A `k`×`k` convolution `(in, out)` channels: "same" padding at stride 1, none at stride 2
-/// (the caller pads, TensorFlow's way).
-fn conv(
-    (i, o): (usize, usize),
-    k: usize,
-    stride: usize,
-    groups: usize,
-    bias: bool,
-    std: f64,
-    device: &Device,
-) -> Conv2d {
-    Conv2dConfig::new([i, o], [k, k])
-        .with_stride([stride, stride])
-        .with_groups(groups)
-        .with_bias(bias)
-        .with_padding(if stride == 1 {
-            PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2)
-        } else {
-            PaddingConfig2d::Valid
-        })
-        .with_initializer(Initializer::Normal { mean: 0.0, std })
-        .init(device)
+    batch_norm(c, cfg.batch_norm_eps, device)
 }
 
 /// The stem: a 3×3 stride-2 convolution (padded right and bottom), batch norm, activation.
@@ -597,21 +547,6 @@ impl EfficientNetBlock {
         }
         x + stochastic_depth(h, p.drop_rate)
     }
-}
-
-/// Per-sample stochastic depth (drop-connect): in training, each sample's branch is dropped
-/// with probability `p` and the kept ones scaled by `1 / (1 − p)`; the identity elsewhere.
-fn stochastic_depth(h: Tensor<4>, p: f64) -> Tensor<4> {
-    if p <= 0.0 || !h.device().is_autodiff() {
-        return h;
-    }
-    let [b, _, _, _] = h.dims();
-    let keep = Tensor::<4>::random(
-        [b, 1, 1, 1],
-        burn::tensor::Distribution::Bernoulli(1.0 - p),
-        &h.device(),
-    );
-    h * keep / (1.0 - p)
 }
 
 /// The blocks and the head convolution.

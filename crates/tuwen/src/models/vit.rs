@@ -196,20 +196,7 @@ impl ViTConfig {
 
     /// Class names in id order; `id2label` must map exactly 0..n.
     pub fn labels(&self) -> Result<Vec<String>, String> {
-        let mut labels = vec![None; self.id2label.len()];
-        for (k, v) in &self.id2label {
-            let i: usize = k
-                .parse()
-                .map_err(|_| format!("id2label key {k:?} is not an index"))?;
-            let slot = labels
-                .get_mut(i)
-                .ok_or_else(|| format!("id2label index {i} out of range"))?;
-            *slot = Some(v.clone());
-        }
-        Ok(labels
-            .into_iter()
-            .map(|l| l.expect("each index once"))
-            .collect())
+        crate::hub::labels_from_id2label(&self.id2label)
     }
 
     pub(crate) fn grid(&self) -> usize {

@@ -1,7 +1,9 @@
-//! Blocks shared by the model families: activations, attention, position-embedding resizing.
+//! Blocks shared by the model families: activations, attention, convolutions, position-embedding
+//! resizing.
 
 pub mod activation;
 pub mod attention;
+pub mod conv;
 pub mod encoder;
 pub mod pos_embed;
 

@@ -32,14 +32,20 @@ impl Family {
     }
 }
 
-enum Towers {
-    Clip(Box<ClipModel>),
-    Siglip(Box<SiglipModel>),
+/// The two towers of an image-text model, of one family or the other.
+#[derive(burn::module::Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Towers {
+    /// CLIP's.
+    Clip(ClipModel),
+    /// SigLIP's.
+    Siglip(SiglipModel),
 }
 
 /// A loaded image-text model with its image processor and tokenizer.
 pub struct ImageText {
-    towers: Towers,
+    /// The networks.
+    pub towers: Towers,
     /// The preprocessing the checkpoint expects.
     pub processor: ImageProcessor,
     /// The tokenizer, with the model's length and padding; `Err` holds why there is none
@@ -192,11 +198,7 @@ impl ImageText {
                     t.pad_token_id,
                 );
                 let model = hub::load_weights(ClipModel::new(&cfg, device), folder, &[], &[])?;
-                (
-                    Towers::Clip(Box::new(model)),
-                    tokenizer,
-                    "CLIPImageProcessor",
-                )
+                (Towers::Clip(model), tokenizer, "CLIPImageProcessor")
             }
             "siglip" => {
                 let cfg: SiglipConfig = mc.parse()?;
@@ -209,11 +211,7 @@ impl ImageText {
                     Some(t.pad_token_id),
                 );
                 let model = hub::load_weights(SiglipModel::new(&cfg, device), folder, &[], &[])?;
-                (
-                    Towers::Siglip(Box::new(model)),
-                    tokenizer,
-                    "SiglipImageProcessor",
-                )
+                (Towers::Siglip(model), tokenizer, "SiglipImageProcessor")
             }
             other => {
                 return Err(Error::Unsupported(format!(
@@ -262,178 +260,10 @@ impl ImageText {
         })
     }
 
-    /// The family's training loss on a batch of matching pairs: CLIP's symmetric softmax
-    /// cross-entropy or SigLIP's pairwise sigmoid loss (`chunks` > 1: its chunked form).
-    pub fn contrastive_loss(
-        &self,
-        pixels: Tensor<4>,
-        ids: Tensor<2, Int>,
-        chunks: usize,
-    ) -> Tensor<1> {
-        self.contrastive_loss_locked(pixels, ids, chunks, false, false)
-    }
-
-    /// [`Self::contrastive_loss`] with towers locked (LiT): a locked tower's embeddings are
-    /// detached, so its parameters get no gradient and stay as they are.
-    pub fn contrastive_loss_locked(
-        &self,
-        pixels: Tensor<4>,
-        ids: Tensor<2, Int>,
-        chunks: usize,
-        lock_image: bool,
-        lock_text: bool,
-    ) -> Tensor<1> {
-        let mut img = self.image_embeds(pixels);
-        let mut txt = self.text_embeds(ids);
-        if lock_image {
-            img = img.detach();
-        }
-        if lock_text {
-            txt = txt.detach();
-        }
-        self.embeds_loss(img, txt, chunks, true)
-    }
-
-    /// The family's loss of unit-length embeddings of matching pairs; `live_scale` false
-    /// detaches the temperature (and bias) so that they get no gradient from this loss.
-    fn embeds_loss(
-        &self,
-        img: Tensor<2>,
-        txt: Tensor<2>,
-        chunks: usize,
-        live_scale: bool,
-    ) -> Tensor<1> {
-        let live = |p: Tensor<1>| if live_scale { p } else { p.detach() };
-        match &self.towers {
-            Towers::Clip(m) => crate::loss::clip_loss(img, txt, live(m.logit_scale.val())),
-            Towers::Siglip(m) => {
-                let (scale, bias) = (live(m.logit_scale.val()), live(m.logit_bias.val()));
-                if chunks > 1 {
-                    crate::loss::siglip_loss_chunked(img, txt, scale, bias, chunks)
-                } else {
-                    crate::loss::siglip_loss(img, txt, scale, bias)
-                }
-            }
-        }
-    }
-
-    /// The loss of a batch and its gradients computed in `micro` micro-batches, the GradCache
-    /// way open_clip's `--accum-freq` works: the embeddings of the whole batch are computed
-    /// first without a graph; then each micro-batch is embedded again with one, and the loss
-    /// over the whole batch (all negatives) is back-propagated through that micro-batch only.
-    /// The temperature and bias take their gradient from the first pass alone, so the summed
-    /// gradients equal the full batch's. `reseed(j)` is called before each embedding of
-    /// micro-batch `j`, so that random draws (patch dropout) are the same both times.
-    #[allow(clippy::too_many_arguments)]
-    pub fn accumulated_grads(
-        &self,
-        pixels: Tensor<4>,
-        ids: Tensor<2, Int>,
-        micro: usize,
-        chunks: usize,
-        lock_image: bool,
-        lock_text: bool,
-        reseed: impl Fn(usize),
-    ) -> (f32, burn::optim::GradientsParams) {
-        use burn::optim::GradientsParams;
-        let n = pixels.dims()[0];
-        let micro = micro.clamp(1, n);
-        let bounds: Vec<(usize, usize)> = (0..micro)
-            .map(|j| (j * n / micro, (j + 1) * n / micro))
-            .filter(|(a, b)| b > a)
-            .collect();
-        if bounds.len() == 1 {
-            // One micro-batch: no cache to build, a single forward and backward.
-            reseed(0);
-            let loss = self.contrastive_loss_locked(pixels, ids, chunks, lock_image, lock_text);
-            let loss_value = loss.clone().into_scalar();
-            return (loss_value, self.grads_of(loss));
-        }
-        let part4 = |t: &Tensor<4>, (a, b): (usize, usize)| t.clone().slice(a..b);
-        let part2 = |t: &Tensor<2, Int>, (a, b): (usize, usize)| t.clone().slice(a..b);
-        let mut cached_img = Vec::new();
-        let mut cached_txt = Vec::new();
-        for (j, &r) in bounds.iter().enumerate() {
-            reseed(j);
-            cached_img.push(self.image_embeds(part4(&pixels, r)).detach());
-            cached_txt.push(self.text_embeds(part2(&ids, r)).detach());
-        }
-        let mut total = GradientsParams::new();
-        let mut loss_value = f32::NAN;
-        for (j, &r) in bounds.iter().enumerate() {
-            reseed(j);
-            let mut img = cached_img.clone();
-            let mut txt = cached_txt.clone();
-            if !lock_image {
-                img[j] = self.image_embeds(part4(&pixels, r));
-            }
-            if !lock_text {
-                txt[j] = self.text_embeds(part2(&ids, r));
-            }
-            let loss = self.embeds_loss(Tensor::cat(img, 0), Tensor::cat(txt, 0), chunks, j == 0);
-            if j == 0 {
-                loss_value = loss.clone().into_scalar();
-            }
-            let grads = loss.backward();
-            let g = match &self.towers {
-                Towers::Clip(m) => GradientsParams::from_grads(grads, &**m),
-                Towers::Siglip(m) => GradientsParams::from_grads(grads, &**m),
-            };
-            total = if j == 0 { g } else { self.add_grads(total, g) };
-        }
-        (loss_value, total)
-    }
-
-    /// `a + b`, parameter by parameter.
-    fn add_grads(
-        &self,
-        a: burn::optim::GradientsParams,
-        b: burn::optim::GradientsParams,
-    ) -> burn::optim::GradientsParams {
-        use burn::optim::GradientsAccumulator;
-        match &self.towers {
-            Towers::Clip(m) => {
-                let mut acc = GradientsAccumulator::new();
-                acc.accumulate(&**m, a);
-                acc.accumulate(&**m, b);
-                acc.grads()
-            }
-            Towers::Siglip(m) => {
-                let mut acc = GradientsAccumulator::new();
-                acc.accumulate(&**m, a);
-                acc.accumulate(&**m, b);
-                acc.grads()
-            }
-        }
-    }
-
-    /// The gradients of `loss` by parameter.
-    pub fn grads_of(&self, loss: Tensor<1>) -> burn::optim::GradientsParams {
-        use burn::optim::GradientsParams;
-        let grads = loss.backward();
-        match &self.towers {
-            Towers::Clip(m) => GradientsParams::from_grads(grads, &**m),
-            Towers::Siglip(m) => GradientsParams::from_grads(grads, &**m),
-        }
-    }
-
-    /// Gives every parameter an id derived from its name, so that an optimiser state saved
-    /// with one instance of the model applies to another loaded from the same checkpoint.
-    pub fn with_stable_param_ids(mut self) -> Self {
-        self.towers = match self.towers {
-            Towers::Clip(m) => Towers::Clip(Box::new(crate::train::stable_param_ids(*m))),
-            Towers::Siglip(m) => Towers::Siglip(Box::new(crate::train::stable_param_ids(*m))),
-        };
-        self
-    }
-
     /// A copy on the device without autodiff, for evaluation during training.
     pub fn valid(&self) -> ImageText {
         use burn::module::Module;
-        let mut towers = match &self.towers {
-            Towers::Clip(m) => Towers::Clip(Box::new(m.valid())),
-            Towers::Siglip(m) => Towers::Siglip(Box::new(m.valid())),
-        };
+        let mut towers = self.towers.valid();
         match &mut towers {
             Towers::Clip(m) => m.vision_model.patch_dropout = 0.0,
             Towers::Siglip(m) => m.vision_model.patch_dropout = 0.0,
@@ -448,89 +278,14 @@ impl ImageText {
         }
     }
 
-    /// AdamW over the model's parameters, without decay on norms, biases, embeddings and
-    /// the temperature (see [`crate::train::adamw`]).
-    pub fn optimizer(&self, weight_decay: f64) -> burn::optim::ModuleOptimizer {
-        match &self.towers {
-            Towers::Clip(m) => crate::train::adamw(&**m, weight_decay),
-            Towers::Siglip(m) => crate::train::adamw(&**m, weight_decay),
-        }
-    }
-
-    /// One optimiser step: gradients clipped to `max_norm` globally, then applied at `lr`.
-    /// Returns the updated model and the gradient norm before clipping.
-    pub fn step(
-        mut self,
-        optim: &mut burn::optim::ModuleOptimizer,
-        lr: f64,
-        mut grads: burn::optim::GradientsParams,
-        max_norm: f64,
-    ) -> (Self, f64) {
-        let norm;
-        self.towers = match self.towers {
-            Towers::Clip(m) => {
-                norm = crate::train::clip_global_norm(&*m, &mut grads, max_norm);
-                Towers::Clip(Box::new(optim.step(lr, *m, grads)))
-            }
-            Towers::Siglip(m) => {
-                norm = crate::train::clip_global_norm(&*m, &mut grads, max_norm);
-                Towers::Siglip(Box::new(optim.step(lr, *m, grads)))
-            }
-        };
-        (self, norm)
-    }
-
-    /// Sets FLIP patch dropout: the share of image patches dropped in training steps.
-    pub fn set_patch_dropout(&mut self, p: f64) {
-        match &mut self.towers {
-            Towers::Clip(m) => m.vision_model.patch_dropout = p,
-            Towers::Siglip(m) => m.vision_model.patch_dropout = p,
-        }
-    }
-
-    /// Sets the seed of the next random draw of patch dropout (each draw advances it).
-    pub fn set_draw_seed(&self, seed: u64) {
-        match &self.towers {
-            Towers::Clip(m) => m.vision_model.draws.set(seed),
-            Towers::Siglip(m) => m.vision_model.draws.set(seed),
-        }
-    }
-
-    /// Whether the forward pass draws from the device's generator in training (attention
-    /// dropout set in the config).
-    pub fn draws_from_device(&self) -> bool {
-        ["text_config", "vision_config"].iter().any(|tower| {
-            self.config[tower]["attention_dropout"]
-                .as_f64()
-                .is_some_and(|p| p > 0.0)
-        })
+    /// config.json as read (written back unchanged on save).
+    pub fn config(&self) -> &serde_json::Value {
+        &self.config
     }
 
     /// The compute device.
     pub fn device(&self) -> &Device {
         &self.device
-    }
-
-    /// Every parameter's gradient by transformers' name, in PyTorch's layout.
-    pub fn named_grads(
-        &self,
-        grads: &burn::tensor::Gradients,
-    ) -> std::collections::BTreeMap<String, (Vec<f32>, Vec<usize>)> {
-        match &self.towers {
-            Towers::Clip(m) => crate::train::named_grads(&**m, grads),
-            Towers::Siglip(m) => crate::train::named_grads(&**m, grads),
-        }
-    }
-
-    /// [`Self::named_grads`] of gradients gathered by parameter.
-    pub fn named_param_grads(
-        &self,
-        grads: &burn::optim::GradientsParams,
-    ) -> std::collections::BTreeMap<String, (Vec<f32>, Vec<usize>)> {
-        match &self.towers {
-            Towers::Clip(m) => crate::train::grads::named_param_grads(&**m, grads),
-            Towers::Siglip(m) => crate::train::grads::named_param_grads(&**m, grads),
-        }
     }
 
     /// Token ids `[n, len]` for texts, padded as the family wants.
@@ -750,10 +505,8 @@ impl ImageText {
     pub fn save(&self, folder: &Path) -> Result<()> {
         let config = &self.config;
         match &self.towers {
-            Towers::Clip(m) => {
-                hub::save_pretrained_with_scalars(&**m, config, folder, CLIP_SCALARS)?
-            }
-            Towers::Siglip(m) => hub::save_pretrained(&**m, config, folder)?,
+            Towers::Clip(m) => hub::save_pretrained_with_scalars(m, config, folder, CLIP_SCALARS)?,
+            Towers::Siglip(m) => hub::save_pretrained(m, config, folder)?,
         }
         // The tokenizer and preprocessor files travel with the weights.
         let same = std::fs::canonicalize(folder).ok() == std::fs::canonicalize(&self.source).ok();

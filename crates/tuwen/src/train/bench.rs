@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use super::contrastive::init_folder;
@@ -13,6 +14,7 @@ use crate::{Error, Result};
 /// Seconds per optimiser step (forward, backward, AdamW) of a freshly initialised model on
 /// random pixels and captions, after `warmup` untimed steps.
 pub fn contrastive_step_times(
+    device: &Device,
     family: Family,
     arch: &str,
     image_size: usize,
@@ -25,10 +27,10 @@ pub fn contrastive_step_times(
         .map(|i| format!("a photo of object number {i} on a table"))
         .collect();
     init_folder(&dir, family, arch, image_size, &captions, 0)?;
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
     let mut model = ImageText::load_folder(&dir, &device)?;
     let _ = std::fs::remove_dir_all(&dir);
-    let mut optim = model.optimizer(0.1);
+    let mut optim = super::adamw(&model.towers, 0.1);
     let pixels = Tensor::<4>::random(
         [batch, 3, image_size, image_size],
         burn::tensor::Distribution::Normal(0.0, 1.0),
@@ -38,10 +40,10 @@ pub fn contrastive_step_times(
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let t0 = Instant::now();
-        let loss = model.contrastive_loss(pixels.clone(), ids.clone(), 1);
-        let grads = model.grads_of(loss);
-        let (next, _) = model.step(&mut optim, 1e-4, grads, 1.0);
-        model = next;
+        let loss = super::contrastive::contrastive_loss(&model, pixels.clone(), ids.clone(), 1)?;
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model.towers);
+        super::clip_global_norm(&model.towers, &mut grads, 1.0);
+        model.towers = optim.step(1e-4, model.towers, grads);
         // Wait for the update to finish before stopping the clock.
         let _ = model.scale_and_bias()?;
         if i >= warmup {
@@ -56,6 +58,7 @@ pub fn contrastive_step_times(
 /// architecture) with 1000 classes, on random images: `(inference, training)`, one per timed
 /// step.
 pub fn classifier_step_times(
+    device: &Device,
     arch: &str,
     image_size: Option<usize>,
     batch: usize,
@@ -66,13 +69,14 @@ pub fn classifier_step_times(
     use crate::models::vit::{self, ViTForImageClassification};
     use crate::train::classifier::{Classifier, EfficientNetClassifier, VitClassifier};
     fn time<M: Classifier>(
+        plain: &Device,
         build: impl Fn(&Device) -> M,
         size: usize,
         batch: usize,
         warmup: usize,
         steps: usize,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let plain = Device::flex();
+        let plain = plain.clone();
         plain.seed(0);
         let model = build(&plain);
         let px = Tensor::<4>::random(
@@ -123,6 +127,7 @@ pub fn classifier_step_times(
         }
         let size = c.image_size;
         let (i, t) = time(
+            device,
             |d| EfficientNetClassifier {
                 model: EfficientNetForImageClassification::new(&c, d),
                 config: c.clone(),
@@ -146,6 +151,7 @@ pub fn classifier_step_times(
     }
     let size = c.image_size;
     let (i, t) = time(
+        device,
         |d| VitClassifier {
             model: ViTForImageClassification::new(&c, d),
             config: c.clone(),

@@ -5,14 +5,15 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
-use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::engine::Optim;
 use super::grads::ModulePath;
 use crate::{Error, Result};
 
-/// The optimiser state inside a checkpoint folder (burn's burnpack format).
+/// The state of the optimiser named "model" inside a checkpoint folder (burn's burnpack
+/// format); another optimiser's is `optimizer.NAME.bpk`.
 pub const OPTIMIZER: &str = "optimizer.bpk";
 /// Where the run stood, inside a checkpoint folder.
 pub const STATE: &str = "trainer_state.json";
@@ -31,6 +32,18 @@ pub struct RunState {
     /// The run's settings; a resumed run must have the same.
     #[serde(default)]
     pub settings: serde_json::Value,
+    /// The family's own state (see [`super::engine::TrainStep::state`]).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+/// The file of optimiser `name`'s state in a checkpoint folder.
+pub fn optimizer_file(name: &str) -> String {
+    if name == "model" {
+        OPTIMIZER.to_string()
+    } else {
+        format!("optimizer.{name}.bpk")
+    }
 }
 
 struct StableIds {
@@ -77,13 +90,13 @@ pub fn stable_param_ids<M: Module>(module: M) -> M {
     })
 }
 
-/// Writes a checkpoint folder at `dir`: `write_model` fills it with the model, then the
-/// optimiser state and `state` join it. The folder is assembled beside `dir` and renamed into
+/// Writes a checkpoint folder at `dir`: `write_model` fills it with the networks, then every
+/// optimiser's state and `state` join it. The folder is assembled beside `dir` and renamed into
 /// place, so an interrupted save leaves the previous checkpoint whole.
 pub fn save(
     dir: &Path,
     write_model: impl FnOnce(&Path) -> Result<()>,
-    optim: &ModuleOptimizer,
+    optims: &[Optim],
     state: &RunState,
 ) -> Result<()> {
     let tmp = sibling(dir, "tmp");
@@ -91,11 +104,13 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     write_model(&tmp)?;
-    let opt_path = tmp.join(OPTIMIZER);
-    optim
-        .save(&opt_path)
-        .map_err(|e| Error::InvalidInput(format!("cannot save the optimiser state: {e:?}")))?;
-    let json = serde_json::to_vec(state).expect("run state serialises");
+    for o in optims {
+        o.optim
+            .save(tmp.join(optimizer_file(&o.name)))
+            .map_err(|e| Error::InvalidInput(format!("cannot save the optimiser state: {e:?}")))?;
+    }
+    let json = serde_json::to_vec(state)
+        .map_err(|e| Error::InvalidInput(format!("cannot serialise the run state: {e}")))?;
     crate::hub::write_atomic(&tmp.join(STATE), &json)?;
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
@@ -111,7 +126,7 @@ pub fn save(
 pub fn find(dir: &Path) -> Option<PathBuf> {
     [dir.to_path_buf(), sibling(dir, "old")]
         .into_iter()
-        .find(|d| d.join(STATE).is_file() && d.join(OPTIMIZER).is_file())
+        .find(|d| d.join(STATE).is_file())
 }
 
 /// Where the run saved in checkpoint folder `dir` stood.
@@ -126,38 +141,44 @@ pub fn read_state(dir: &Path) -> Result<RunState> {
     })
 }
 
-/// Reads where the run stood and the optimiser state saved in checkpoint folder `dir` into
-/// `optim` (built for the model loaded from the same folder, with [`stable_param_ids`]).
-pub fn load(dir: &Path, optim: ModuleOptimizer) -> Result<(RunState, ModuleOptimizer)> {
+/// Reads where the run stood and the optimisers' states saved in checkpoint folder `dir` into
+/// `optims` (built for the networks loaded from the same folder, with [`stable_param_ids`]).
+pub fn load(dir: &Path, optims: Vec<Optim>) -> Result<(RunState, Vec<Optim>)> {
     let state = read_state(dir)?;
-    let opt_path = dir.join(OPTIMIZER);
-    let optim = optim.load(&opt_path).map_err(|e| {
-        Error::InvalidInput(format!(
-            "{}: cannot read the optimiser state: {e:?}",
-            opt_path.display()
-        ))
-    })?;
-    Ok((state, optim))
+    let optims = optims
+        .into_iter()
+        .map(|o| {
+            let path = dir.join(optimizer_file(&o.name));
+            let optim = o.optim.load(&path).map_err(|e| {
+                Error::InvalidInput(format!(
+                    "{}: cannot read the optimiser state: {e:?}",
+                    path.display()
+                ))
+            })?;
+            Ok(Optim { optim, ..o })
+        })
+        .collect::<Result<_>>()?;
+    Ok((state, optims))
 }
 
-/// Where a run starts: fresh (step 0, `optim` as built) or, with `resume_from`, the saved
+/// Where a run starts: fresh (step 0, `optims` as built) or, with `resume_from`, the saved
 /// position and optimiser state, after checking that the run was saved with the same `seed`
 /// and `settings` (an error names the first that differs).
 pub fn start(
     resume_from: Option<&Path>,
-    optim: ModuleOptimizer,
+    optims: Vec<Optim>,
     seed: u64,
     settings: serde_json::Value,
-) -> Result<(RunState, ModuleOptimizer)> {
+) -> Result<(RunState, Vec<Optim>)> {
     let Some(dir) = resume_from else {
         let state = RunState {
             seed,
             settings,
             ..RunState::default()
         };
-        return Ok((state, optim));
+        return Ok((state, optims));
     };
-    let (saved, optim) = load(dir, optim)?;
+    let (saved, optims) = load(dir, optims)?;
     if saved.seed != seed {
         return Err(Error::InvalidInput(format!(
             "{} was trained with --seed {}, not {seed}",
@@ -176,7 +197,7 @@ pub fn start(
             }
         }
     }
-    Ok((saved, optim))
+    Ok((saved, optims))
 }
 
 /// Whether a checkpoint is due after `done` of `total` steps: every `every` steps (0: never

@@ -2,15 +2,16 @@
 //! (a classifier, a bare ViT or an MAE encoder), or as a linear probe of a frozen encoder.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde_json::json;
 
-use super::checkpoint::{self, RunState};
-use super::data::{TrainData, next_batch};
+use super::data::TrainData;
+use super::engine::{
+    self, Batch, Optim, RunConfig, StepContext, StepOutput, StepReport, TrainStep,
+};
 use crate::data::augment::Augment;
 use crate::data::captions::Sample;
 use crate::data::processor::{ImageProcessor, batch_tensor};
@@ -49,6 +50,10 @@ pub struct ClassifierTrainConfig {
     /// Mixup's α (0: none): each batch is blended with itself reversed, with weight λ ~
     /// Beta(α, α), and the loss blends the two labels' losses the same way.
     pub mixup: f64,
+    /// Where each step's metrics line goes (`metrics.jsonl`).
+    pub metrics: Option<PathBuf>,
+    /// Set to stop after the current step (with a checkpoint).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for ClassifierTrainConfig {
@@ -67,6 +72,8 @@ impl Default for ClassifierTrainConfig {
             resume_from: None,
             label_smoothing: 0.1,
             mixup: 0.0,
+            metrics: None,
+            stop: None,
         }
     }
 }
@@ -91,11 +98,7 @@ pub fn from_checkpoint(
         }
     };
     let same_head = cfg.labels().ok().as_deref() == Some(labels);
-    cfg.id2label = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (i.to_string(), l.clone()))
-        .collect();
+    cfg.id2label = id2label(labels);
     // Keep only ViT keys of the encoder (an MAE checkpoint's decoder is dropped, a bare ViT
     // has no `vit.` prefix); the head stays as initialised unless the classes are the same.
     let names = hub::safetensors_header(&hub::weight_files(folder)?[0])?;
@@ -115,6 +118,36 @@ pub fn from_checkpoint(
         &["classifier"],
     )?;
     Ok((model, cfg))
+}
+
+/// `id2label` for class names in id order.
+pub fn id2label(labels: &[String]) -> std::collections::BTreeMap<String, String> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), l.clone()))
+        .collect()
+}
+
+/// An EfficientNet classifier for `labels` from checkpoint `folder`: its head stays when the
+/// classes are the checkpoint's; otherwise a new head for these classes replaces it.
+pub fn efficientnet_from_checkpoint(
+    folder: &Path,
+    labels: &[String],
+    device: &Device,
+) -> Result<EfficientNetClassifier> {
+    let (mut model, mut config) = EfficientNetForImageClassification::load(folder, device)?;
+    if config.labels().ok().as_deref() != Some(labels) {
+        config.id2label = id2label(labels);
+        model.classifier = crate::nn::encoder::linear(
+            config.hidden_dim,
+            labels.len(),
+            true,
+            config.initializer_range,
+            device,
+        );
+    }
+    Ok(EfficientNetClassifier { model, config })
 }
 
 /// The class-token features (after the encoder's final norm) of preprocessed images.
@@ -174,16 +207,7 @@ pub fn linear_probe(
 }
 
 /// Per-step information.
-pub struct ClassifierStep {
-    /// Step index, from 0.
-    pub step: usize,
-    /// Cross-entropy of the step.
-    pub loss: f32,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Images per second.
-    pub samples_per_s: f64,
-}
+pub type ClassifierStep = StepReport;
 
 /// A network [`train`] can train: its logits and how it saves itself (in the HF layout).
 pub trait Classifier: burn::module::Module + Sized {
@@ -191,6 +215,8 @@ pub trait Classifier: burn::module::Module + Sized {
     fn logits(&self, pixels: Tensor<4>) -> Tensor<2>;
     /// Writes the model (config.json and weights) to `folder`.
     fn save_to(&self, folder: &Path) -> Result<()>;
+    /// The device its parameters live on.
+    fn device(&self) -> Device;
 }
 
 /// A ViT classifier with its config.
@@ -213,9 +239,80 @@ pub struct EfficientNetClassifier {
     pub config: EfficientNetConfig,
 }
 
+/// Supervised classification's step: cross-entropy with label smoothing, optionally on mixed
+/// images (mixup).
+struct ClassifierFamily<'a, M> {
+    processor: &'a ImageProcessor,
+    labels: &'a [String],
+    cfg: &'a ClassifierTrainConfig,
+    loss: CrossEntropyLoss,
+    model: std::marker::PhantomData<M>,
+}
+
+impl<M: Classifier> TrainStep for ClassifierFamily<'_, M> {
+    type Models = M;
+
+    fn settings(&self) -> serde_json::Value {
+        let cfg = self.cfg;
+        json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
+            "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup,
+            "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip})
+    }
+
+    fn optimizers(&self, model: &M) -> Vec<Optim> {
+        let cfg = self.cfg;
+        vec![Optim::new(
+            "model",
+            super::adamw(model, cfg.weight_decay),
+            cfg.lr,
+        )]
+    }
+
+    fn device(&self, model: &M) -> Device {
+        model.device()
+    }
+
+    fn processor(&self) -> &ImageProcessor {
+        self.processor
+    }
+
+    fn step(&mut self, model: M, batch: Batch, ctx: &mut StepContext) -> Result<(M, StepOutput)> {
+        let f = &*self;
+        let n = batch.len();
+        let ys = batch
+            .texts
+            .iter()
+            .map(|label| Ok(class_of(f.labels, label)? as i64))
+            .collect::<Result<Vec<i64>>>()?;
+        let pixels = batch_tensor(batch.images, ctx.device)?;
+        let reversed: Vec<i64> = ys.iter().rev().copied().collect();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [n]), ctx.device);
+        let loss = if f.cfg.mixup > 0.0 && n > 1 {
+            let mut rng = crate::data::shapes::SplitMix64::new(ctx.seed(999));
+            let lam = crate::data::augment::beta_symmetric(f.cfg.mixup, &mut rng);
+            let mixed = pixels.clone() * lam + pixels.flip([0]) * (1.0 - lam);
+            let logits = model.logits(mixed);
+            let y2 = Tensor::<1, Int>::from_data(TensorData::new(reversed, [n]), ctx.device);
+            f.loss.forward(logits.clone(), y) * lam + f.loss.forward(logits, y2) * (1.0 - lam)
+        } else {
+            f.loss.forward(model.logits(pixels), y)
+        };
+        let value: f32 = loss.clone().into_scalar();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = ctx.update("model", model, grads)?;
+        Ok((model, StepOutput::loss(value)))
+    }
+
+    fn save(&self, model: &M, dir: &Path) -> Result<()> {
+        model.save_to(dir)?;
+        self.processor.save(dir)
+    }
+}
+
 /// Fine-tunes (or trains from scratch) `model` on labelled samples (the caption is the label),
-/// with label smoothing, checkpoints and exact resume as the other training loops.
-#[allow(clippy::too_many_arguments)]
+/// with label smoothing, checkpoints and exact resume as the other training loops. The
+/// checkpoints carry `processor`, the preprocessing the model is trained with.
 pub fn train<'a, M: Classifier>(
     model: M,
     processor: &ImageProcessor,
@@ -224,124 +321,40 @@ pub fn train<'a, M: Classifier>(
     cfg: &ClassifierTrainConfig,
     mut on_step: impl FnMut(&ClassifierStep, &M) -> bool,
 ) -> Result<(M, Vec<(usize, f32)>)> {
-    let mut data = data.into();
-    if cfg.batch_size == 0 {
-        return Err(Error::InvalidInput("--batch-size must be positive".into()));
-    }
-    let mut model = super::stable_param_ids(model);
-    let settings = json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
-        "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup,
-        "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip});
-    let (mut state, mut optim) = checkpoint::start(
-        cfg.resume_from.as_deref(),
-        super::adamw(&model, cfg.weight_decay),
-        cfg.seed,
-        settings,
-    )?;
-    let device = first_param_device(&model)
-        .ok_or_else(|| Error::InvalidInput("the model has no parameters".into()))?;
-    let loss_fn = CrossEntropyLossConfig::new()
+    let loss = CrossEntropyLossConfig::new()
         .with_smoothing((cfg.label_smoothing > 0.0).then_some(cfg.label_smoothing as f32))
-        .init(&device);
-    data.skip(state.step * cfg.batch_size)?;
-    let save = |model: &M, optim: &burn::optim::ModuleOptimizer, state: &RunState| match &cfg
-        .checkpoint_dir
-    {
-        Some(dir) => checkpoint::save(
-            dir,
-            |tmp| {
-                model.save_to(tmp)?;
-                let bytes =
-                    serde_json::to_vec(&processor_json(processor)).expect("processor serialises");
-                hub::write_atomic(&tmp.join("preprocessor_config.json"), &bytes)
-            },
-            optim,
-            state,
-        ),
-        None => Ok(()),
+        .init(&model.device());
+    let mut family = ClassifierFamily {
+        processor,
+        labels,
+        cfg,
+        loss,
+        model: std::marker::PhantomData,
     };
-    while state.step < cfg.steps {
-        let step = state.step;
-        let t0 = Instant::now();
-        let loaded = next_batch(
-            &mut data,
-            step,
-            cfg.batch_size,
-            cfg.seed,
-            &cfg.augment,
-            processor,
-        )?;
-        state.skipped += loaded.iter().filter(|l| l.is_none()).count();
-        let mut items = Vec::new();
-        let mut ys = Vec::new();
-        for (px, label) in loaded.into_iter().flatten() {
-            ys.push(class_of(labels, &label)? as i64);
-            items.push(px);
-        }
-        if items.is_empty() {
-            state.step += 1;
-            continue;
-        }
-        let n = items.len();
-        let pixels = batch_tensor(items, &device)?;
-        let reversed: Vec<i64> = ys.iter().rev().copied().collect();
-        let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [n]), &device);
-        let loss = if cfg.mixup > 0.0 && n > 1 {
-            let mut rng =
-                crate::data::shapes::SplitMix64::new(super::data::step_seed(cfg.seed, step, 999));
-            let lam = crate::data::augment::beta_symmetric(cfg.mixup, &mut rng);
-            let mixed = pixels.clone() * lam + pixels.flip([0]) * (1.0 - lam);
-            let logits = model.logits(mixed);
-            let y2 = Tensor::<1, Int>::from_data(TensorData::new(reversed, [n]), &device);
-            loss_fn.forward(logits.clone(), y) * lam + loss_fn.forward(logits, y2) * (1.0 - lam)
-        } else {
-            loss_fn.forward(model.logits(pixels), y)
-        };
-        let loss_value: f32 = loss.clone().into_scalar();
-        if !loss_value.is_finite() {
-            return Err(Error::InvalidInput(format!(
-                "the loss became {loss_value} at step {step}; lower --lr"
-            )));
-        }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        super::clip_global_norm(&model, &mut grads, cfg.max_grad_norm);
-        let lr = super::warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps);
-        model = optim.step(lr, model, grads);
-        state.losses.push((step, loss_value));
-        state.step += 1;
-        let go_on = on_step(
-            &ClassifierStep {
-                step,
-                loss: loss_value,
-                lr,
-                samples_per_s: n as f64 / t0.elapsed().as_secs_f64(),
-            },
-            &model,
-        );
-        if checkpoint::due(state.step, cfg.steps, cfg.checkpoint_every, !go_on) {
-            save(&model, &optim, &state)?;
-        }
-        if !go_on {
-            break;
-        }
-    }
-    Ok((model, state.losses))
+    let model = super::stable_param_ids(model);
+    let (model, report) = engine::run(&mut family, model, data, &cfg.run(), &mut on_step)?;
+    Ok((model, report.losses))
 }
 
-/// The device of a module's first float parameter.
-fn first_param_device<M: burn::module::Module>(m: &M) -> Option<Device> {
-    struct First(Option<Device>);
-    impl burn::module::ModuleVisitor for First {
-        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-            if self.0.is_none() {
-                self.0 = Some(p.val().device());
-            }
+impl ClassifierTrainConfig {
+    /// The run's settings for the engine.
+    pub fn run(&self) -> RunConfig {
+        RunConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            warmup: self.warmup,
+            max_grad_norm: self.max_grad_norm,
+            accumulate: 1,
+            seed: self.seed,
+            augment: self.augment,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            resume_from: self.resume_from.clone(),
+            metrics: self.metrics.clone(),
+            stop: self.stop.clone(),
+            ..RunConfig::default()
         }
     }
-    let mut v = First(None);
-    m.visit(&mut v);
-    v.0
 }
 
 impl Classifier for VitClassifier {
@@ -349,8 +362,14 @@ impl Classifier for VitClassifier {
         self.model.forward(pixels)
     }
 
+    fn device(&self) -> Device {
+        self.model.classifier.weight.val().device()
+    }
+
     fn save_to(&self, folder: &Path) -> Result<()> {
-        self.model.save(&self.config, folder)
+        // `valid()` folds the last batch-norm update into the running statistics; a module
+        // saved as it is would write them one training step stale.
+        self.model.valid().save(&self.config, folder)
     }
 }
 
@@ -359,22 +378,13 @@ impl Classifier for EfficientNetClassifier {
         self.model.forward(pixels)
     }
 
-    fn save_to(&self, folder: &Path) -> Result<()> {
-        self.model.save(&self.config, folder)
+    fn device(&self) -> Device {
+        self.model.classifier.weight.val().device()
     }
-}
-/// preprocessor_config.json for a processor (as transformers' ViTImageProcessor reads it).
-pub fn processor_json(p: &ImageProcessor) -> serde_json::Value {
-    let (mean, std) = p.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
-    let size = match p.resize {
-        Some(crate::data::Size::Exact { height, width }) => {
-            json!({"height": height, "width": width})
-        }
-        Some(crate::data::Size::ShortestEdge(s)) => json!({"shortest_edge": s}),
-        None => json!(null),
-    };
-    json!({"image_processor_type": "ViTImageProcessor", "do_resize": p.resize.is_some(),
-           "size": size, "resample": p.resample.pil_code(), "do_rescale": p.rescale.is_some(),
-           "rescale_factor": p.rescale.unwrap_or(1.0), "do_normalize": p.normalize.is_some(),
-           "image_mean": mean, "image_std": std})
+
+    fn save_to(&self, folder: &Path) -> Result<()> {
+        // `valid()` folds the last batch-norm update into the running statistics; a module
+        // saved as it is would write them one training step stale.
+        self.model.valid().save(&self.config, folder)
+    }
 }

@@ -1,21 +1,24 @@
 //! Training CLIP and SigLIP models on captioned images.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use serde_json::json;
 
-use super::checkpoint::{self, RunState};
 pub use super::data::{TrainData, batch_indices};
-use super::data::{next_batch, step_seed};
+use super::engine::{
+    self, Batch, Optim, RunConfig, RunReport, StepContext, StepOutput, StepReport, TrainStep,
+};
 use crate::data::augment::Augment;
-use crate::data::processor::batch_tensor;
+use crate::data::captions::Sample;
+use crate::data::processor::{ImageProcessor, batch_tensor};
 use crate::hub;
 use crate::models::clip::{ClipConfig, ClipModel};
 use crate::models::siglip::{SiglipConfig, SiglipModel};
 use crate::pipeline::ImageText;
-use crate::pipeline::image_text::Family;
+use crate::pipeline::image_text::{Family, Towers};
 use crate::text::train_word_tokenizer;
 use crate::{Error, Result};
 
@@ -55,6 +58,28 @@ pub struct TrainConfig {
     pub resume_from: Option<PathBuf>,
     /// Random crops and flips of the training images.
     pub augment: Augment,
+    /// Pairs whose captions are identical are positives of each other (multi-positive softmax
+    /// targets, +1 sigmoid labels); false: every pair but its own is a negative.
+    pub same_caption_positives: bool,
+    /// Zero-shot validation every `val_every` steps.
+    pub val: Option<Validation>,
+    /// Validate every this many steps (0: never during the run).
+    pub val_every: usize,
+    /// Where each step's metrics line goes (`metrics.jsonl`).
+    pub metrics: Option<PathBuf>,
+    /// Set to stop after the current step (with a checkpoint).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Zero-shot validation during training: labelled samples and the prompt templates.
+#[derive(Clone, Debug)]
+pub struct Validation {
+    /// Labelled images.
+    pub samples: Vec<Sample>,
+    /// The column of a sample's `extra` that holds its label.
+    pub label_column: String,
+    /// Prompt templates, `{}` for the label.
+    pub templates: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -76,6 +101,32 @@ impl Default for TrainConfig {
             checkpoint_dir: None,
             resume_from: None,
             augment: Augment::default(),
+            same_caption_positives: true,
+            val: None,
+            val_every: 0,
+            metrics: None,
+            stop: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The run's settings for the engine.
+    pub fn run(&self) -> RunConfig {
+        RunConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            warmup: self.warmup,
+            max_grad_norm: self.max_grad_norm,
+            accumulate: 1,
+            seed: self.seed,
+            augment: self.augment,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            resume_from: self.resume_from.clone(),
+            val_every: self.val_every,
+            metrics: self.metrics.clone(),
+            stop: self.stop.clone(),
         }
     }
 }
@@ -182,8 +233,7 @@ pub fn init_folder(
 
     // The device's generator is shared: hold it while seeding and drawing the initial weights,
     // so that concurrent initialisations cannot interleave and a seed means one model.
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = engine::device_rng();
     let device = Device::flex();
     device.seed(seed);
     let vision = json!({"hidden_size": vd, "intermediate_size": 4 * vd, "num_hidden_layers": vl,
@@ -207,29 +257,381 @@ pub fn init_folder(
     }
 }
 
-/// What a training run measured.
-#[derive(Clone, Debug)]
-pub struct TrainReport {
-    /// `(step, loss)` for every step of the run, including those before a resume.
-    pub losses: Vec<(usize, f32)>,
-    /// Training samples per second (median over steps after the first).
-    pub samples_per_s: f64,
-    /// Samples skipped because their image could not be read.
-    pub skipped: usize,
+/// The contrastive losses a run can train with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    /// CLIP's symmetric softmax cross-entropy.
+    Softmax,
+    /// SigLIP's pairwise sigmoid loss.
+    Sigmoid,
+    /// The sigmoid loss computed in chunks, as across devices.
+    SigmoidChunked,
 }
 
+impl LossKind {
+    /// The family's own loss.
+    pub fn default_for(family: Family) -> Self {
+        match family {
+            Family::Clip => LossKind::Softmax,
+            Family::Siglip => LossKind::Sigmoid,
+        }
+    }
+
+    /// The number of loss chunks ([`TrainConfig::loss_chunks`]) of this loss for `family`
+    /// with `devices` simulated devices and batches of `batch_size`; an error when the loss
+    /// does not fit the family or the batch does not split into the devices.
+    pub fn chunks(self, family: Family, devices: usize, batch_size: usize) -> Result<usize> {
+        let chunks = match (family, self) {
+            (Family::Clip, LossKind::Softmax) | (Family::Siglip, LossKind::Sigmoid) => 1,
+            (Family::Siglip, LossKind::SigmoidChunked) => devices.max(1),
+            _ => return Err(Error::InvalidInput(
+                "--loss does not fit the model: CLIP trains with softmax, SigLIP with sigmoid or sigmoid-chunked".into(),
+            )),
+        };
+        check_chunks(batch_size, chunks)?;
+        Ok(chunks)
+    }
+}
+
+/// Each simulated device of the chunked loss holds an equal share of the batch.
+fn check_chunks(batch_size: usize, chunks: usize) -> Result<()> {
+    if chunks > 1 && !batch_size.is_multiple_of(chunks) {
+        return Err(Error::InvalidInput(format!(
+            "--batch-size {batch_size} is not a multiple of --devices {chunks}"
+        )));
+    }
+    Ok(())
+}
+
+/// The default peak learning rate of a family trained from scratch on small data: 2e-3 for
+/// CLIP, 1e-3 for SigLIP.
+pub fn default_lr(family: Family) -> f64 {
+    match family {
+        Family::Clip => 2e-3,
+        Family::Siglip => 1e-3,
+    }
+}
+
+/// The captions a new tokenizer learns its words from: those of `samples`, or the first
+/// 10,000 of the WebDataset shards `shards` when streaming.
+pub fn tokenizer_captions(
+    samples: &[Sample],
+    shards: Option<&Path>,
+    seed: u64,
+) -> Result<Vec<String>> {
+    match shards {
+        Some(pattern) => {
+            let mut first = crate::data::webdataset::ShardStream::open(pattern, 1, seed)?;
+            (0..10_000)
+                .map(|_| first.next_sample().map(|s| s.caption))
+                .collect()
+        }
+        None => Ok(samples.iter().map(|s| s.caption.clone()).collect()),
+    }
+}
+
+/// What a training run measured.
+pub type TrainReport = RunReport;
+
 /// Per-step callback information.
-pub struct StepInfo {
-    /// Step index, from 0.
-    pub step: usize,
-    /// Loss of the step.
-    pub loss: f32,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Samples per second of this step.
-    pub samples_per_s: f64,
+pub type StepInfo = StepReport;
+
+/// The family's loss of unit-length embeddings of matching pairs; `live_scale` false detaches
+/// the temperature (and bias) so that they get no gradient from this loss.
+fn embeds_loss(
+    towers: &Towers,
+    img: Tensor<2>,
+    txt: Tensor<2>,
+    chunks: usize,
+    live_scale: bool,
+    groups: &[usize],
+) -> Result<Tensor<1>> {
+    use crate::loss::{clip_loss_grouped, siglip_loss_chunked_grouped, siglip_loss_grouped};
+    let live = |p: Tensor<1>| if live_scale { p } else { p.detach() };
+    match towers {
+        Towers::Clip(m) => clip_loss_grouped(img, txt, live(m.logit_scale.val()), groups),
+        Towers::Siglip(m) => {
+            let (scale, bias) = (live(m.logit_scale.val()), live(m.logit_bias.val()));
+            if chunks > 1 {
+                siglip_loss_chunked_grouped(img, txt, scale, bias, chunks, groups)
+            } else {
+                siglip_loss_grouped(img, txt, scale, bias, groups)
+            }
+        }
+    }
+}
+
+/// The loss groups of a batch's captions: identical captions share a group when
+/// `same_caption_positives`, otherwise every pair is its own.
+pub fn caption_groups(captions: &[String], same_caption_positives: bool) -> Vec<usize> {
+    if same_caption_positives {
+        crate::loss::text_groups(captions)
+    } else {
+        (0..captions.len()).collect()
+    }
+}
+
+/// The family's training loss on a batch of matching pairs, every other pair a negative:
+/// CLIP's symmetric softmax cross-entropy or SigLIP's pairwise sigmoid loss (`chunks` > 1: its
+/// chunked form).
+pub fn contrastive_loss(
+    model: &ImageText,
+    pixels: Tensor<4>,
+    ids: Tensor<2, Int>,
+    chunks: usize,
+) -> Result<Tensor<1>> {
+    let groups: Vec<usize> = (0..pixels.dims()[0]).collect();
+    let img = model.image_embeds(pixels);
+    let txt = model.text_embeds(ids);
+    embeds_loss(&model.towers, img, txt, chunks, true, &groups)
+}
+
+/// How [`accumulated_grads`] computes a batch's loss.
+#[derive(Clone, Copy, Debug)]
+pub struct LossSpec<'a> {
+    /// GradCache micro-batches.
+    pub micro: usize,
+    /// Chunks of the chunked sigmoid loss (1: dense).
+    pub chunks: usize,
+    /// LiT: the image tower's embeddings are detached (it stays as it is).
+    pub lock_image: bool,
+    /// The text tower's embeddings are detached.
+    pub lock_text: bool,
+    /// Each pair's group: pairs of one group are positives of each other.
+    pub groups: &'a [usize],
+}
+
+/// The loss of a batch and its gradients computed in `micro` micro-batches, the GradCache way
+/// open_clip's `--accum-freq` works: the embeddings of the whole batch are computed first
+/// without a graph; then each micro-batch is embedded again with one, and the loss over the
+/// whole batch (all negatives) is back-propagated through that micro-batch only. The
+/// temperature and bias take their gradient from the first pass alone, so the summed
+/// gradients equal the full batch's. `reseed(j)` is called before each embedding of
+/// micro-batch `j`, so that random draws (patch dropout) are the same both times.
+pub fn accumulated_grads(
+    model: &ImageText,
+    pixels: Tensor<4>,
+    ids: Tensor<2, Int>,
+    spec: &LossSpec,
+    reseed: impl Fn(usize),
+) -> Result<(f32, GradientsParams)> {
+    let LossSpec {
+        chunks,
+        lock_image,
+        lock_text,
+        groups,
+        ..
+    } = *spec;
+    let n = pixels.dims()[0];
+    let micro = spec.micro.clamp(1, n.max(1));
+    let bounds: Vec<(usize, usize)> = (0..micro)
+        .map(|j| (j * n / micro, (j + 1) * n / micro))
+        .filter(|(a, b)| b > a)
+        .collect();
+    if bounds.len() == 1 {
+        // One micro-batch: no cache to build, a single forward and backward.
+        reseed(0);
+        let (mut img, mut txt) = (model.image_embeds(pixels), model.text_embeds(ids));
+        if lock_image {
+            img = img.detach();
+        }
+        if lock_text {
+            txt = txt.detach();
+        }
+        let loss = embeds_loss(&model.towers, img, txt, chunks, true, groups)?;
+        let loss_value = loss.clone().into_scalar();
+        return Ok((
+            loss_value,
+            GradientsParams::from_grads(loss.backward(), &model.towers),
+        ));
+    }
+    let part4 = |t: &Tensor<4>, (a, b): (usize, usize)| t.clone().slice(a..b);
+    let part2 = |t: &Tensor<2, Int>, (a, b): (usize, usize)| t.clone().slice(a..b);
+    let mut cached_img = Vec::new();
+    let mut cached_txt = Vec::new();
+    for (j, &r) in bounds.iter().enumerate() {
+        reseed(j);
+        cached_img.push(model.image_embeds(part4(&pixels, r)).detach());
+        cached_txt.push(model.text_embeds(part2(&ids, r)).detach());
+    }
+    let mut total: Option<GradientsParams> = None;
+    let mut loss_value = f32::NAN;
+    for (j, &r) in bounds.iter().enumerate() {
+        reseed(j);
+        let mut img = cached_img.clone();
+        let mut txt = cached_txt.clone();
+        if !lock_image {
+            img[j] = model.image_embeds(part4(&pixels, r));
+        }
+        if !lock_text {
+            txt[j] = model.text_embeds(part2(&ids, r));
+        }
+        let loss = embeds_loss(
+            &model.towers,
+            Tensor::cat(img, 0),
+            Tensor::cat(txt, 0),
+            chunks,
+            j == 0,
+            groups,
+        )?;
+        if j == 0 {
+            loss_value = loss.clone().into_scalar();
+        }
+        let g = GradientsParams::from_grads(loss.backward(), &model.towers);
+        total = Some(match total {
+            None => g,
+            Some(sum) => {
+                let mut acc = GradientsAccumulator::new();
+                acc.accumulate(&model.towers, sum);
+                acc.accumulate(&model.towers, g);
+                acc.grads()
+            }
+        });
+    }
+    Ok((loss_value, total.unwrap_or_default()))
+}
+
+/// Every parameter's gradient by transformers' name, in PyTorch's layout.
+pub fn named_grads(
+    model: &ImageText,
+    grads: &burn::tensor::Gradients,
+) -> BTreeMap<String, (Vec<f32>, Vec<usize>)> {
+    match &model.towers {
+        Towers::Clip(m) => super::named_grads(m, grads),
+        Towers::Siglip(m) => super::named_grads(m, grads),
+    }
+}
+
+/// [`named_grads`] of gradients gathered by parameter.
+pub fn named_param_grads(
+    model: &ImageText,
+    grads: &GradientsParams,
+) -> BTreeMap<String, (Vec<f32>, Vec<usize>)> {
+    match &model.towers {
+        Towers::Clip(m) => super::grads::named_param_grads(m, grads),
+        Towers::Siglip(m) => super::grads::named_param_grads(m, grads),
+    }
+}
+
+/// Sets FLIP patch dropout: the share of image patches dropped in training steps.
+pub fn set_patch_dropout(model: &mut ImageText, p: f64) {
+    match &mut model.towers {
+        Towers::Clip(m) => m.vision_model.patch_dropout = p,
+        Towers::Siglip(m) => m.vision_model.patch_dropout = p,
+    }
+}
+
+/// Sets the seed of the next random draw of patch dropout (each draw advances it).
+fn set_draw_seed(towers: &Towers, seed: u64) {
+    match towers {
+        Towers::Clip(m) => m.vision_model.draws.set(seed),
+        Towers::Siglip(m) => m.vision_model.draws.set(seed),
+    }
+}
+
+/// Whether the forward pass draws from the device's generator in training (attention dropout
+/// set in the config).
+fn draws_from_device(model: &ImageText) -> bool {
+    ["text_config", "vision_config"].iter().any(|tower| {
+        model.config()[tower]["attention_dropout"]
+            .as_f64()
+            .is_some_and(|p| p > 0.0)
+    })
+}
+
+/// CLIP's and SigLIP's step: the contrastive loss of a batch (GradCache micro-batches, the
+/// chunked sigmoid loss, locked towers, patch dropout), one optimiser over both towers.
+struct ContrastiveFamily<'a> {
+    cfg: &'a TrainConfig,
+    processor: ImageProcessor,
+    device_draws: bool,
+}
+
+impl TrainStep for ContrastiveFamily<'_> {
+    type Models = ImageText;
+
+    fn settings(&self) -> serde_json::Value {
+        let cfg = self.cfg;
+        json!({
+            "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup": cfg.warmup,
+            "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
+            "loss_chunks": cfg.loss_chunks, "lock_image": cfg.lock_image, "lock_text": cfg.lock_text,
+            "patch_dropout": cfg.patch_dropout, "accum_freq": cfg.accum_freq,
+            "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip,
+            "same_caption_positives": cfg.same_caption_positives,
+        })
+    }
+
+    fn optimizers(&self, model: &ImageText) -> Vec<Optim> {
+        let adamw = super::adamw(&model.towers, self.cfg.weight_decay);
+        vec![Optim::new("model", adamw, self.cfg.lr)]
+    }
+
+    fn device(&self, model: &ImageText) -> Device {
+        model.device().clone()
+    }
+
+    fn processor(&self) -> &ImageProcessor {
+        &self.processor
+    }
+
+    fn min_batch(&self) -> usize {
+        self.cfg.loss_chunks.max(2)
+    }
+
+    fn device_draws(&self, _model: &ImageText) -> bool {
+        // Patch dropout draws from the model's own seed; attention dropout from the device.
+        self.device_draws
+    }
+
+    fn step(
+        &mut self,
+        mut model: ImageText,
+        batch: Batch,
+        ctx: &mut StepContext,
+    ) -> Result<(ImageText, StepOutput)> {
+        let cfg = self.cfg;
+        // The chunked loss needs a batch divisible by its devices; drop the remainder.
+        let keep = batch.len() - batch.len() % cfg.loss_chunks.max(1);
+        let pixels = batch_tensor(batch.images[..keep].to_vec(), ctx.device)?;
+        let ids = model.tokenize(&batch.texts[..keep])?;
+        let device_draws = self.device_draws;
+        let groups = caption_groups(&batch.texts[..keep], cfg.same_caption_positives);
+        let spec = LossSpec {
+            micro: cfg.accum_freq,
+            chunks: cfg.loss_chunks,
+            lock_image: cfg.lock_image,
+            lock_text: cfg.lock_text,
+            groups: &groups,
+        };
+        let (loss, grads) = accumulated_grads(&model, pixels, ids, &spec, |j| {
+            set_draw_seed(&model.towers, ctx.seed(j));
+            // Attention dropout, when the config asks for it, draws from the device.
+            if device_draws {
+                ctx.device.seed(ctx.seed(j));
+            }
+        })?;
+        model.towers = ctx.update("model", model.towers, grads)?;
+        Ok((model, StepOutput::loss(loss)))
+    }
+
+    fn save(&self, model: &ImageText, dir: &Path) -> Result<()> {
+        model.save(dir)
+    }
+
+    fn validate(&mut self, model: &ImageText) -> Result<Option<serde_json::Value>> {
+        let Some(val) = &self.cfg.val else {
+            return Ok(None);
+        };
+        let r = crate::eval::zero_shot_eval(
+            &model.valid(),
+            &val.samples,
+            &val.label_column,
+            &val.templates,
+            64,
+        )?;
+        Ok(Some(json!({"top1": r["top1"], "top5": r["top5"]})))
+    }
 }
 
 /// Trains `model` (on an autodiff device) on `samples`; `on_step` hears about every step with
@@ -242,21 +644,6 @@ pub fn train<'a>(
     cfg: &TrainConfig,
     mut on_step: impl FnMut(&StepInfo, &ImageText) -> bool,
 ) -> Result<(ImageText, TrainReport)> {
-    let mut data = data.into();
-    if cfg.batch_size < 2 {
-        return Err(Error::InvalidInput(
-            "--batch-size must be at least 2 for a contrastive loss".into(),
-        ));
-    }
-    if let TrainData::Samples(samples) = &data
-        && samples.len() < cfg.batch_size
-    {
-        return Err(Error::InvalidInput(format!(
-            "{} samples are fewer than one batch of {}",
-            samples.len(),
-            cfg.batch_size
-        )));
-    }
     if cfg.lock_image && cfg.lock_text {
         return Err(Error::InvalidInput(
             "locking both towers leaves nothing to train".into(),
@@ -274,119 +661,27 @@ pub fn train<'a>(
             cfg.accum_freq, cfg.batch_size
         )));
     }
-    let mut model = model.with_stable_param_ids();
-    model.set_patch_dropout(cfg.patch_dropout);
-    let device = model.device().clone();
-    let settings = json!({
-        "steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "warmup": cfg.warmup,
-        "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
-        "loss_chunks": cfg.loss_chunks, "lock_image": cfg.lock_image, "lock_text": cfg.lock_text,
-        "patch_dropout": cfg.patch_dropout, "accum_freq": cfg.accum_freq,
-        "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip,
-    });
-    let (mut state, mut optim) = checkpoint::start(
-        cfg.resume_from.as_deref(),
-        model.optimizer(cfg.weight_decay),
-        cfg.seed,
-        settings,
-    )?;
-    let save =
-        |model: &ImageText, optim: &burn::optim::ModuleOptimizer, state: &RunState| match &cfg
-            .checkpoint_dir
-        {
-            Some(dir) => checkpoint::save(dir, |tmp| model.save(tmp), optim, state),
-            None => Ok(()),
-        };
-    let device_draws = model.draws_from_device();
-    let mut rates = Vec::new();
-    let first = state.step;
-    // A stream resumes where the run stood by reading past what it already used.
-    data.skip(first * cfg.batch_size)?;
-    let stream_skipped = match &data {
-        TrainData::Shards(s) => s.skipped,
-        TrainData::Samples(_) => 0,
-    };
-    while state.step < cfg.steps {
-        let step = state.step;
-        let t0 = Instant::now();
-        let loaded = next_batch(
-            &mut data,
-            step,
-            cfg.batch_size,
-            cfg.seed,
-            &cfg.augment,
-            &model.processor,
-        )?;
-        state.skipped += loaded.iter().filter(|l| l.is_none()).count();
-        let (items, captions): (Vec<_>, Vec<String>) = loaded.into_iter().flatten().unzip();
-        // The chunked loss needs a batch divisible by its devices; drop the remainder.
-        let keep = items.len() - items.len() % cfg.loss_chunks.max(1);
-        if keep < 2 {
-            state.step += 1;
-            continue;
-        }
-        let pixels = batch_tensor(items[..keep].to_vec(), &device)?;
-        let ids = model.tokenize(&captions[..keep])?;
-        let (loss_value, grads) = model.accumulated_grads(
-            pixels,
-            ids,
-            cfg.accum_freq,
-            cfg.loss_chunks,
-            cfg.lock_image,
-            cfg.lock_text,
-            |j| {
-                let seed = step_seed(cfg.seed, step, j);
-                model.set_draw_seed(seed);
-                // Attention dropout, when the config asks for it, draws from the device.
-                if device_draws {
-                    device.seed(seed);
-                }
-            },
-        );
-        if !loss_value.is_finite() {
-            return Err(Error::InvalidInput(format!(
-                "the loss became {loss_value} at step {step}; lower --lr"
-            )));
-        }
-        let lr = super::warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps);
-        let (next, norm) = model.step(&mut optim, lr, grads, cfg.max_grad_norm);
-        model = next;
-        let rate = keep as f64 / t0.elapsed().as_secs_f64();
-        if step > first {
-            rates.push(rate);
-        }
-        state.losses.push((step, loss_value));
-        state.step += 1;
-        let info = StepInfo {
-            step,
-            loss: loss_value,
-            lr,
-            grad_norm: norm,
-            samples_per_s: rate,
-        };
-        let go_on = on_step(&info, &model);
-        if checkpoint::due(state.step, cfg.steps, cfg.checkpoint_every, !go_on) {
-            model.set_patch_dropout(0.0);
-            save(&model, &optim, &state)?;
-            model.set_patch_dropout(cfg.patch_dropout);
-        }
-        if !go_on {
-            break;
-        }
+    check_chunks(cfg.batch_size, cfg.loss_chunks)?;
+    let data = data.into();
+    // A contrastive batch needs distinct pairs: a list shorter than a batch would repeat them.
+    if let TrainData::Samples(samples) = &data
+        && samples.len() < cfg.batch_size
+    {
+        return Err(Error::InvalidInput(format!(
+            "{} samples are fewer than one batch of {}",
+            samples.len(),
+            cfg.batch_size
+        )));
     }
-    model.set_patch_dropout(0.0);
-    rates.sort_by(f64::total_cmp);
-    let samples_per_s = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
-    Ok((
-        model,
-        TrainReport {
-            losses: state.losses,
-            samples_per_s,
-            skipped: state.skipped
-                + match &data {
-                    TrainData::Shards(s) => s.skipped - stream_skipped,
-                    TrainData::Samples(_) => 0,
-                },
-        },
-    ))
+    let mut model = model;
+    model.towers = super::stable_param_ids(model.towers);
+    set_patch_dropout(&mut model, cfg.patch_dropout);
+    let mut family = ContrastiveFamily {
+        cfg,
+        processor: model.processor.clone(),
+        device_draws: draws_from_device(&model),
+    };
+    let (mut model, report) = engine::run(&mut family, model, data, &cfg.run(), &mut on_step)?;
+    set_patch_dropout(&mut model, 0.0);
+    Ok((model, report))
 }

@@ -79,6 +79,14 @@ impl TrainData<'_> {
         }
         Ok(())
     }
+
+    /// Samples a stream skipped so far because they could not be read (0 for a list).
+    pub fn stream_skipped(&self) -> usize {
+        match self {
+            TrainData::Shards(s) => s.skipped,
+            TrainData::Samples(_) => 0,
+        }
+    }
 }
 
 /// The images (preprocessed, augmented with draws from the step's seed) and captions of step

@@ -8,8 +8,10 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde_json::json;
 
-use super::checkpoint::{self, RunState};
-use super::data::{TrainData, next_batch, step_seed};
+use super::data::TrainData;
+use super::engine::{
+    self, Batch, Optim, RunConfig, RunReport, StepContext, StepOutput, StepReport, TrainStep,
+};
 use crate::data::augment::Augment;
 use crate::data::captions::Sample;
 use crate::data::processor::{ImageProcessor, batch_tensor};
@@ -44,6 +46,10 @@ pub struct MaeTrainConfig {
     pub checkpoint_dir: Option<PathBuf>,
     /// Continue from this checkpoint folder (the model must be loaded from it).
     pub resume_from: Option<PathBuf>,
+    /// Where each step's metrics line goes (`metrics.jsonl`).
+    pub metrics: Option<PathBuf>,
+    /// Set to stop after the current step (with a checkpoint).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for MaeTrainConfig {
@@ -64,6 +70,8 @@ impl Default for MaeTrainConfig {
             checkpoint_every: 0,
             checkpoint_dir: None,
             resume_from: None,
+            metrics: None,
+            stop: None,
         }
     }
 }
@@ -123,8 +131,7 @@ pub fn init_folder(folder: &Path, config: &ViTMAEConfig, seed: u64) -> Result<()
             .to_string()
             .as_bytes(),
     )?;
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = engine::device_rng();
     let device = Device::flex();
     device.seed(seed);
     ViTMAEForPreTraining::new(config, &device).save(config, folder)
@@ -150,27 +157,68 @@ pub fn image_folder(dir: &Path) -> Result<Vec<Sample>> {
 }
 
 /// Per-step information.
-pub struct MaeStep {
-    /// Step index, from 0.
-    pub step: usize,
-    /// Masked-patch loss.
-    pub loss: f32,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Gradient norm (before clipping).
-    pub grad_norm: f64,
-    /// Images per second.
-    pub samples_per_s: f64,
-}
+pub type MaeStep = StepReport;
 
 /// What a run measured.
-pub struct MaeReport {
-    /// `(step, loss)` of every step, including those before a resume.
-    pub losses: Vec<(usize, f32)>,
-    /// Median images per second.
-    pub samples_per_s: f64,
-    /// Images that could not be read.
-    pub skipped: usize,
+pub type MaeReport = RunReport;
+
+/// MAE's step: mask a fresh share of each image's patches, lower the masked-patch loss.
+struct MaeFamily<'a> {
+    config: &'a ViTMAEConfig,
+    processor: &'a ImageProcessor,
+    cfg: &'a MaeTrainConfig,
+}
+
+impl TrainStep for MaeFamily<'_> {
+    type Models = ViTMAEForPreTraining;
+
+    fn settings(&self) -> serde_json::Value {
+        let cfg = self.cfg;
+        json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "mask_ratio": cfg.mask_ratio,
+            "max_grad_norm": cfg.max_grad_norm, "crop_scale": cfg.augment.min_scale,
+            "hflip": cfg.augment.hflip, "norm_pix_loss": self.config.norm_pix_loss})
+    }
+
+    fn optimizers(&self, model: &ViTMAEForPreTraining) -> Vec<Optim> {
+        let adamw = super::optim::adamw_betas(model, self.cfg.weight_decay, 0.95, 1e-8);
+        vec![Optim::new("model", adamw, self.cfg.lr)]
+    }
+
+    fn device(&self, model: &ViTMAEForPreTraining) -> Device {
+        model.vit.layernorm.gamma.val().device()
+    }
+
+    fn processor(&self) -> &ImageProcessor {
+        self.processor
+    }
+
+    fn device_draws(&self, _model: &ViTMAEForPreTraining) -> bool {
+        let vit = &self.config.vit;
+        vit.hidden_dropout_prob > 0.0 || vit.attention_probs_dropout_prob > 0.0
+    }
+
+    fn step(
+        &mut self,
+        model: ViTMAEForPreTraining,
+        batch: Batch,
+        ctx: &mut StepContext,
+    ) -> Result<(ViTMAEForPreTraining, StepOutput)> {
+        let n = batch.len();
+        let pixels = batch_tensor(batch.images, ctx.device)?;
+        let patches = self.config.num_patches();
+        let masking = Masking::random(n, patches, self.cfg.mask_ratio, ctx.seed(0));
+        let out = model.forward(pixels, &masking);
+        let loss: f32 = out.loss.clone().into_scalar();
+        let grads = GradientsParams::from_grads(out.loss.backward(), &model);
+        let model = ctx.update("model", model, grads)?;
+        Ok((model, StepOutput::loss(loss)))
+    }
+
+    fn save(&self, model: &ViTMAEForPreTraining, dir: &Path) -> Result<()> {
+        model.save(self.config, dir)?;
+        self.processor.save(dir)
+    }
 }
 
 /// Pre-trains `model` (on an autodiff device); `on_step` hears every step and may stop the run.
@@ -183,10 +231,6 @@ pub fn train<'a>(
     cfg: &MaeTrainConfig,
     mut on_step: impl FnMut(&MaeStep) -> bool,
 ) -> Result<(ViTMAEForPreTraining, MaeReport)> {
-    let mut data = data.into();
-    if cfg.batch_size == 0 {
-        return Err(Error::InvalidInput("--batch-size must be positive".into()));
-    }
     if !(0.0..1.0).contains(&cfg.mask_ratio) {
         return Err(Error::InvalidInput(format!(
             "--mask-ratio {} must be in [0, 1)",
@@ -200,108 +244,34 @@ pub fn train<'a>(
             cfg.mask_ratio
         )));
     }
-    let mut model = super::stable_param_ids(model);
-    let settings = json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "mask_ratio": cfg.mask_ratio,
-        "max_grad_norm": cfg.max_grad_norm, "crop_scale": cfg.augment.min_scale,
-        "hflip": cfg.augment.hflip, "norm_pix_loss": config.norm_pix_loss});
-    let (mut state, mut optim) = checkpoint::start(
-        cfg.resume_from.as_deref(),
-        super::optim::adamw_betas(&model, cfg.weight_decay, 0.95, 1e-8),
-        cfg.seed,
-        settings,
-    )?;
-    let device = model.vit.layernorm.gamma.val().device();
-    let save = |model: &ViTMAEForPreTraining,
-                optim: &burn::optim::ModuleOptimizer,
-                state: &RunState| match &cfg.checkpoint_dir {
-        Some(dir) => checkpoint::save(
-            dir,
-            |tmp| {
-                model.save(config, tmp)?;
-                hub::write_atomic(
-                    &tmp.join("preprocessor_config.json"),
-                    preprocessor_json(config.vit.image_size)
-                        .to_string()
-                        .as_bytes(),
-                )
-            },
-            optim,
-            state,
-        ),
-        None => Ok(()),
+    let mut family = MaeFamily {
+        config,
+        processor,
+        cfg,
     };
-    data.skip(state.step * cfg.batch_size)?;
-    let first = state.step;
-    let mut rates = Vec::new();
-    while state.step < cfg.steps {
-        let step = state.step;
-        let t0 = Instant::now();
-        let loaded = next_batch(
-            &mut data,
-            step,
-            cfg.batch_size,
-            cfg.seed,
-            &cfg.augment,
-            processor,
-        )?;
-        state.skipped += loaded.iter().filter(|l| l.is_none()).count();
-        let items: Vec<_> = loaded.into_iter().flatten().map(|(p, _)| p).collect();
-        if items.is_empty() {
-            state.step += 1;
-            continue;
-        }
-        let n = items.len();
-        let pixels = batch_tensor(items, &device)?;
-        let masking = Masking::random(n, patches, cfg.mask_ratio, step_seed(cfg.seed, step, 0));
-        let out = model.forward(pixels, &masking);
-        let loss_value: f32 = out.loss.clone().into_scalar();
-        if !loss_value.is_finite() {
-            return Err(Error::InvalidInput(format!(
-                "the loss became {loss_value} at step {step}; lower --lr"
-            )));
-        }
-        let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
-        let norm = super::clip_global_norm(
-            &model,
-            &mut grads,
-            if cfg.max_grad_norm > 0.0 {
-                cfg.max_grad_norm
-            } else {
-                f64::INFINITY
-            },
-        );
-        let lr = super::warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps);
-        model = optim.step(lr, model, grads);
-        let rate = n as f64 / t0.elapsed().as_secs_f64();
-        if step > first {
-            rates.push(rate);
-        }
-        state.losses.push((step, loss_value));
-        state.step += 1;
-        let go_on = on_step(&MaeStep {
-            step,
-            loss: loss_value,
-            lr,
-            grad_norm: norm,
-            samples_per_s: rate,
-        });
-        if checkpoint::due(state.step, cfg.steps, cfg.checkpoint_every, !go_on) {
-            save(&model, &optim, &state)?;
-        }
-        if !go_on {
-            break;
+    let model = super::stable_param_ids(model);
+    engine::run(&mut family, model, data, &cfg.run(), |s, _| on_step(s))
+}
+
+impl MaeTrainConfig {
+    /// The run's settings for the engine.
+    pub fn run(&self) -> RunConfig {
+        RunConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            warmup: self.warmup,
+            max_grad_norm: self.max_grad_norm,
+            accumulate: 1,
+            seed: self.seed,
+            augment: self.augment,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            resume_from: self.resume_from.clone(),
+            metrics: self.metrics.clone(),
+            stop: self.stop.clone(),
+            ..RunConfig::default()
         }
     }
-    rates.sort_by(f64::total_cmp);
-    Ok((
-        model,
-        MaeReport {
-            losses: state.losses,
-            samples_per_s: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
-            skipped: state.skipped,
-        },
-    ))
 }
 
 /// One row of the masking-ratio study.
@@ -323,6 +293,7 @@ pub struct RatioRow {
 /// probe on the encoder as initialised.
 #[allow(clippy::too_many_arguments)]
 pub fn ratio_study(
+    device: &Device,
     config: &ViTMAEConfig,
     train_set: &[Sample],
     test: &[Sample],
@@ -359,7 +330,7 @@ pub fn ratio_study(
     let init = work.join("init");
     init_folder(&init, config, cfg.seed)?;
     let probe = |folder: &Path| -> Result<f64> {
-        let mae = crate::pipeline::mae::MaskedAutoencoder::load_folder(folder, &Device::flex())?;
+        let mae = crate::pipeline::mae::MaskedAutoencoder::load_folder(folder, device)?;
         let f_train = mae.features(&train_paths, 128)?;
         let f_test = mae.features(&test_paths, 128)?;
         let p = super::probe::LinearProbe::train(&f_train, &y_train, 500, 0.05, 1e-4, cfg.seed)?;
@@ -381,7 +352,7 @@ pub fn ratio_study(
             resume_from: None,
             ..cfg.clone()
         };
-        let (model, _) = ViTMAEForPreTraining::load(&init, &Device::flex().autodiff())?;
+        let (model, _) = ViTMAEForPreTraining::load(&init, &device.clone().autodiff())?;
         let t0 = Instant::now();
         let (_, report) = train(model, config, &processor, train_set, &run, |_| true)?;
         let row = RatioRow {
@@ -399,13 +370,14 @@ pub fn ratio_study(
 /// Median seconds of one training step of the encoder alone (forward and backward on the
 /// visible patches) and of the whole MAE step, at `mask_ratio`, on random images.
 pub fn step_times(
+    device: &Device,
     config: &ViTMAEConfig,
     batch: usize,
     mask_ratio: f64,
     warmup: usize,
     steps: usize,
 ) -> Result<(f64, f64)> {
-    let device = Device::flex().autodiff();
+    let device = device.clone().autodiff();
     device.seed(0);
     let model = ViTMAEForPreTraining::new(config, &device);
     let s = config.vit.image_size;

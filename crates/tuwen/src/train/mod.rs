@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod contrastive;
 pub mod data;
+pub mod engine;
 pub mod grads;
 pub mod mae;
 pub mod optim;
@@ -12,5 +13,8 @@ pub mod plot;
 pub mod probe;
 
 pub use checkpoint::stable_param_ids;
+pub use engine::{
+    Batch, Optim, RunConfig, RunReport, StepContext, StepOutput, StepReport, TrainStep,
+};
 pub use grads::named_grads;
 pub use optim::{adamw, clip_global_norm, no_decay_params, warmup_cosine};

@@ -124,6 +124,15 @@ pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_
     norm
 }
 
+/// Multiplies every gradient of `module` by `s`.
+pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, s: f32) {
+    module.visit(&mut GlobalNorm {
+        grads,
+        sum_sq: 0.0,
+        scale: Some(s),
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

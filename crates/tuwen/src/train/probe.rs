@@ -63,6 +63,7 @@ impl LinearProbe {
         }
         let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-6).sqrt()).collect();
         let device = Device::flex().autodiff();
+        let _rng = super::engine::device_rng();
         device.seed(seed);
         let x = Tensor::<2>::from_data(
             TensorData::new(standardise(features, &mean, &inv_std), [n, d]),

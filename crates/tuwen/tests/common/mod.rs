@@ -66,12 +66,20 @@ pub fn fingerprint(bytes: &[u8], h: usize, w: usize, c: usize) -> Vec<u64> {
     vec![h as u64, w as u64, c as u64, x]
 }
 
+/// The largest `|a - b|`; NaN when either side holds a NaN (or both the same infinity), so
+/// that `max_abs_diff(..) < tol` fails. Panics when the lengths differ.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+        .fold(0.0, |m, d| {
+            if m.is_nan() || d.is_nan() {
+                f32::NAN
+            } else {
+                m.max(d)
+            }
+        })
 }
 
 /// The image files of the fixtures, sorted.

@@ -1,0 +1,63 @@
+//! Convolutional building blocks shared by the convolutional families: TensorFlow-style
+//! convolutions and padding, batch norm as PyTorch trains it, stochastic depth.
+
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
+use burn::prelude::*;
+
+/// Pads `x` `[b, c, h, w]` with zeros: `(top, bottom, left, right)`.
+pub fn pad(x: Tensor<4>, (t, b, l, r): (usize, usize, usize, usize)) -> Tensor<4> {
+    if t + b + l + r == 0 {
+        return x;
+    }
+    x.pad(vec![(t, b), (l, r)], 0.0f32)
+}
+
+/// Batch norm over `c` channels whose running statistics move by 0.1 per training step, as
+/// timm and PyTorch train (a TensorFlow config's 0.99 is the weight of the old value, too slow
+/// for short runs; transformers hands it to PyTorch as the weight of the new one).
+pub fn batch_norm(c: usize, eps: f64, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(c)
+        .with_epsilon(eps)
+        .with_momentum(0.1)
+        .init(device)
+}
+
+/// A `k`×`k` convolution `(in, out)` channels: "same" padding at stride 1, none at stride 2
+/// (the caller pads, TensorFlow's way); weights drawn from N(0, std²).
+pub fn conv(
+    (i, o): (usize, usize),
+    k: usize,
+    stride: usize,
+    groups: usize,
+    bias: bool,
+    std: f64,
+    device: &Device,
+) -> Conv2d {
+    Conv2dConfig::new([i, o], [k, k])
+        .with_stride([stride, stride])
+        .with_groups(groups)
+        .with_bias(bias)
+        .with_padding(if stride == 1 {
+            PaddingConfig2d::Explicit(k / 2, k / 2, k / 2, k / 2)
+        } else {
+            PaddingConfig2d::Valid
+        })
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
+/// Per-sample stochastic depth (drop-connect): in training, each sample's branch is dropped
+/// with probability `p` and the kept ones scaled by `1 / (1 − p)`; the identity elsewhere.
+pub fn stochastic_depth(h: Tensor<4>, p: f64) -> Tensor<4> {
+    if p <= 0.0 || !h.device().is_autodiff() {
+        return h;
+    }
+    let [b, _, _, _] = h.dims();
+    let keep = Tensor::<4>::random(
+        [b, 1, 1, 1],
+        burn::tensor::Distribution::Bernoulli(1.0 - p),
+        &h.device(),
+    );
+    h * keep / (1.0 - p)
+}

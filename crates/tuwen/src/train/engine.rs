@@ -1,0 +1,477 @@
+//! The one training loop every family runs on.
+//!
+//! A family plugs in a [`TrainStep`]: what its networks are, which optimisers move them, and
+//! what one step does with a batch (its losses, and which optimiser each gradient goes to).
+//! [`run`] owns everything around that: the data stream and its position, the learning-rate
+//! schedule, gradient clipping and accumulation, the random draws of each step, validation
+//! every N steps, `metrics.jsonl`, progress callbacks, stopping (a callback or a flag such as
+//! Ctrl-C), the NaN stop, and checkpoints that hold every named optimiser and the family's
+//! extra state, from which a run resumes exactly.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use serde_json::{Value, json};
+
+use super::checkpoint;
+use super::data::{Pixels, TrainData, next_batch, step_seed};
+use crate::data::augment::Augment;
+use crate::data::processor::ImageProcessor;
+use crate::{Error, Result};
+
+/// The settings every run has, whatever it trains.
+#[derive(Clone, Debug, Default)]
+pub struct RunConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Warmup steps of the warmup + cosine schedule.
+    pub warmup: usize,
+    /// Global gradient-norm clip of each optimiser's gradients (0: none).
+    pub max_grad_norm: f64,
+    /// Micro-batches per optimiser step (1: none): the step runs on each in turn and the
+    /// gradients are averaged before the optimisers move.
+    pub accumulate: usize,
+    /// Seed of the data order and every random draw (a function of the seed and the step).
+    pub seed: u64,
+    /// Random crops and flips of the training images.
+    pub augment: Augment,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Where checkpoints go (`None`: none).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from this checkpoint folder (the networks must be loaded from it).
+    pub resume_from: Option<PathBuf>,
+    /// Validate every this many steps (0: never during the run).
+    pub val_every: usize,
+    /// Write one JSON line per step here (kept up to the checkpoint's step on a resume).
+    pub metrics: Option<PathBuf>,
+    /// Set (e.g. by a Ctrl-C handler) to save a checkpoint and stop after the current step.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// A named optimiser of a run and its peak learning rate.
+pub struct Optim {
+    /// Its name: steps address it by name, and its state is saved under it.
+    pub name: String,
+    /// The optimiser.
+    pub optim: ModuleOptimizer,
+    /// Peak learning rate (the schedule scales it).
+    pub lr: f64,
+}
+
+impl Optim {
+    /// An optimiser called `name` with peak learning rate `lr`.
+    pub fn new(name: &str, optim: ModuleOptimizer, lr: f64) -> Self {
+        Optim {
+            name: name.to_string(),
+            optim,
+            lr,
+        }
+    }
+}
+
+/// The samples of one (micro-)batch that could be read: preprocessed, augmented images and
+/// each image's text (caption or label; empty for image-only data).
+pub struct Batch {
+    /// Channel-first pixels of each image.
+    pub images: Vec<Pixels>,
+    /// The text of each image.
+    pub texts: Vec<String>,
+}
+
+impl Batch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    /// Whether it holds no sample.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+}
+
+/// What a step reports: its loss and any other figures for `metrics.jsonl`.
+pub struct StepOutput {
+    /// The loss to watch (the NaN stop and the loss curve use it).
+    pub loss: f32,
+    /// More figures, by name.
+    pub metrics: serde_json::Map<String, Value>,
+}
+
+impl StepOutput {
+    /// A loss and no other figures.
+    pub fn loss(loss: f32) -> Self {
+        StepOutput {
+            loss,
+            metrics: Default::default(),
+        }
+    }
+}
+
+/// What a family plugs into [`run`].
+pub trait TrainStep {
+    /// The networks trained together (e.g. a generator and a critic).
+    type Models;
+
+    /// Settings that must be the same when a run resumes.
+    fn settings(&self) -> Value;
+    /// The optimisers, fresh (a resumed run loads their state into them).
+    fn optimizers(&self, models: &Self::Models) -> Vec<Optim>;
+    /// The device the networks live on (an autodiff device).
+    fn device(&self, models: &Self::Models) -> Device;
+    /// The preprocessing of the training images.
+    fn processor(&self) -> &ImageProcessor;
+    /// Whether a step draws from the device's random generator (dropout, drop-path): the
+    /// engine then seeds it each step and holds [`device_rng`] while the step runs.
+    fn device_draws(&self, _models: &Self::Models) -> bool {
+        true
+    }
+    /// The smallest batch a step can use: smaller ones are skipped.
+    fn min_batch(&self) -> usize {
+        1
+    }
+    /// One step (or micro-batch) on `batch`: compute the losses, hand each gradient to
+    /// [`StepContext::update`] with the optimiser's name, return the networks.
+    fn step(
+        &mut self,
+        models: Self::Models,
+        batch: Batch,
+        ctx: &mut StepContext,
+    ) -> Result<(Self::Models, StepOutput)>;
+    /// Writes the networks (and anything else a resumed run needs) into a checkpoint folder.
+    fn save(&self, models: &Self::Models, dir: &Path) -> Result<()>;
+    /// Validation figures, every `val_every` steps.
+    fn validate(&mut self, _models: &Self::Models) -> Result<Option<Value>> {
+        Ok(None)
+    }
+    /// Extra state to keep in the checkpoint (restored with [`Self::restore`]).
+    fn state(&self) -> Value {
+        Value::Null
+    }
+    /// Takes back the extra state of a checkpoint.
+    fn restore(&mut self, _state: &Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a step is given besides its batch: where the run stands, its random seeds and the
+/// optimisers.
+pub struct StepContext<'a> {
+    /// The step's index, from 0.
+    pub step: usize,
+    /// The micro-batch within the step, from 0.
+    pub micro: usize,
+    /// Micro-batches of the step.
+    pub micros: usize,
+    /// The networks' device.
+    pub device: &'a Device,
+    seed: u64,
+    factor: f64,
+    max_grad_norm: f64,
+    optims: &'a mut [Optim],
+    pending: Vec<Option<GradientsParams>>,
+    norms: Vec<f64>,
+}
+
+impl StepContext<'_> {
+    /// The seed of the step's random draw number `k`: a function of the run's seed, the step
+    /// and the micro-batch alone, so that a resumed run draws what the uninterrupted one would.
+    pub fn seed(&self, k: usize) -> u64 {
+        step_seed(self.seed, self.step, k + 10_000 * self.micro)
+    }
+
+    /// The learning rate of optimiser `name` at this step.
+    pub fn lr(&self, name: &str) -> f64 {
+        self.optims
+            .iter()
+            .find(|o| o.name == name)
+            .map_or(0.0, |o| o.lr * self.factor)
+    }
+
+    /// Moves `module` with its gradients by optimiser `name`: clipped to the run's global
+    /// norm, at the scheduled learning rate. With micro-batches the gradients are averaged
+    /// and the module moves at the last one.
+    pub fn update<M: Module>(
+        &mut self,
+        name: &str,
+        module: M,
+        grads: GradientsParams,
+    ) -> Result<M> {
+        let i = self
+            .optims
+            .iter()
+            .position(|o| o.name == name)
+            .ok_or_else(|| Error::InvalidInput(format!("no optimiser named {name:?}")))?;
+        let mut grads = grads;
+        if self.micros > 1 {
+            super::optim::scale_grads(&module, &mut grads, 1.0 / self.micros as f32);
+            grads = match self.pending[i].take() {
+                None => grads,
+                Some(sum) => {
+                    let mut acc = GradientsAccumulator::new();
+                    acc.accumulate(&module, sum);
+                    acc.accumulate(&module, grads);
+                    acc.grads()
+                }
+            };
+            if self.micro + 1 < self.micros {
+                self.pending[i] = Some(grads);
+                return Ok(module);
+            }
+        }
+        let max = if self.max_grad_norm > 0.0 {
+            self.max_grad_norm
+        } else {
+            f64::INFINITY
+        };
+        self.norms[i] = super::clip_global_norm(&module, &mut grads, max);
+        let o = &mut self.optims[i];
+        Ok(o.optim.step(o.lr * self.factor, module, grads))
+    }
+}
+
+/// What every step reports to the caller.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    /// Step index, from 0.
+    pub step: usize,
+    /// The step's loss.
+    pub loss: f32,
+    /// Learning rate of the first optimiser.
+    pub lr: f64,
+    /// Gradient norm (before clipping) of the first optimiser.
+    pub grad_norm: f64,
+    /// Samples per second of this step.
+    pub samples_per_s: f64,
+    /// The step's `metrics.jsonl` line (the above, the step's own figures, validation).
+    pub metrics: Value,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// `(step, loss)` of every step, including those before a resume.
+    pub losses: Vec<(usize, f32)>,
+    /// Median samples per second (steps after the first).
+    pub samples_per_s: f64,
+    /// Samples that could not be read.
+    pub skipped: usize,
+    /// Whether the run stopped before its last step.
+    pub stopped: bool,
+}
+
+/// The number of optimiser steps that `epochs` passes over `samples` make in batches of
+/// `batch_size` (at least one).
+pub fn epochs_to_steps(epochs: f64, samples: usize, batch_size: usize) -> Result<usize> {
+    if !(epochs > 0.0 && epochs.is_finite()) {
+        return Err(Error::InvalidInput(format!(
+            "--epochs {epochs} must be positive"
+        )));
+    }
+    Ok(((epochs * samples as f64 / batch_size.max(1) as f64).ceil() as usize).max(1))
+}
+
+/// The draw number of the device generator's seed in each step (see [`StepContext::seed`]).
+const DEVICE_DRAWS: usize = 999_999;
+
+/// The lock of the process-wide random generator of the CPU device: a run
+/// seeds it each step and holds it while the step draws (dropout, drop-path), and model
+/// initialisation holds it while it seeds and draws, so that concurrent runs in one process
+/// cannot interleave draws.
+pub fn device_rng() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Trains `models` with `family`'s step on `data` as `cfg` says; `on_step` hears every step
+/// (with the networks as they are after it) and may stop the run by returning false. A
+/// checkpoint is written every `checkpoint_every` steps, at the end and when the run stops.
+pub fn run<'a, S: TrainStep>(
+    family: &mut S,
+    models: S::Models,
+    data: impl Into<TrainData<'a>>,
+    cfg: &RunConfig,
+    mut on_step: impl FnMut(&StepReport, &S::Models) -> bool,
+) -> Result<(S::Models, RunReport)> {
+    let mut data = data.into();
+    let accumulate = cfg.accumulate.max(1);
+    if cfg.batch_size < family.min_batch().max(1) {
+        return Err(Error::InvalidInput(format!(
+            "--batch-size must be at least {}",
+            family.min_batch().max(1)
+        )));
+    }
+    if accumulate > cfg.batch_size {
+        return Err(Error::InvalidInput(format!(
+            "{accumulate} micro-batches do not fit a batch of {}",
+            cfg.batch_size
+        )));
+    }
+    if let TrainData::Samples(samples) = &data
+        && samples.is_empty()
+    {
+        return Err(Error::InvalidInput("no training samples".into()));
+    }
+    let mut models = models;
+    let device = family.device(&models);
+    let (mut state, mut optims) = checkpoint::start(
+        cfg.resume_from.as_deref(),
+        family.optimizers(&models),
+        cfg.seed,
+        family.settings(),
+    )?;
+    family.restore(&state.extra)?;
+    let mut metrics = match &cfg.metrics {
+        Some(path) => Some(metrics_file(path, state.step)?),
+        None => None,
+    };
+    // A stream resumes where the run stood by reading past what it already used.
+    data.skip(state.step * cfg.batch_size)?;
+    let stream_skipped = data.stream_skipped();
+    let first = state.step;
+    let mut rates = Vec::new();
+    let mut stopped = false;
+    while state.step < cfg.steps {
+        let step = state.step;
+        let t0 = Instant::now();
+        let loaded = next_batch(
+            &mut data,
+            step,
+            cfg.batch_size,
+            cfg.seed,
+            &cfg.augment,
+            family.processor(),
+        )?;
+        state.skipped += loaded.iter().filter(|l| l.is_none()).count();
+        let (images, texts): (Vec<Pixels>, Vec<String>) = loaded.into_iter().flatten().unzip();
+        let n = images.len();
+        if n < family.min_batch().max(accumulate) {
+            state.step += 1;
+            continue;
+        }
+        let factor = super::warmup_cosine(step, 1.0, cfg.warmup, cfg.steps);
+        let mut ctx = StepContext {
+            step,
+            micro: 0,
+            micros: accumulate,
+            device: &device,
+            seed: cfg.seed,
+            factor,
+            max_grad_norm: cfg.max_grad_norm,
+            pending: (0..optims.len()).map(|_| None).collect(),
+            norms: vec![f64::NAN; optims.len()],
+            optims: &mut optims,
+        };
+        let mut loss = 0.0f32;
+        let mut figures = serde_json::Map::new();
+        {
+            // Every draw of the step (dropout, drop-path) follows from the seed and the step.
+            let _rng = family.device_draws(&models).then(|| {
+                let guard = device_rng();
+                device.seed(step_seed(cfg.seed, step, DEVICE_DRAWS));
+                guard
+            });
+            let (mut images, mut texts) = (images, texts);
+            for j in 0..accumulate {
+                let take = n / accumulate + usize::from(j < n % accumulate);
+                let batch = Batch {
+                    images: images.drain(..take).collect(),
+                    texts: texts.drain(..take).collect(),
+                };
+                ctx.micro = j;
+                let (next, out) = family.step(models, batch, &mut ctx)?;
+                models = next;
+                loss += out.loss / accumulate as f32;
+                figures.extend(out.metrics);
+            }
+        }
+        if !loss.is_finite() {
+            return Err(Error::InvalidInput(format!(
+                "the loss became {loss} at step {step}; lower --lr"
+            )));
+        }
+        let grad_norm = ctx.norms.first().copied().unwrap_or(f64::NAN);
+        let lr = optims.first().map_or(0.0, |o| o.lr * factor);
+        let rate = n as f64 / t0.elapsed().as_secs_f64();
+        if step > first {
+            rates.push(rate);
+        }
+        state.losses.push((step, loss));
+        state.step += 1;
+        let mut line = json!({"step": step, "loss": loss, "lr": lr, "samples_per_s": rate});
+        if grad_norm.is_finite() {
+            line["grad_norm"] = json!(grad_norm);
+        }
+        for (k, v) in figures {
+            line[k] = v;
+        }
+        if cfg.val_every > 0
+            && state.step.is_multiple_of(cfg.val_every)
+            && let Some(Value::Object(val)) = family.validate(&models)?
+        {
+            for (k, v) in val {
+                line[format!("val_{k}")] = v;
+            }
+        }
+        if let Some(f) = &mut metrics {
+            writeln!(f, "{line}").map_err(|e| Error::io(cfg.metrics.as_deref().unwrap(), e))?;
+        }
+        let report = StepReport {
+            step,
+            loss,
+            lr,
+            grad_norm,
+            samples_per_s: rate,
+            metrics: line,
+        };
+        let go_on = on_step(&report, &models)
+            && !cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        if checkpoint::due(state.step, cfg.steps, cfg.checkpoint_every, !go_on)
+            && let Some(dir) = &cfg.checkpoint_dir
+        {
+            state.extra = family.state();
+            checkpoint::save(dir, |tmp| family.save(&models, tmp), &optims, &state)?;
+        }
+        if !go_on {
+            stopped = state.step < cfg.steps;
+            break;
+        }
+    }
+    rates.sort_by(f64::total_cmp);
+    let report = RunReport {
+        samples_per_s: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
+        skipped: state.skipped + data.stream_skipped() - stream_skipped,
+        losses: state.losses,
+        stopped,
+    };
+    Ok((models, report))
+}
+
+/// `metrics.jsonl` opened for appending, holding only the lines of steps before `start`.
+fn metrics_file(path: &Path, start: usize) -> Result<std::fs::File> {
+    let mut kept = String::new();
+    if start > 0 {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        for line in old.lines() {
+            let v: Value = serde_json::from_str(line).unwrap_or_default();
+            if v["step"].as_u64().is_some_and(|s| (s as usize) < start) {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    crate::hub::write_atomic(path, kept.as_bytes())?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
