@@ -2,6 +2,7 @@
 //! subfolders captioned from a template.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::files::walk_images;
@@ -26,67 +27,60 @@ pub struct Table {
     pub rows: Vec<Vec<String>>,
 }
 
-/// Parses delimited text with RFC 4180 quoting (`"a, b"`, `""` for a quote).
+/// Parses delimited text with RFC 4180 quoting (`"a, b"`, `""` for a quote, line breaks
+/// inside quotes) through the `csv` crate. A leading UTF-8 byte-order mark is dropped and
+/// blank lines are skipped. Errors are one line: an empty text, a row whose field count is
+/// not the header's, an unterminated quote.
 pub fn parse_delimited(text: &str, sep: char) -> std::result::Result<Table, String> {
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut row = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut chars = text.chars().peekable();
-    let mut line = 1;
-    while let Some(c) = chars.next() {
-        if quoted {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => quoted = false,
-                '\n' => {
-                    line += 1;
-                    field.push(c);
-                }
-                _ => field.push(c),
-            }
-        } else if c == '"' && field.is_empty() {
-            quoted = true;
-        } else if c == sep {
-            row.push(std::mem::take(&mut field));
-        } else if c == '\n' || c == '\r' {
-            if c == '\r' && chars.peek() == Some(&'\n') {
-                chars.next();
-            }
-            row.push(std::mem::take(&mut field));
-            if !(row.len() == 1 && row[0].is_empty()) {
-                rows.push(std::mem::take(&mut row));
-            }
-            row.clear();
-            line += 1;
-        } else {
-            field.push(c);
+    /// A line after the text: it comes out as a record of its own only when every quote is
+    /// closed (an open one swallows the rest of the input into its field).
+    const END: &str = "\n\u{0}end of input\u{0}";
+    let sep = u8::try_from(sep)
+        .ok()
+        .filter(u8::is_ascii)
+        .ok_or_else(|| format!("separator {sep:?} is not one ASCII character"))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(sep)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes().chain(END.as_bytes()));
+    // Each row with the byte it starts at.
+    let mut rows: Vec<(u64, Vec<String>)> = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| e.to_string())?;
+        let byte = record.position().map_or(0, |p| p.byte());
+        rows.push((byte, record.iter().map(str::to_string).collect()));
+    }
+    // The line a row starts on (the reader's position precedes the blank lines it skipped).
+    let line = |byte: u64| {
+        let at = usize::try_from(byte).map_or(text.len(), |b| b.min(text.len()));
+        let (before, after) = (text.get(..at).unwrap_or(""), text.get(at..).unwrap_or(""));
+        let blank = &after[..after.len() - after.trim_start_matches(['\r', '\n']).len()];
+        before.matches('\n').count() + blank.matches('\n').count() + 1
+    };
+    match rows.pop() {
+        Some((_, end)) if end.len() == 1 && end[0] == END[1..] => {}
+        last => {
+            let at = line(last.map_or(0, |(byte, _)| byte));
+            return Err(format!("unterminated quote in the row of line {at}"));
         }
     }
-    if quoted {
-        return Err(format!("unterminated quote (line {line})"));
-    }
-    if !field.is_empty() || !row.is_empty() {
-        row.push(field);
-        rows.push(row);
-    }
     let mut it = rows.into_iter();
-    let header = it.next().ok_or("empty file")?;
-    let rows: Vec<Vec<String>> = it.collect();
-    for (i, r) in rows.iter().enumerate() {
-        if r.len() != header.len() {
+    let (_, header) = it.next().ok_or("empty file")?;
+    let mut out = Vec::new();
+    for (byte, row) in it {
+        if row.len() != header.len() {
             return Err(format!(
-                "row {} has {} fields, the header has {}",
-                i + 2,
-                r.len(),
+                "the row of line {} has {} fields, the header has {}",
+                line(byte),
+                row.len(),
                 header.len()
             ));
         }
+        out.push(row);
     }
-    Ok(Table { header, rows })
+    Ok(Table { header, rows: out })
 }
 
 /// How to read a CSV/TSV of captions.
@@ -125,7 +119,15 @@ pub fn read_csv(path: &Path, spec: &CsvSpec) -> Result<Vec<Sample>> {
         table.header.iter().position(|h| h == name).ok_or_else(|| {
             Error::config(
                 path,
-                format!("no column {name:?} (columns: {})", table.header.join(", ")),
+                format!(
+                    "no column {name:?} (columns: {})",
+                    table
+                        .header
+                        .iter()
+                        .map(|h| h.escape_debug().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )
         })
     };
@@ -229,6 +231,84 @@ mod tests {
         );
         assert!(parse_delimited("a,b\n1\n", ',').is_err());
         assert!(parse_delimited("a\n\"open\n", ',').is_err());
+    }
+
+    #[test]
+    fn csv_quoting_bom_and_errors() {
+        let dir = std::env::temp_dir().join(format!("tuwen-csv-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = CsvSpec::default();
+        // A byte-order mark before the header, CRLF and a blank line, a quoted separator, a
+        // line break inside quotes, doubled quotes, an absolute path.
+        std::fs::write(
+            dir.join("q.csv"),
+            "\u{feff}filepath,caption,n\r\nimg/a.png,\"a cat, on a mat\",1\r\n\r\n\
+             \"img/b.png\",\"two\nlines\",2\nc.png,\"say \"\"hi\"\"\",3\n/abs/d.png,plain,4",
+        )
+        .unwrap();
+        let s = read_csv(&dir.join("q.csv"), &spec).unwrap();
+        let captions: Vec<&str> = s.iter().map(|s| s.caption.as_str()).collect();
+        assert_eq!(
+            captions,
+            ["a cat, on a mat", "two\nlines", "say \"hi\"", "plain"]
+        );
+        assert_eq!(s[0].image, dir.join("img/a.png"));
+        assert_eq!(s[1].image, dir.join("img/b.png"));
+        assert_eq!(s[3].image, Path::new("/abs/d.png"));
+        assert_eq!(s[2].extra["n"], "3");
+        assert_eq!(
+            s[0].extra.keys().collect::<Vec<_>>(),
+            ["caption", "filepath", "n"]
+        );
+        // Tabs by default for .tsv, where commas are plain text; `separator` overrides.
+        std::fs::write(dir.join("t.tsv"), "caption\tfilepath\na, b\tx.png\n").unwrap();
+        assert_eq!(
+            read_csv(&dir.join("t.tsv"), &spec).unwrap()[0].caption,
+            "a, b"
+        );
+        std::fs::write(dir.join("p.txt"), "filepath|caption\nx.png|\"a|b\"\n").unwrap();
+        let piped = CsvSpec {
+            separator: Some('|'),
+            ..CsvSpec::default()
+        };
+        assert_eq!(
+            read_csv(&dir.join("p.txt"), &piped).unwrap()[0].caption,
+            "a|b"
+        );
+        // Errors: one line naming the file and what is wrong.
+        let err = |name: &str, text: &str, spec: &CsvSpec| {
+            std::fs::write(dir.join(name), text).unwrap();
+            let e = read_csv(&dir.join(name), spec).unwrap_err().to_string();
+            assert!(e.contains(name) && !e.contains('\n'), "{e}");
+            e
+        };
+        let text_column = CsvSpec {
+            caption_column: "text".into(),
+            ..CsvSpec::default()
+        };
+        let e = err("m.csv", "\u{feff}filepath,caption\na.png,x\n", &text_column);
+        assert!(
+            e.contains("no column \"text\" (columns: filepath, caption)"),
+            "{e}"
+        );
+        let e = err(
+            "r.csv",
+            "filepath,caption\na.png,one\n\"b\n.png\",two\nc.png\n",
+            &spec,
+        );
+        assert!(e.contains("line 5 has 1 fields, the header has 2"), "{e}");
+        let e = err(
+            "w.csv",
+            "filepath,caption\r\n\r\n\r\na.png,one,two\r\n",
+            &spec,
+        );
+        assert!(e.contains("line 4 has 3 fields"), "{e}");
+        assert!(err("e.csv", "", &spec).contains("empty file"));
+        assert!(err("b.csv", "\u{feff}\n\n", &spec).contains("empty file"));
+        let e = err("u.csv", "filepath,caption\na.png,\"open\nb.png,x\n", &spec);
+        assert!(e.contains("unterminated quote in the row of line 2"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
