@@ -79,3 +79,46 @@ fn resumed_mae_run_equals_uninterrupted_run() {
     assert!(whole.losses[0].1 != whole.losses[5].1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A run streamed from WebDataset shards resumes at the stream's saved position (no replay)
+/// and still equals the uninterrupted run.
+#[test]
+fn resumed_shard_run_equals_uninterrupted_run() {
+    use tuwen::data::webdataset::{ShardStream, write_shards};
+    use tuwen::train::data::TrainData;
+    let (dir, images) = setup("shards");
+    let pattern = write_shards(&dir, "img", &images, 3).unwrap();
+    let stream = || {
+        let mut s = ShardStream::open(&pattern, 4, 5).unwrap();
+        s.images_only = true;
+        TrainData::Shards(s)
+    };
+    let device = Device::flex().autodiff();
+    let processor = ImageProcessor::from_file(&dir.join("init/preprocessor_config.json")).unwrap();
+    let cfg = |ckpt: &str| MaeTrainConfig {
+        steps: 5,
+        batch_size: 5,
+        warmup: 2,
+        checkpoint_dir: Some(dir.join(ckpt)),
+        ..MaeTrainConfig::default()
+    };
+    let (model, config) = ViTMAEForPreTraining::load(&dir.join("init"), &device).unwrap();
+    let (_, whole) = train(model, &config, &processor, stream(), &cfg("a"), |_| true).unwrap();
+    let (model, _) = ViTMAEForPreTraining::load(&dir.join("init"), &device).unwrap();
+    let (_, part) = train(model, &config, &processor, stream(), &cfg("b"), |s| {
+        s.step < 2
+    })
+    .unwrap();
+    assert_eq!(part.losses.len(), 3);
+    let ckpt = tuwen::train::checkpoint::find(&dir.join("b")).unwrap();
+    let state = tuwen::train::checkpoint::read_state(&ckpt).unwrap();
+    assert!(state.data.is_object(), "no stream position saved");
+    let (model, _) = ViTMAEForPreTraining::load(&ckpt, &device).unwrap();
+    let resumed = MaeTrainConfig {
+        resume_from: Some(ckpt),
+        ..cfg("b")
+    };
+    let (_, rest) = train(model, &config, &processor, stream(), &resumed, |_| true).unwrap();
+    assert_eq!(rest.losses, whole.losses);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

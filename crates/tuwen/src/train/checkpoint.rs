@@ -35,6 +35,9 @@ pub struct RunState {
     /// The family's own state (see [`super::engine::TrainStep::state`]).
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// Where a streamed data source stood (null for a list, whose order follows the step).
+    #[serde(default)]
+    pub data: serde_json::Value,
 }
 
 /// The file of optimiser `name`'s state in a checkpoint folder.

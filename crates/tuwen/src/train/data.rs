@@ -80,6 +80,22 @@ impl TrainData<'_> {
         Ok(())
     }
 
+    /// Where a stream stands, to [`Self::seek`] back to (null for a list).
+    pub fn position(&self) -> serde_json::Value {
+        match self {
+            TrainData::Shards(s) => s.position(),
+            TrainData::Samples(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// Moves a stream to a saved [`Self::position`] without re-reading what it used.
+    pub fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
+        match self {
+            TrainData::Shards(s) => s.seek(position),
+            TrainData::Samples(_) => Ok(()),
+        }
+    }
+
     /// Samples a stream skipped so far because they could not be read (0 for a list).
     pub fn stream_skipped(&self) -> usize {
         match self {

@@ -334,8 +334,13 @@ pub fn run<'a, S: TrainStep>(
         Some(path) => Some(metrics_file(path, state.step)?),
         None => None,
     };
-    // A stream resumes where the run stood by reading past what it already used.
-    data.skip(state.step * cfg.batch_size)?;
+    // A stream resumes where the run stood: at its saved position, or (a checkpoint without
+    // one) by reading past what it already used.
+    if state.data.is_null() {
+        data.skip(state.step * cfg.batch_size)?;
+    } else {
+        data.seek(&state.data)?;
+    }
     let stream_skipped = data.stream_skipped();
     let first = state.step;
     let mut rates = Vec::new();
@@ -439,6 +444,7 @@ pub fn run<'a, S: TrainStep>(
             && let Some(dir) = &cfg.checkpoint_dir
         {
             state.extra = family.state();
+            state.data = data.position();
             checkpoint::save(dir, |tmp| family.save(&models, tmp), &optims, &state)?;
         }
         if !go_on {
