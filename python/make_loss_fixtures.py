@@ -33,10 +33,14 @@ def clip_loss_grouped(img, txt, logit_scale, groups):
 
 
 def siglip_loss_grouped(img, txt, logit_scale, logit_bias, groups):
-    """-(1/n) sum_ij log sigmoid(z_ij (exp(t) <x_i, y_j> + b)), z_ij = +1 within a group."""
+    """-(1/n) sum_ij w_ij log sigmoid(z_ij (exp(t) <x_i, y_j> + b)), z_ij = +1 within a group,
+    w_ij = 1/|group of i| for positives and 1 for negatives."""
     logits = img @ txt.t() * logit_scale.exp() + logit_bias
-    z = torch.where(groups[:, None] == groups[None, :], 1.0, -1.0).to(logits.dtype)
-    return -F.logsigmoid(z * logits).sum() / len(img)
+    same = groups[:, None] == groups[None, :]
+    z = torch.where(same, 1.0, -1.0).to(logits.dtype)
+    size = same.sum(1, keepdim=True).to(logits.dtype)
+    w = torch.where(same, 1.0 / size, torch.ones_like(size))
+    return -(w * F.logsigmoid(z * logits)).sum() / len(img)
 
 
 def unit(x):

@@ -73,6 +73,25 @@ fn sign_labels(rows: &[usize], cols: &[usize], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, [rows.len(), cols.len()]), device)
 }
 
+/// `[rows, cols]` weights of the sigmoid loss's terms: `1 / c` for each positive of a row
+/// whose group has `c` members in the whole batch (`all`), 1 for negatives. A row's positives
+/// thus weigh what its one positive weighs in the standard loss, which keeps the balance of
+/// positives and negatives that SigLIP's initial bias (-10) is set for.
+fn positive_weights(rows: &[usize], cols: &[usize], all: &[usize], device: &Device) -> Tensor<2> {
+    let mut sizes: HashMap<usize, usize> = HashMap::new();
+    for g in all {
+        *sizes.entry(*g).or_default() += 1;
+    }
+    let values: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| {
+            let w = 1.0 / sizes.get(r).copied().unwrap_or(1) as f32;
+            cols.iter().map(move |c| if r == c { w } else { 1.0 })
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, [rows.len(), cols.len()]), device)
+}
+
 /// `[n, n]` target distributions: row i is uniform over the pairs of i's group. The matrix is
 /// symmetric (a group's members share its size), so it serves both directions.
 fn soft_targets(groups: &[usize], device: &Device) -> Tensor<2> {
@@ -157,10 +176,11 @@ fn sigmoid_block(
     scale: Tensor<2>,
     bias: Tensor<2>,
     labels: Tensor<2>,
+    weights: Tensor<2>,
 ) -> Tensor<1> {
     let logits = images.matmul(texts.transpose()) * scale + bias;
     // Rows first: one f32 sum over B x B terms of very different sizes loses the small ones.
-    -log_sigmoid(logits * labels).sum_dim(1).sum()
+    -(log_sigmoid(logits * labels) * weights).sum_dim(1).sum()
 }
 
 /// SigLIP's loss: `-(1/n) sum_ij log sigmoid(z_ij (exp(t) <x_i, y_j> + b))`, `z_ij = 1` when
@@ -181,7 +201,9 @@ pub fn siglip_loss(
     )
 }
 
-/// [`siglip_loss`] with `z_ij = 1` when pairs i and j share a group, -1 otherwise; ids `0..n`
+/// [`siglip_loss`] with `z_ij = 1` when pairs i and j share a group, -1 otherwise, each of the
+/// `c` positives of a row weighted `1 / c` (so a row's positives weigh one, as in the standard
+/// loss, and the balance SigLIP's initial bias of -10 is set for holds); ids `0..n`
 /// give [`siglip_loss`]. Errors as [`clip_loss_grouped`] does.
 pub fn siglip_loss_grouped(
     image_embeds: Tensor<2>,
@@ -210,13 +232,16 @@ fn siglip_loss_of_groups(
 ) -> Tensor<1> {
     let n = image_embeds.dims()[0];
     let scale = logit_scale.exp().unsqueeze::<2>();
-    let labels = sign_labels(groups, groups, &image_embeds.device());
+    let device = image_embeds.device();
+    let labels = sign_labels(groups, groups, &device);
+    let weights = positive_weights(groups, groups, groups, &device);
     sigmoid_block(
         image_embeds,
         text_embeds,
         scale,
         logit_bias.unsqueeze::<2>(),
         labels,
+        weights,
     ) / n as f64
 }
 
@@ -323,10 +348,15 @@ fn siglip_loss_chunked_of_groups(
             let cos = img.clone().matmul(texts[e].clone().transpose());
             let logits = cos.clone() * scale.clone() + bias.clone();
             let labels = sign_labels(&groups[a..b], &groups[c..f], &device);
+            let weights = positive_weights(&groups[a..b], &groups[c..f], groups, &device);
             let signed = logits * labels.clone();
-            loss = loss - log_sigmoid(signed.clone()).sum_dim(1).sum().reshape([1]);
+            loss = loss
+                - (log_sigmoid(signed.clone()) * weights.clone())
+                    .sum_dim(1)
+                    .sum()
+                    .reshape([1]);
             // dL/dlogits of this block.
-            let g = -(labels * sigmoid(-signed)) / n as f64;
+            let g = -(weights * labels * sigmoid(-signed)) / n as f64;
             grad_scale = grad_scale + (g.clone() * cos).sum();
             grad_bias = grad_bias + g.clone().sum();
             add(
@@ -667,7 +697,8 @@ mod tests {
         let (mut want_standard, mut want_grouped) = (0.0, 0.0);
         for c in sizes {
             want_standard += nll(same) + (c - 1.0) * nll(-same) + (12.0 - c) * nll(-other);
-            want_grouped += c * nll(same) + (12.0 - c) * nll(-other);
+            // c positives of weight 1 / c each.
+            want_grouped += nll(same) + (12.0 - c) * nll(-other);
         }
         let want = [(want_standard / 12.0) as f32, (want_grouped / 12.0) as f32];
         assert_close("losses", &[standard, grouped], &want, 1e-5);
