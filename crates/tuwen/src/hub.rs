@@ -263,24 +263,25 @@ pub fn safetensors_header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
     }
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let json: Value =
+    // The safetensors crate's own header type: names, dtypes, shapes and contiguous offsets.
+    let meta: safetensors::tensor::Metadata =
         serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| bad("header is not an object".into()))?;
-    let mut out = BTreeMap::new();
-    for (name, info) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
-        let shape = info
-            .get("shape")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-            .ok_or_else(|| bad(format!("tensor {name} has no shape")))?;
-        out.insert(name.clone(), shape);
+    let tensors = meta.tensors();
+    let end = tensors
+        .values()
+        .map(|t| t.data_offsets.1 as u64)
+        .max()
+        .unwrap_or(0);
+    if end + len + 8 > file_len {
+        return Err(bad(format!(
+            "the header describes {end} bytes of data but the file holds {}",
+            file_len - len - 8
+        )));
     }
-    Ok(out)
+    Ok(tensors
+        .into_iter()
+        .map(|(name, info)| (name, info.shape.clone()))
+        .collect())
 }
 
 /// Loads a checkpoint folder's weights into `module`, by transformers' tensor names.
