@@ -184,7 +184,7 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
     if let Some(val) = &args.val {
         let clf = ImageClassification::load(
             args.out.to_str().context("non-UTF-8 path")?,
-            &Device::flex(),
+            &device.clone().inner(),
         )?;
         let val = labelled(val, &args.label_column)?;
         let (r, confusion) = tuwen::eval::classification_eval(&clf, &val, &args.label_column, 64)?;

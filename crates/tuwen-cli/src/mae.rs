@@ -189,7 +189,7 @@ pub fn run(args: MaeArgs, device: &Device) -> Result<()> {
             &args.out.join("reconstructions.png"),
         )?;
     }
-    if done < steps {
+    if report.stopped {
         eprintln!(
             "interrupted after {done} steps; saved the model to {} (continue with --resume)",
             args.out.display()
@@ -421,9 +421,12 @@ fn report(rows: &[tuwen::train::mae::RatioRow], out: &std::path::Path) -> Result
         .iter()
         .filter_map(|r| r.mask_ratio.map(|m| (format!("{m}"), r.probe_top1)))
         .collect();
+    let Some(init) = rows.first() else {
+        bail!("the ratio study holds no rows");
+    };
     tuwen::train::plot::bar_chart_png(
         &bars,
-        Some(("random init", rows[0].probe_top1)),
+        Some(("random init", init.probe_top1)),
         "linear-probe top-1 after MAE pre-training, by mask ratio",
         &out.join("ratio_study.png"),
     )?;

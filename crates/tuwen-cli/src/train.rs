@@ -385,7 +385,7 @@ pub fn fit(args: &TrainArgs, device: &Device) -> Result<Outcome> {
     if done >= 2 {
         tuwen::train::plot::loss_curve_png(&report.losses, &args.out.join("curves.png"))?;
     }
-    if done < steps {
+    if report.stopped {
         eprintln!(
             "interrupted after {done} steps; saved the model to {} (continue with --resume)",
             args.out.display()

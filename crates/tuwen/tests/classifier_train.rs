@@ -31,11 +31,14 @@ fn small_efficientnet_learns_colours() {
         .map(|(i, l)| (i.to_string(), l.clone()))
         .collect();
     let device = Device::flex().autodiff();
+    // The device's generator is process-wide: hold it while seeding and drawing.
+    let rng = tuwen::train::engine::device_rng();
     device.seed(1);
     let model = EfficientNetClassifier {
         model: EfficientNetForImageClassification::new(&cfg, &device),
         config: cfg.clone(),
     };
+    drop(rng);
     let processor =
         ImageProcessor::from_json(&tuwen::train::mae::preprocessor_json(32).to_string()).unwrap();
     let run = ClassifierTrainConfig {
@@ -101,6 +104,7 @@ fn resumed_efficientnet_run_equals_uninterrupted_run() {
     let device = Device::flex().autodiff();
     let init = dir.join("init");
     {
+        let _rng = tuwen::train::engine::device_rng();
         device.seed(7);
         let m = EfficientNetForImageClassification::new(&cfg, &device);
         m.save(&cfg, &init).unwrap();
@@ -134,6 +138,7 @@ fn resumed_efficientnet_run_equals_uninterrupted_run() {
     .unwrap();
     // The training forward pass draws (stochastic depth, dropout): two passes differ.
     let m = load(&init);
+    let rng = tuwen::train::engine::device_rng();
     let x = Tensor::<4>::random(
         [4, 3, 32, 32],
         burn::tensor::Distribution::Normal(0.0, 1.0),
@@ -141,6 +146,7 @@ fn resumed_efficientnet_run_equals_uninterrupted_run() {
     );
     let y1 = tuwen::pipeline::to_vec(m.model.forward(x.clone())).unwrap();
     let y2 = tuwen::pipeline::to_vec(m.model.forward(x)).unwrap();
+    drop(rng);
     assert_ne!(y1, y2, "nothing is drawn in training");
     let (part_model, part) = train(
         load(&init),

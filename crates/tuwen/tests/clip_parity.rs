@@ -53,6 +53,7 @@ fn texts() -> Vec<String> {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (n(a) * n(b))
@@ -102,6 +103,12 @@ fn image_embeddings_and_logits_match_transformers() {
         let m = ImageText::load_folder(&fixtures().join(tag), &Device::flex()).unwrap();
         let images = m.encode_images(&paths, 4).unwrap();
         let (expect, shape) = &r.f32s[&format!("{tag}/image_embeds")];
+        assert_eq!(images.len(), names.len(), "{tag}: rows");
+        assert_eq!(
+            expect.len(),
+            names.len() * shape[1],
+            "{tag}: reference rows"
+        );
         for (i, (row, name)) in images.iter().zip(&names).enumerate() {
             let e = &expect[i * shape[1]..(i + 1) * shape[1]];
             if name.ends_with(".jpg") {
@@ -153,6 +160,7 @@ fn zero_shot_matches_transformers_logits() {
             let sum: f32 = probs[i].iter().sum();
             if tag.starts_with("siglip") {
                 // Independent sigmoids: each is sigmoid(logit), they need not sum to 1.
+                assert_eq!(probs[i].len(), e.len(), "{tag} {name}: probabilities");
                 for (p, l) in probs[i].iter().zip(e) {
                     assert!((p - 1.0 / (1.0 + (-l).exp())).abs() < 1e-4);
                 }

@@ -316,9 +316,17 @@ impl ImageProcessor {
         v
     }
 
-    /// Writes [`Self::to_json`] as `folder/preprocessor_config.json`.
+    /// Writes [`Self::to_json`] as `folder/preprocessor_config.json`; an error for a processor
+    /// the file cannot describe (one that would read back as another).
     pub fn save(&self, folder: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(&self.to_json())
+        let json = self.to_json();
+        if Self::from_json(&json.to_string()).as_ref() != Ok(self) {
+            return Err(Error::InvalidInput(format!(
+                "this {} cannot be written as preprocessor_config.json (it would read back differently)",
+                self.class
+            )));
+        }
+        let text = serde_json::to_string_pretty(&json)
             .map_err(|e| Error::InvalidInput(format!("cannot serialise the processor: {e}")))?;
         crate::hub::write_atomic(&folder.join("preprocessor_config.json"), text.as_bytes())
     }

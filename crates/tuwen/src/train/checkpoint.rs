@@ -65,7 +65,7 @@ impl ModuleMapper for StableIds {
     fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         // FNV-1a over the dotted path: stable across runs, builds and machines.
         let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-        self.at.path.join(".").hash(&mut h);
+        self.at.stable_path().hash(&mut h);
         param.id = ParamId::from(h.0);
         param
     }
@@ -215,4 +215,51 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "checkpoint".into());
     dir.with_file_name(format!("{name}.{suffix}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::ModuleVisitor;
+    use burn::nn::{Linear, LinearConfig};
+
+    #[derive(burn::module::Module, Debug)]
+    struct Net {
+        proj: Linear,
+    }
+
+    #[derive(burn::module::Module, Debug)]
+    enum Family {
+        One(Net),
+    }
+
+    struct Ids(Vec<ParamId>);
+
+    impl ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(p.id);
+        }
+    }
+
+    fn ids<M: Module>(m: &M) -> Vec<ParamId> {
+        let mut v = Ids(Vec::new());
+        m.visit(&mut v);
+        v.0
+    }
+
+    /// Wrapping a network in an enum of families keeps its parameter ids, so optimiser states
+    /// saved before the wrapping still apply.
+    #[test]
+    fn stable_ids_follow_paths_and_ignore_enum_variants() {
+        let device = Device::flex();
+        let net = || Net {
+            proj: LinearConfig::new(3, 2).init(&device),
+        };
+        let (a, b) = (stable_param_ids(net()), stable_param_ids(net()));
+        assert_eq!(ids(&a), ids(&b));
+        assert_ne!(ids(&a), ids(&net()), "fresh ids are random");
+        let wrapped = stable_param_ids(Family::One(net()));
+        assert_eq!(ids(&wrapped), ids(&a));
+        assert_eq!(ids(&a).len(), 2);
+    }
 }

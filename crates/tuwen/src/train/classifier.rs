@@ -101,7 +101,11 @@ pub fn from_checkpoint(
     cfg.id2label = id2label(labels);
     // Keep only ViT keys of the encoder (an MAE checkpoint's decoder is dropped, a bare ViT
     // has no `vit.` prefix); the head stays as initialised unless the classes are the same.
-    let names = hub::safetensors_header(&hub::weight_files(folder)?[0])?;
+    let files = hub::weight_files(folder)?;
+    let first = files
+        .first()
+        .ok_or_else(|| Error::InvalidInput(format!("{}: no weights", folder.display())))?;
+    let names = hub::safetensors_header(first)?;
     let prefixed = names.keys().any(|k| k.starts_with("vit."));
     let mut renames: Vec<(&str, &str)> = Vec::new();
     if !prefixed {
@@ -257,7 +261,8 @@ impl<M: Classifier> TrainStep for ClassifierFamily<'_, M> {
         json!({"steps": cfg.steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "warmup": cfg.warmup, "weight_decay": cfg.weight_decay, "max_grad_norm": cfg.max_grad_norm,
             "label_smoothing": cfg.label_smoothing, "mixup": cfg.mixup,
-            "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip})
+            "crop_scale": cfg.augment.min_scale, "hflip": cfg.augment.hflip,
+            "labels": self.labels})
     }
 
     fn optimizers(&self, model: &M) -> Vec<Optim> {

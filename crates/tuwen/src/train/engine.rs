@@ -172,6 +172,8 @@ pub struct StepContext<'a> {
     pub micro: usize,
     /// Micro-batches of the step.
     pub micros: usize,
+    /// This micro-batch's share of the step's samples (its gradients' weight).
+    pub weight: f32,
     /// The networks' device.
     pub device: &'a Device,
     seed: u64,
@@ -186,7 +188,8 @@ impl StepContext<'_> {
     /// The seed of the step's random draw number `k`: a function of the run's seed, the step
     /// and the micro-batch alone, so that a resumed run draws what the uninterrupted one would.
     pub fn seed(&self, k: usize) -> u64 {
-        step_seed(self.seed, self.step, k + 10_000 * self.micro)
+        let seed = self.seed ^ (self.micro as u64).wrapping_mul(0xa24b_aed4_963e_e407);
+        step_seed(seed, self.step, k)
     }
 
     /// The learning rate of optimiser `name` at this step.
@@ -199,7 +202,8 @@ impl StepContext<'_> {
 
     /// Moves `module` with its gradients by optimiser `name`: clipped to the run's global
     /// norm, at the scheduled learning rate. With micro-batches the gradients are averaged
-    /// and the module moves at the last one.
+    /// (weighted by each micro-batch's share) and the module moves at the last one. A
+    /// non-finite gradient norm is an error: the module is not moved.
     pub fn update<M: Module>(
         &mut self,
         name: &str,
@@ -213,7 +217,7 @@ impl StepContext<'_> {
             .ok_or_else(|| Error::InvalidInput(format!("no optimiser named {name:?}")))?;
         let mut grads = grads;
         if self.micros > 1 {
-            super::optim::scale_grads(&module, &mut grads, 1.0 / self.micros as f32);
+            super::optim::scale_grads(&module, &mut grads, self.weight);
             grads = match self.pending[i].take() {
                 None => grads,
                 Some(sum) => {
@@ -233,7 +237,14 @@ impl StepContext<'_> {
         } else {
             f64::INFINITY
         };
-        self.norms[i] = super::clip_global_norm(&module, &mut grads, max);
+        let norm = super::clip_global_norm(&module, &mut grads, max);
+        if !norm.is_finite() {
+            return Err(Error::InvalidInput(format!(
+                "the gradients of {name:?} became {norm} at step {}; lower --lr",
+                self.step
+            )));
+        }
+        self.norms[i] = norm;
         let o = &mut self.optims[i];
         Ok(o.optim.step(o.lr * self.factor, module, grads))
     }
@@ -267,6 +278,8 @@ pub struct RunReport {
     pub skipped: usize,
     /// Whether the run stopped before its last step.
     pub stopped: bool,
+    /// Steps skipped because too few of their samples could be read.
+    pub skipped_steps: usize,
 }
 
 /// The number of optimiser steps that `epochs` passes over `samples` make in batches of
@@ -341,10 +354,9 @@ pub fn run<'a, S: TrainStep>(
     } else {
         data.seek(&state.data)?;
     }
-    let stream_skipped = data.stream_skipped();
     let first = state.step;
     let mut rates = Vec::new();
-    let mut stopped = false;
+    let (mut stopped, mut skipped_steps) = (false, 0);
     while state.step < cfg.steps {
         let step = state.step;
         let t0 = Instant::now();
@@ -359,87 +371,46 @@ pub fn run<'a, S: TrainStep>(
         state.skipped += loaded.iter().filter(|l| l.is_none()).count();
         let (images, texts): (Vec<Pixels>, Vec<String>) = loaded.into_iter().flatten().unzip();
         let n = images.len();
+        let mut go_on = true;
         if n < family.min_batch().max(accumulate) {
+            // Too few readable samples for a step: it is skipped and counted.
             state.step += 1;
-            continue;
-        }
-        let factor = super::warmup_cosine(step, 1.0, cfg.warmup, cfg.steps);
-        let mut ctx = StepContext {
-            step,
-            micro: 0,
-            micros: accumulate,
-            device: &device,
-            seed: cfg.seed,
-            factor,
-            max_grad_norm: cfg.max_grad_norm,
-            pending: (0..optims.len()).map(|_| None).collect(),
-            norms: vec![f64::NAN; optims.len()],
-            optims: &mut optims,
-        };
-        let mut loss = 0.0f32;
-        let mut figures = serde_json::Map::new();
-        {
-            // Every draw of the step (dropout, drop-path) follows from the seed and the step.
-            let _rng = family.device_draws(&models).then(|| {
-                let guard = device_rng();
-                device.seed(step_seed(cfg.seed, step, DEVICE_DRAWS));
-                guard
-            });
-            let (mut images, mut texts) = (images, texts);
-            for j in 0..accumulate {
-                let take = n / accumulate + usize::from(j < n % accumulate);
-                let batch = Batch {
-                    images: images.drain(..take).collect(),
-                    texts: texts.drain(..take).collect(),
-                };
-                ctx.micro = j;
-                let (next, out) = family.step(models, batch, &mut ctx)?;
-                models = next;
-                loss += out.loss / accumulate as f32;
-                figures.extend(out.metrics);
+            skipped_steps += 1;
+        } else {
+            let (next, mut report) = one_step(
+                family,
+                models,
+                &mut optims,
+                (images, texts),
+                step,
+                cfg,
+                &device,
+            )?;
+            models = next;
+            // Samples per second of the whole step, reading and decoding included.
+            let rate = n as f64 / t0.elapsed().as_secs_f64();
+            report.samples_per_s = rate;
+            report.metrics["samples_per_s"] = json!(rate);
+            let loss = report.loss;
+            if step > first {
+                rates.push(rate);
             }
-        }
-        if !loss.is_finite() {
-            return Err(Error::InvalidInput(format!(
-                "the loss became {loss} at step {step}; lower --lr"
-            )));
-        }
-        let grad_norm = ctx.norms.first().copied().unwrap_or(f64::NAN);
-        let lr = optims.first().map_or(0.0, |o| o.lr * factor);
-        let rate = n as f64 / t0.elapsed().as_secs_f64();
-        if step > first {
-            rates.push(rate);
-        }
-        state.losses.push((step, loss));
-        state.step += 1;
-        let mut line = json!({"step": step, "loss": loss, "lr": lr, "samples_per_s": rate});
-        if grad_norm.is_finite() {
-            line["grad_norm"] = json!(grad_norm);
-        }
-        for (k, v) in figures {
-            line[k] = v;
-        }
-        if cfg.val_every > 0
-            && state.step.is_multiple_of(cfg.val_every)
-            && let Some(Value::Object(val)) = family.validate(&models)?
-        {
-            for (k, v) in val {
-                line[format!("val_{k}")] = v;
+            state.losses.push((step, loss));
+            state.step += 1;
+            if cfg.val_every > 0
+                && state.step.is_multiple_of(cfg.val_every)
+                && let Some(Value::Object(val)) = family.validate(&models)?
+            {
+                for (k, v) in val {
+                    report.metrics[format!("val_{k}")] = v;
+                }
             }
+            if let (Some(f), Some(path)) = (&mut metrics, &cfg.metrics) {
+                writeln!(f, "{}", report.metrics).map_err(|e| Error::io(path, e))?;
+            }
+            go_on = on_step(&report, &models);
         }
-        if let Some(f) = &mut metrics {
-            writeln!(f, "{line}").map_err(|e| Error::io(cfg.metrics.as_deref().unwrap(), e))?;
-        }
-        let report = StepReport {
-            step,
-            loss,
-            lr,
-            grad_norm,
-            samples_per_s: rate,
-            metrics: line,
-        };
-        let go_on = on_step(&report, &models)
-            && !cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        go_on = go_on && !cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
         if checkpoint::due(state.step, cfg.steps, cfg.checkpoint_every, !go_on)
             && let Some(dir) = &cfg.checkpoint_dir
         {
@@ -452,12 +423,95 @@ pub fn run<'a, S: TrainStep>(
             break;
         }
     }
+    if state.step > first && skipped_steps == state.step - first {
+        return Err(Error::InvalidInput(format!(
+            "no step had enough readable samples ({} could not be read)",
+            state.skipped + data.stream_skipped()
+        )));
+    }
     rates.sort_by(f64::total_cmp);
     let report = RunReport {
         samples_per_s: rates.get(rates.len() / 2).copied().unwrap_or(0.0),
-        skipped: state.skipped + data.stream_skipped() - stream_skipped,
+        skipped: state.skipped + data.stream_skipped(),
+        skipped_steps,
         losses: state.losses,
         stopped,
+    };
+    Ok((models, report))
+}
+
+/// Runs one step of `family` on the readable samples of a batch, in `cfg.accumulate`
+/// micro-batches: seeds the step's draws, moves the optimisers, stops on a non-finite loss.
+/// The report's `samples_per_s` is left to the caller, who times the whole step.
+fn one_step<S: TrainStep>(
+    family: &mut S,
+    mut models: S::Models,
+    optims: &mut [Optim],
+    (mut images, mut texts): (Vec<Pixels>, Vec<String>),
+    step: usize,
+    cfg: &RunConfig,
+    device: &Device,
+) -> Result<(S::Models, StepReport)> {
+    let n = images.len();
+    let accumulate = cfg.accumulate.max(1);
+    let factor = super::warmup_cosine(step, 1.0, cfg.warmup, cfg.steps);
+    let mut ctx = StepContext {
+        step,
+        micro: 0,
+        micros: accumulate,
+        weight: 1.0,
+        device,
+        seed: cfg.seed,
+        factor,
+        max_grad_norm: cfg.max_grad_norm,
+        pending: (0..optims.len()).map(|_| None).collect(),
+        norms: vec![f64::NAN; optims.len()],
+        optims,
+    };
+    let mut loss = 0.0f32;
+    let mut figures = serde_json::Map::new();
+    {
+        // Every draw of the step (dropout, drop-path) follows from the seed and the step.
+        let _rng = family.device_draws(&models).then(|| {
+            let guard = device_rng();
+            device.seed(step_seed(cfg.seed, step, DEVICE_DRAWS));
+            guard
+        });
+        for j in 0..accumulate {
+            let take = n / accumulate + usize::from(j < n % accumulate);
+            let batch = Batch {
+                images: images.drain(..take).collect(),
+                texts: texts.drain(..take).collect(),
+            };
+            ctx.micro = j;
+            ctx.weight = take as f32 / n as f32;
+            let (next, out) = family.step(models, batch, &mut ctx)?;
+            models = next;
+            loss += out.loss * ctx.weight;
+            figures.extend(out.metrics);
+        }
+    }
+    if !loss.is_finite() {
+        return Err(Error::InvalidInput(format!(
+            "the loss became {loss} at step {step}; lower --lr"
+        )));
+    }
+    let grad_norm = ctx.norms.first().copied().unwrap_or(f64::NAN);
+    let lr = optims.first().map_or(0.0, |o| o.lr * factor);
+    let mut line = json!({"step": step, "loss": loss, "lr": lr});
+    if grad_norm.is_finite() {
+        line["grad_norm"] = json!(grad_norm);
+    }
+    for (k, v) in figures {
+        line[k] = v;
+    }
+    let report = StepReport {
+        step,
+        loss,
+        lr,
+        grad_norm,
+        samples_per_s: 0.0,
+        metrics: line,
     };
     Ok((models, report))
 }
@@ -466,7 +520,11 @@ pub fn run<'a, S: TrainStep>(
 fn metrics_file(path: &Path, start: usize) -> Result<std::fs::File> {
     let mut kept = String::new();
     if start > 0 {
-        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let old = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::io(path, e)),
+        };
         for line in old.lines() {
             let v: Value = serde_json::from_str(line).unwrap_or_default();
             if v["step"].as_u64().is_some_and(|s| (s as usize) < start) {

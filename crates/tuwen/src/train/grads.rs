@@ -36,6 +36,18 @@ impl ModulePath {
             .unwrap_or("")
     }
 
+    /// The dotted path without the variants of enums the module passes through, so that a
+    /// network's ids do not change when it is wrapped in an enum of families.
+    pub(crate) fn stable_path(&self) -> String {
+        self.path
+            .iter()
+            .zip(&self.containers)
+            .filter(|(_, c)| !c.starts_with("Enum:"))
+            .map(|(p, _)| p.as_str())
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
     /// The parameter's own name.
     pub(crate) fn name(&self) -> &str {
         self.path.last().map(String::as_str).unwrap_or("")
