@@ -124,7 +124,9 @@ pub trait TrainStep {
 
     /// Settings that must be the same when a run resumes.
     fn settings(&self) -> Value;
-    /// The optimisers, fresh (a resumed run loads their state into them).
+    /// The optimisers, fresh (a resumed run loads their state into them). Their state is kept
+    /// by parameter id: give the networks [`super::stable_param_ids`] so that networks loaded
+    /// from a checkpoint find it.
     fn optimizers(&self, models: &Self::Models) -> Vec<Optim>;
     /// The device the networks live on (an autodiff device).
     fn device(&self, models: &Self::Models) -> Device;
@@ -518,6 +520,9 @@ fn one_step<S: TrainStep>(
 
 /// `metrics.jsonl` opened for appending, holding only the lines of steps before `start`.
 fn metrics_file(path: &Path, start: usize) -> Result<std::fs::File> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
     let mut kept = String::new();
     if start > 0 {
         let old = match std::fs::read_to_string(path) {
