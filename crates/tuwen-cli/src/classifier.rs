@@ -9,12 +9,9 @@ use serde_json::json;
 use tuwen::burn::prelude::Device;
 use tuwen::data::ImageProcessor;
 use tuwen::data::augment::Augment;
-use tuwen::models::efficientnet::{self, EfficientNetForImageClassification};
-use tuwen::models::vit::{self, ViTForImageClassification};
 use tuwen::pipeline::ImageClassification;
 use tuwen::train::classifier::{
-    Classifier, ClassifierTrainConfig, EfficientNetClassifier, VitClassifier,
-    efficientnet_from_checkpoint, from_checkpoint, linear_probe, train,
+    Classifier, ClassifierNet, ClassifierStart, ClassifierTrainConfig, build, linear_probe, train,
 };
 
 use crate::train::Progress;
@@ -109,16 +106,30 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
         bail!("--mixup must be >= 0 and --label-smoothing in [0, 1)");
     }
     let device = device.clone().autodiff();
-    let rng = tuwen::train::engine::device_rng();
-    device.seed(args.seed);
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
         Some(crate::train::resume_dir(&ckpt_dir)?)
     } else {
         None
     };
-    let (net, processor) = build(&args, &labels, resume_from.as_deref(), &device)?;
-    drop(rng);
+    let init = match &args.init {
+        Some(m) => Some(tuwen::hub::resolve(m)?),
+        None => None,
+    };
+    let start = match (&resume_from, &init, &args.arch) {
+        (Some(dir), _, _) => ClassifierStart::Resume(dir),
+        (None, Some(folder), arch) => ClassifierStart::Init {
+            folder,
+            arch: arch.as_deref(),
+        },
+        (None, None, Some(name)) => ClassifierStart::Arch {
+            name,
+            image_size: args.image_size,
+            seed: args.seed,
+        },
+        (None, None, None) => bail!("give --init CHECKPOINT or --arch NAME"),
+    };
+    let (net, processor) = build(start, &labels, &device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let steps = match args.epochs {
@@ -145,7 +156,7 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
         ..ClassifierTrainConfig::default()
     };
     match net {
-        Net::Vit(m) if args.linear_probe => {
+        ClassifierNet::Vit(m) if args.linear_probe => {
             let (model, acc) = linear_probe(
                 m.model,
                 &processor,
@@ -160,8 +171,10 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
             );
             model.save(&m.config, &args.out)?;
         }
-        Net::Eff(_) if args.linear_probe => bail!("--linear-probe is for ViT encoders"),
-        Net::Vit(m) => fit(
+        ClassifierNet::EfficientNet(_) if args.linear_probe => {
+            bail!("--linear-probe is for ViT encoders")
+        }
+        ClassifierNet::Vit(m) => fit(
             *m,
             &processor,
             &samples,
@@ -170,7 +183,7 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
             &args,
             resume_from.as_deref(),
         )?,
-        Net::Eff(m) => fit(
+        ClassifierNet::EfficientNet(m) => fit(
             *m,
             &processor,
             &samples,
@@ -192,125 +205,6 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
         println!(
             "{}",
             json!({"top1": r["top1"], "n": r["n"], "per_class": r["per_class"]})
-        );
-    }
-    Ok(())
-}
-
-enum Net {
-    Vit(Box<VitClassifier>),
-    Eff(Box<EfficientNetClassifier>),
-}
-
-/// The network to train and its preprocessing: resumed, from --init, or new from --arch.
-fn build(
-    args: &ClassifierArgs,
-    labels: &[String],
-    resume_from: Option<&std::path::Path>,
-    device: &Device,
-) -> Result<(Net, ImageProcessor)> {
-    let id2label = tuwen::train::classifier::id2label(labels);
-    let processor_of =
-        |folder: &std::path::Path, default: &str| tuwen::pipeline::image_processor(folder, default);
-    if let Some(folder) = resume_from
-        .map(std::path::Path::to_path_buf)
-        .or(match &args.init {
-            Some(m) => Some(tuwen::hub::resolve(m)?),
-            None => None,
-        })
-    {
-        let mc = tuwen::hub::ModelConfig::read(&folder)?;
-        if mc.model_type == "efficientnet" {
-            check_arch(args, None)?;
-            let net = efficientnet_from_checkpoint(&folder, labels, device)?;
-            let p = processor_of(&folder, "EfficientNetImageProcessor")?;
-            return Ok((Net::Eff(Box::new(net)), p));
-        }
-        let (m, c) = if resume_from.is_some() {
-            ViTForImageClassification::load(&folder, device)?
-        } else {
-            from_checkpoint(&folder, labels, device)?
-        };
-        check_arch(args, Some(&c))?;
-        let p = processor_of(&folder, "ViTImageProcessor")?;
-        return Ok((
-            Net::Vit(Box::new(VitClassifier {
-                model: m,
-                config: c,
-            })),
-            p,
-        ));
-    }
-    let Some(name) = &args.arch else {
-        bail!("give --init CHECKPOINT or --arch NAME");
-    };
-    if let Some(mut c) = efficientnet::arch(name, labels.len()) {
-        if let Some(s) = args.image_size {
-            c.image_size = s;
-        }
-        c.id2label = id2label;
-        c.validate()
-            .map_err(|m| anyhow::anyhow!("--arch {name}: {m}"))?;
-        let p = new_processor(c.image_size)?;
-        let m = EfficientNetForImageClassification::new(&c, device);
-        return Ok((
-            Net::Eff(Box::new(EfficientNetClassifier {
-                model: m,
-                config: c,
-            })),
-            p,
-        ));
-    }
-    let mut c = vit::arch(name, labels.len()).with_context(|| {
-        format!(
-            "unknown --arch {name:?} (known: {}, {})",
-            vit::ARCHS.join(", "),
-            efficientnet::ARCHS.join(", ")
-        )
-    })?;
-    if let Some(s) = args.image_size {
-        c.image_size = s;
-    }
-    c.id2label = id2label;
-    c.validate()
-        .map_err(|m| anyhow::anyhow!("--arch {name}: {m}"))?;
-    let p = new_processor(c.image_size)?;
-    let m = ViTForImageClassification::new(&c, device);
-    Ok((
-        Net::Vit(Box::new(VitClassifier {
-            model: m,
-            config: c,
-        })),
-        p,
-    ))
-}
-
-/// Resize to the model's side, ImageNet mean and standard deviation.
-fn new_processor(size: usize) -> Result<ImageProcessor> {
-    let p = tuwen::train::mae::preprocessor_json(size);
-    ImageProcessor::from_json(&p.to_string()).map_err(|m| anyhow::anyhow!(m))
-}
-
-/// With --init, --arch must name the checkpoint's own sizes.
-fn check_arch(args: &ClassifierArgs, init: Option<&vit::ViTConfig>) -> Result<()> {
-    let (Some(name), Some(c)) = (&args.arch, init) else {
-        return Ok(());
-    };
-    let a = vit::arch(name, 1)
-        .with_context(|| format!("unknown --arch {name:?} (known: {})", vit::ARCHS.join(", ")))?;
-    let sizes = |c: &vit::ViTConfig| {
-        (
-            c.hidden_size,
-            c.num_hidden_layers,
-            c.num_attention_heads,
-            c.patch_size,
-        )
-    };
-    if sizes(&a) != sizes(c) {
-        bail!(
-            "--arch {name} (width, layers, heads, patch {:?}) does not match --init (width, layers, heads, patch {:?})",
-            sizes(&a),
-            sizes(c)
         );
     }
     Ok(())

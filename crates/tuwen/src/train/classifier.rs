@@ -154,6 +154,155 @@ pub fn efficientnet_from_checkpoint(
     Ok(EfficientNetClassifier { model, config })
 }
 
+/// A classifier of either kind, ready to train.
+pub enum ClassifierNet {
+    /// A ViT.
+    Vit(Box<VitClassifier>),
+    /// An EfficientNet.
+    EfficientNet(Box<EfficientNetClassifier>),
+}
+
+/// Where a classifier run's network comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum ClassifierStart<'a> {
+    /// This run's checkpoint folder (a resumed run).
+    Resume(&'a Path),
+    /// Fine-tune a checkpoint folder: an EfficientNet or ViT classifier, a bare ViT or an MAE
+    /// run (a new head when its classes are not the data's). `arch`, when given, must name the
+    /// checkpoint's sizes.
+    Init {
+        /// The checkpoint folder.
+        folder: &'a Path,
+        /// An architecture name to check the checkpoint against.
+        arch: Option<&'a str>,
+    },
+    /// A new network of a named architecture (`efficientnet-bN`, `vit-...`).
+    Arch {
+        /// The architecture.
+        name: &'a str,
+        /// Image side (default: the architecture's).
+        image_size: Option<usize>,
+        /// Seed of the initial weights.
+        seed: u64,
+    },
+}
+
+/// The network a classifier run trains, for `labels`, and the preprocessing it trains with:
+/// the checkpoint's own, or (a new network) resizing to its side with ImageNet's mean and
+/// standard deviation.
+pub fn build(
+    start: ClassifierStart,
+    labels: &[String],
+    device: &Device,
+) -> Result<(ClassifierNet, ImageProcessor)> {
+    let processor_of = crate::pipeline::image_processor;
+    let (folder, arch, resume) = match start {
+        ClassifierStart::Resume(folder) => (folder, None, true),
+        ClassifierStart::Init { folder, arch } => (folder, arch, false),
+        ClassifierStart::Arch {
+            name,
+            image_size,
+            seed,
+        } => return build_arch(name, image_size, seed, labels, device),
+    };
+    if ModelConfig::read(folder)?.model_type == "efficientnet" {
+        if let Some(name) = arch {
+            check_arch(name, None)?;
+        }
+        let net = efficientnet_from_checkpoint(folder, labels, device)?;
+        let p = processor_of(folder, "EfficientNetImageProcessor")?;
+        return Ok((ClassifierNet::EfficientNet(Box::new(net)), p));
+    }
+    let (model, config) = if resume {
+        ViTForImageClassification::load(folder, device)?
+    } else {
+        from_checkpoint(folder, labels, device)?
+    };
+    if let Some(name) = arch {
+        check_arch(name, Some(&config))?;
+    }
+    let p = processor_of(folder, "ViTImageProcessor")?;
+    Ok((
+        ClassifierNet::Vit(Box::new(VitClassifier { model, config })),
+        p,
+    ))
+}
+
+/// A new classifier of architecture `name` for `labels`, seeded.
+fn build_arch(
+    name: &str,
+    image_size: Option<usize>,
+    seed: u64,
+    labels: &[String],
+    device: &Device,
+) -> Result<(ClassifierNet, ImageProcessor)> {
+    use crate::models::{efficientnet, vit};
+    let bad = |m: String| Error::InvalidInput(format!("--arch {name}: {m}"));
+    let processor = |size: usize| {
+        ImageProcessor::from_json(&super::mae::preprocessor_json(size).to_string())
+            .map_err(Error::InvalidInput)
+    };
+    if let Some(mut config) = efficientnet::arch(name, labels.len()) {
+        config.image_size = image_size.unwrap_or(config.image_size);
+        config.id2label = id2label(labels);
+        config.validate().map_err(bad)?;
+        let model = super::engine::init_seeded(device, seed, |d| {
+            EfficientNetForImageClassification::new(&config, d)
+        });
+        let p = processor(config.image_size)?;
+        let net = EfficientNetClassifier { model, config };
+        return Ok((ClassifierNet::EfficientNet(Box::new(net)), p));
+    }
+    let mut config = vit::arch(name, labels.len()).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "unknown --arch {name:?} (known: {}, {})",
+            vit::ARCHS.join(", "),
+            efficientnet::ARCHS.join(", ")
+        ))
+    })?;
+    config.image_size = image_size.unwrap_or(config.image_size);
+    config.id2label = id2label(labels);
+    config.validate().map_err(bad)?;
+    let model =
+        super::engine::init_seeded(device, seed, |d| ViTForImageClassification::new(&config, d));
+    let p = processor(config.image_size)?;
+    Ok((
+        ClassifierNet::Vit(Box::new(VitClassifier { model, config })),
+        p,
+    ))
+}
+
+/// `--arch` given with `--init` must name the checkpoint's own sizes (an EfficientNet
+/// checkpoint takes no ViT architecture check).
+fn check_arch(name: &str, init: Option<&ViTConfig>) -> Result<()> {
+    use crate::models::vit;
+    let Some(c) = init else {
+        return Ok(());
+    };
+    let a = vit::arch(name, 1).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "unknown --arch {name:?} (known: {})",
+            vit::ARCHS.join(", ")
+        ))
+    })?;
+    let sizes = |c: &ViTConfig| {
+        (
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.patch_size,
+        )
+    };
+    if sizes(&a) != sizes(c) {
+        return Err(Error::InvalidInput(format!(
+            "--arch {name} (width, layers, heads, patch {:?}) does not match --init (width, layers, heads, patch {:?})",
+            sizes(&a),
+            sizes(c)
+        )));
+    }
+    Ok(())
+}
+
 /// The class-token features (after the encoder's final norm) of preprocessed images.
 fn features(model: &ViTForImageClassification, pixels: Tensor<4>) -> Tensor<2> {
     let x = model.vit.forward(pixels).last_hidden_state;

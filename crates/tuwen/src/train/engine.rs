@@ -307,6 +307,23 @@ pub fn device_rng() -> std::sync::MutexGuard<'static, ()> {
     RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A network built by `build` from the device's generator seeded with `seed`, its weights
+/// drawn at once (burn draws them lazily, on first use) while [`device_rng`] is held: so a
+/// seed means one network, whatever else the process draws.
+pub fn init_seeded<M: Module>(device: &Device, seed: u64, build: impl FnOnce(&Device) -> M) -> M {
+    struct Draw;
+    impl burn::module::ModuleVisitor for Draw {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            let _ = p.val();
+        }
+    }
+    let _rng = device_rng();
+    device.seed(seed);
+    let m = build(device);
+    m.visit(&mut Draw);
+    m
+}
+
 /// Trains `models` with `family`'s step on `data` as `cfg` says; `on_step` hears every step
 /// (with the networks as they are after it) and may stop the run by returning false. A
 /// checkpoint is written every `checkpoint_every` steps, at the end and when the run stops.
