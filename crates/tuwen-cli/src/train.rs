@@ -19,8 +19,8 @@ use tuwen::pipeline::image_text::{DEFAULT_TEMPLATE, Family, IMAGENET_TEMPLATES};
 use tuwen::train::StepReport;
 use tuwen::train::checkpoint;
 use tuwen::train::contrastive::{
-    LossKind, TrainConfig, TrainData, Validation, default_lr, init_folder, tokenizer_captions,
-    train,
+    ContrastiveStart, LossKind, TrainConfig, TrainData, Validation, default_lr, prepare,
+    tokenizer_captions, train,
 };
 use tuwen::train::engine::epochs_to_steps;
 
@@ -301,44 +301,30 @@ pub fn fit(args: &TrainArgs, device: &Device) -> Result<Outcome> {
     let device = device.clone().autodiff();
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
-        let found = crate::train::resume_dir(&ckpt_dir)?;
-        Some(found)
+        Some(crate::train::resume_dir(&ckpt_dir)?)
     } else {
-        match &args.init {
-            Some(m) => {
-                let folder = hub::resolve(m)?;
-                tuwen::pipeline::convert(
-                    folder.to_str().context("non-UTF-8 path")?,
-                    &args.out,
-                    &Device::flex(),
-                )?;
-            }
-            None => {
-                let captions =
-                    tokenizer_captions(&samples, shards.then_some(args.data.as_path()), args.seed)?;
-                init_folder(
-                    &args.out,
-                    family,
-                    &args.arch,
-                    args.image_size,
-                    &captions,
-                    args.seed,
-                )?;
-            }
-        }
         None
     };
-    let model = ImageText::load_folder(resume_from.as_deref().unwrap_or(&args.out), &device)?;
-    if model.family() != family {
-        bail!(
-            "--init is not a {} model",
-            if family == Family::Clip {
-                "CLIP"
-            } else {
-                "SigLIP"
+    let init = match &args.init {
+        Some(m) => Some(hub::resolve(m)?),
+        None => None,
+    };
+    let captions;
+    let start = match (&resume_from, &init) {
+        (Some(dir), _) => ContrastiveStart::Resume(dir),
+        (None, Some(folder)) => ContrastiveStart::Init(folder),
+        (None, None) => {
+            captions =
+                tokenizer_captions(&samples, shards.then_some(args.data.as_path()), args.seed)?;
+            ContrastiveStart::Arch {
+                name: &args.arch,
+                image_size: args.image_size,
+                captions: &captions,
+                seed: args.seed,
             }
-        );
-    }
+        }
+    };
+    let model = prepare(&args.out, start, family, &device)?;
     let mut cfg = TrainConfig {
         steps,
         batch_size: args.batch_size,

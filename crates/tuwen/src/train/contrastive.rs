@@ -330,6 +330,68 @@ pub fn tokenizer_captions(
     }
 }
 
+/// Where a contrastive run's model comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum ContrastiveStart<'a> {
+    /// This run's checkpoint folder (a resumed run).
+    Resume(&'a Path),
+    /// Fine-tune a checkpoint folder: it is converted into the output folder first.
+    Init(&'a Path),
+    /// A new model of a named architecture ([`ARCHS`]) whose tokenizer learns the captions.
+    Arch {
+        /// The architecture.
+        name: &'a str,
+        /// Image side.
+        image_size: usize,
+        /// The captions the tokenizer learns its words from ([`tokenizer_captions`]).
+        captions: &'a [String],
+        /// Seed of the initial weights.
+        seed: u64,
+    },
+}
+
+/// The model a contrastive run of `family` trains, on `device` (an autodiff device): loaded
+/// from the checkpoint it resumes, or from `out` after converting the `--init` checkpoint or
+/// writing a new model there. An error when the model is not of `family`.
+pub fn prepare(
+    out: &Path,
+    start: ContrastiveStart,
+    family: Family,
+    device: &Device,
+) -> Result<ImageText> {
+    let folder = match start {
+        ContrastiveStart::Resume(dir) => dir,
+        ContrastiveStart::Init(folder) => {
+            let name = folder.to_str().ok_or_else(|| {
+                Error::InvalidInput(format!("{}: not a UTF-8 path", folder.display()))
+            })?;
+            crate::pipeline::convert(name, out, &Device::flex())?;
+            out
+        }
+        ContrastiveStart::Arch {
+            name,
+            image_size,
+            captions,
+            seed,
+        } => {
+            init_folder(out, family, name, image_size, captions, seed)?;
+            out
+        }
+    };
+    let model = ImageText::load_folder(folder, device)?;
+    if model.family() != family {
+        return Err(Error::InvalidInput(format!(
+            "{} is not a {} model",
+            folder.display(),
+            match family {
+                Family::Clip => "CLIP",
+                Family::Siglip => "SigLIP",
+            }
+        )));
+    }
+    Ok(model)
+}
+
 /// What a training run measured.
 pub type TrainReport = RunReport;
 
