@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde_json::json;
 
@@ -540,15 +540,7 @@ pub fn accumulated_grads(
             loss_value = loss.clone().into_scalar();
         }
         let g = GradientsParams::from_grads(loss.backward(), &model.towers);
-        total = Some(match total {
-            None => g,
-            Some(sum) => {
-                let mut acc = GradientsAccumulator::new();
-                acc.accumulate(&model.towers, sum);
-                acc.accumulate(&model.towers, g);
-                acc.grads()
-            }
-        });
+        total = Some(super::optim::add_grads(&model.towers, total, g));
     }
     Ok((loss_value, total.unwrap_or_default()))
 }

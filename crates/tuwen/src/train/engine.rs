@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use serde_json::{Value, json};
 
@@ -220,15 +220,7 @@ impl StepContext<'_> {
         let mut grads = grads;
         if self.micros > 1 {
             super::optim::scale_grads(&module, &mut grads, self.weight);
-            grads = match self.pending[i].take() {
-                None => grads,
-                Some(sum) => {
-                    let mut acc = GradientsAccumulator::new();
-                    acc.accumulate(&module, sum);
-                    acc.accumulate(&module, grads);
-                    acc.grads()
-                }
-            };
+            grads = super::optim::add_grads(&module, self.pending[i].take(), grads);
             if self.micro + 1 < self.micros {
                 self.pending[i] = Some(grads);
                 return Ok(module);

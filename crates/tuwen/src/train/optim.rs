@@ -124,6 +124,21 @@ pub fn clip_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_
     norm
 }
 
+/// `sum + grads`, parameter by parameter (`grads` alone when there is no sum yet).
+pub fn add_grads<M: Module>(
+    module: &M,
+    sum: Option<GradientsParams>,
+    grads: GradientsParams,
+) -> GradientsParams {
+    let Some(sum) = sum else {
+        return grads;
+    };
+    let mut acc = burn::optim::GradientsAccumulator::new();
+    acc.accumulate(module, sum);
+    acc.accumulate(module, grads);
+    acc.grads()
+}
+
 /// Multiplies every gradient of `module` by `s`.
 pub fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, s: f32) {
     module.visit(&mut GlobalNorm {
