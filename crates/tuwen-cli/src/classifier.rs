@@ -116,6 +116,7 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
         Some(m) => Some(tuwen::hub::resolve(m)?),
         None => None,
     };
+    crate::train::refuse_input_as_out(&args.out, &[&args.data], init.as_deref())?;
     let start = match (&resume_from, &init, &args.arch) {
         (Some(dir), _, _) => ClassifierStart::Resume(dir),
         (None, Some(folder), arch) => ClassifierStart::Init {

@@ -7,7 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tuwen::burn::prelude::Device;
-use tuwen::data::files::{walk_images, write_npy, write_safetensors};
+use tuwen::data::files::{refuse_overwrite, walk_images, write_npy, write_safetensors};
 use tuwen::pipeline::ImageText;
 use tuwen::pipeline::image_text::dot;
 
@@ -64,14 +64,32 @@ pub fn run(args: EmbedArgs, device: &Device) -> Result<()> {
             ),
         },
     };
-    let model = ImageText::load(&args.model, device)?;
+    let folder = tuwen::hub::resolve(&args.model)?;
+    let files = match &args.dir {
+        Some(dir) => walk_images(dir)?,
+        None => Vec::new(),
+    };
+    if let Some(dir) = &args.dir
+        && files.is_empty()
+    {
+        bail!(
+            "--images {}: no image files found (looked for {})",
+            dir.display(),
+            tuwen::data::files::IMAGE_EXTENSIONS.join(", ")
+        );
+    }
+    if let Some(out) = &args.out {
+        let inputs: Vec<&std::path::Path> =
+            args.images.iter().chain(&files).map(|p| p.as_path()).collect();
+        refuse_overwrite("--out", out, &inputs, &[&folder])?;
+    }
+    let model = ImageText::load_folder(&folder, device)?;
 
     // Explicit images must all be readable: an error names the first bad one.
     let mut image_paths = Vec::new();
     let mut image_embeds = model.encode_images(&args.images, args.batch_size)?;
     image_paths.extend(args.images.iter().cloned());
     if let Some(dir) = &args.dir {
-        let files = walk_images(dir)?;
         let bar = progress(files.len(), "images");
         let mut skipped = 0usize;
         let (kept, embeds) = model.encode_images_lenient(
@@ -84,6 +102,13 @@ pub fn run(args: EmbedArgs, device: &Device) -> Result<()> {
             |n| bar.inc(n as u64),
         )?;
         bar.finish_and_clear();
+        if kept.is_empty() {
+            bail!(
+                "none of the {} image files in {} could be read",
+                files.len(),
+                dir.display()
+            );
+        }
         eprintln!(
             "embedded {} of {} images in {}{}",
             kept.len(),

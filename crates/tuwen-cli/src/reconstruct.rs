@@ -1,11 +1,12 @@
 //! `tuwen reconstruct`: what a masked autoencoder makes of masked images, as a picture or JSON.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 use tuwen::burn::prelude::Device;
+use tuwen::data::files::refuse_overwrite;
 use tuwen::pipeline::mae::MaskedAutoencoder;
 
 #[derive(Args)]
@@ -22,19 +23,32 @@ pub struct ReconstructArgs {
     /// Seed of the masking.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The picture: per image, original | masked | reconstruction | reconstruction + visible.
-    #[arg(long, default_value = "reconstruction.png")]
-    out: PathBuf,
+    /// The picture: per image, original | masked | reconstruction | reconstruction + visible
+    /// (default: reconstruction.png; with --json, only when given).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Print `{"logits", "mask", "loss"}` (transformers' names and layouts) as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: ReconstructArgs, device: &Device) -> Result<()> {
-    let mae = MaskedAutoencoder::load(&args.model, device)?;
+    let folder = tuwen::hub::resolve(&args.model)?;
+    let out = match (&args.out, args.json) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(PathBuf::from("reconstruction.png")),
+        (None, true) => None,
+    };
+    if let Some(out) = &out {
+        let inputs: Vec<&Path> = args.images.iter().map(PathBuf::as_path).collect();
+        refuse_overwrite("--out", out, &inputs, &[&folder])?;
+    }
+    let mae = MaskedAutoencoder::load_folder(&folder, device)?;
     let ratio = args.mask_ratio.unwrap_or(mae.config.mask_ratio);
     let r = mae.reconstruct(&args.images, ratio, args.seed)?;
-    r.png(&mae.processor, mae.config.norm_pix_loss, &args.out)?;
+    if let Some(out) = &out {
+        r.png(&mae.processor, mae.config.norm_pix_loss, out)?;
+    }
     if args.json {
         println!(
             "{}",
@@ -46,7 +60,7 @@ pub fn run(args: ReconstructArgs, device: &Device) -> Result<()> {
         println!(
             "masked {masked} of {total} patches; loss on them {}; picture in {}",
             r.loss.map_or("-".to_string(), |l| format!("{l:.4}")),
-            args.out.display()
+            out.as_deref().map_or(String::new(), |p| p.display().to_string())
         );
     }
     Ok(())

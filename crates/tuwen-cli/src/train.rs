@@ -309,6 +309,7 @@ pub fn fit(args: &TrainArgs, device: &Device) -> Result<Outcome> {
         Some(m) => Some(hub::resolve(m)?),
         None => None,
     };
+    refuse_input_as_out(&args.out, &[&args.data], init.as_deref())?;
     let captions;
     let start = match (&resume_from, &init) {
         (Some(dir), _) => ContrastiveStart::Resume(dir),
@@ -401,6 +402,15 @@ pub fn fit(args: &TrainArgs, device: &Device) -> Result<Outcome> {
         samples_per_s: report.samples_per_s,
         zero_shot,
     })
+}
+
+/// Refuses a training `--out` that is one of the run's inputs: its data or the checkpoint it
+/// starts from (whose files the trained model would replace).
+pub fn refuse_input_as_out(out: &Path, data: &[&Path], init: Option<&Path>) -> Result<()> {
+    let folders: Vec<&Path> = init.into_iter().collect();
+    Ok(tuwen::data::files::refuse_overwrite(
+        "--out", out, data, &folders,
+    )?)
 }
 
 /// The checkpoint folder `--resume` continues from; a one-line error when there is none.
@@ -496,8 +506,12 @@ pub struct EvalClassifyArgs {
 }
 
 fn eval_classify(a: EvalClassifyArgs, device: &Device) -> Result<()> {
-    let model = tuwen::pipeline::ImageClassification::load(&a.model, device)?;
+    let folder = hub::resolve(&a.model)?;
     let samples = tuwen::data::labelled::labelled(&a.data, &a.label_column)?;
+    let mut inputs: Vec<&Path> = samples.iter().map(|s| s.image.as_path()).collect();
+    inputs.push(&a.data);
+    tuwen::data::files::refuse_overwrite("--confusion", &a.confusion, &inputs, &[&folder])?;
+    let model = tuwen::pipeline::ImageClassification::load_folder(&folder, device)?;
     let (mut r, confusion) =
         tuwen::eval::classification_eval(&model, &samples, &a.label_column, 32)?;
     tuwen::eval::confusion_png(&model.labels, &confusion, &a.confusion)?;

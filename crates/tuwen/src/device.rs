@@ -58,11 +58,21 @@ pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::InvalidInput("--threads must be at least 1".into()));
     }
+    if n > MAX_THREADS {
+        return Err(Error::InvalidInput(format!(
+            "--threads {n} is more than {MAX_THREADS} (this machine has {} cores)",
+            std::thread::available_parallelism().map_or(1, |c| c.get())
+        )));
+    }
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global()
         .map_err(|e| Error::InvalidInput(format!("cannot set threads: {e}")))
 }
+
+/// The most CPU threads `--threads` accepts: far past any core count, short of what would
+/// exhaust the process's thread and memory limits.
+pub const MAX_THREADS: usize = 1024;
 
 /// The number of CPU threads the CPU backend and preprocessing use.
 pub fn threads() -> usize {

@@ -41,6 +41,12 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
+    // A path that exists but cannot be followed (a link loop, no permission) says why.
+    if let Err(e) = std::fs::metadata(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(Error::InvalidInput(format!("--model {model}: {e}")));
+    }
     if path.exists() {
         return Err(Error::InvalidInput(format!(
             "--model {model}: expected a checkpoint folder or an HF repo id, found a file"
@@ -252,6 +258,9 @@ pub fn safetensors_header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
         path: path.to_path_buf(),
         message: m,
     };
+    if path.is_dir() {
+        return Err(bad("a folder, not a safetensors file".into()));
+    }
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut len = [0u8; 8];
     f.read_exact(&mut len)
@@ -412,6 +421,26 @@ pub fn save_pretrained_with_scalars<M: Module>(
     })?;
     let text = serde_json::to_string_pretty(config).expect("JSON value serializes");
     write_atomic(&folder.join("config.json"), text.as_bytes())
+}
+
+/// A scratch folder beside `out` (in its nearest existing ancestor, so on the same disk),
+/// removed when dropped: where a new model is made before anything is written to `out`.
+pub fn scratch_dir(out: &Path) -> Result<tempfile::TempDir> {
+    let mut base = out.parent();
+    while let Some(b) = base {
+        if b.as_os_str().is_empty() || b.is_dir() {
+            break;
+        }
+        base = b.parent();
+    }
+    let base = match base {
+        Some(b) if !b.as_os_str().is_empty() => b,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".tuwen-staging-")
+        .tempdir_in(base)
+        .map_err(|e| Error::io(base, e))
 }
 
 /// Writes a file through a temporary sibling and a rename, so readers never see half of it.

@@ -168,6 +168,12 @@ pub fn read_sidecar_folder(dir: &Path) -> Result<Vec<Sample>> {
 /// `dir/<class>/*.png`, captioned by `template` with `{}` for the class name (underscores
 /// become spaces); the class is kept as `label`.
 pub fn read_class_folders(dir: &Path, template: &str) -> Result<Vec<Sample>> {
+    if !template.contains("{}") {
+        return Err(Error::InvalidInput(format!(
+            "--caption-template {template:?} has no {{}} for the class name: every caption \
+             would be the same"
+        )));
+    }
     let mut out = Vec::new();
     for image in walk_images(dir)? {
         let Some(class) = image

@@ -9,7 +9,8 @@ use crate::{Error, Result};
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"];
 
 /// Every image file under `dir`, recursively, sorted by path. Unreadable sub-folders are an error
-/// only at the top level.
+/// only at the top level. Only regular files (or links to them) count: a FIFO or a device with
+/// an image's name would block or never end. Links to folders are not followed (no loops).
 pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
     if !meta.is_dir() {
@@ -38,6 +39,7 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
             {
                 out.push(path);
             }
@@ -45,6 +47,55 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Whether two paths name one existing file (after links; hard links included on Unix).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        ma.dev() == mb.dev() && ma.ino() == mb.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (ma, mb);
+        std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+    }
+}
+
+/// Refuses an output path that would replace one of a command's inputs: one of the `files`
+/// (compared after resolving links), a file directly inside one of the `folders` (a model
+/// folder's weights, config, tokenizer), or one of those folders itself. `flag` names the
+/// option in the message. A path that does not exist yet replaces nothing.
+pub fn refuse_overwrite(flag: &str, output: &Path, files: &[&Path], folders: &[&Path]) -> Result<()> {
+    if std::fs::symlink_metadata(output).is_err() {
+        return Ok(());
+    }
+    let refuse = |what: &Path| {
+        Err(Error::InvalidInput(format!(
+            "{flag} {} would replace the input {}: choose another path",
+            output.display(),
+            what.display()
+        )))
+    };
+    for f in files {
+        if same_file(output, f) {
+            return refuse(f);
+        }
+    }
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    for d in folders {
+        if same_file(output, d) || (same_file(parent, d) && output.is_file()) {
+            return refuse(d);
+        }
+    }
+    Ok(())
 }
 
 fn check_rows(rows: &[Vec<f32>]) -> Result<(usize, usize)> {
@@ -140,6 +191,33 @@ mod tests {
     }
 
     #[test]
+    fn outputs_may_not_replace_inputs() {
+        let dir = std::env::temp_dir().join(format!("tuwen-overwrite-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("model")).unwrap();
+        std::fs::write(dir.join("in.png"), b"x").unwrap();
+        std::fs::write(dir.join("model/model.safetensors"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.join("in.png"), dir.join("link.png")).unwrap();
+        std::fs::hard_link(dir.join("in.png"), dir.join("hard.png")).unwrap();
+        let (input, model) = (dir.join("in.png"), dir.join("model"));
+        let check = |out: &Path| refuse_overwrite("--out", out, &[&input], &[&model]);
+        for out in [
+            dir.join("in.png"),
+            dir.join("link.png"),
+            dir.join("hard.png"),
+            dir.join("model/../in.png"),
+            dir.join("model/model.safetensors"),
+            dir.join("model"),
+        ] {
+            let err = check(&out).unwrap_err().to_string();
+            assert!(err.contains("would replace the input"), "{err}");
+        }
+        assert!(check(&dir.join("new.png")).is_ok());
+        assert!(check(&dir.join("model/new.npy")).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn walks_folders_recursively_for_images_only() {
         let dir = std::env::temp_dir().join(format!("tuwen-walk-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
@@ -158,6 +236,11 @@ mod tests {
             .map(|p| p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(found, ["a.jpg", "b.PNG", "sub/c.webp", "sub/deeper/d.tiff"]);
+        // A FIFO named like an image is not a file to read (opening it would block).
+        let fifo = dir.join("pipe.png");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
+        assert_eq!(walk_images(&dir).unwrap().len(), 4);
         assert!(walk_images(&dir.join("a.jpg")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

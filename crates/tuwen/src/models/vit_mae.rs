@@ -70,6 +70,23 @@ impl Default for ViTMAEConfig {
 }
 
 impl ViTMAEConfig {
+    /// Checks a masking ratio: in [0, 1) and leaving at least one of the image's patches
+    /// visible (the encoder needs a token to attend over).
+    pub fn check_mask_ratio(&self, ratio: f64) -> Result<()> {
+        if !(0.0..1.0).contains(&ratio) {
+            return Err(Error::InvalidInput(format!(
+                "--mask-ratio {ratio} must be in [0, 1)"
+            )));
+        }
+        let patches = self.num_patches();
+        if (patches as f64 * (1.0 - ratio)) < 1.0 {
+            return Err(Error::InvalidInput(format!(
+                "--mask-ratio {ratio} leaves no visible patch of {patches}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks the numbers make a model; the error names the bad field.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.vit.validate()?;

@@ -53,8 +53,9 @@ pub struct ImageText {
     pub tokenizer: std::result::Result<TextTokenizer, String>,
     /// config.json as read, written back unchanged on save.
     config: serde_json::Value,
-    /// The folder it was loaded from: its tokenizer and preprocessor files go with every save.
-    source: PathBuf,
+    /// The tokenizer and preprocessor files of the folder it was loaded from, as read then:
+    /// they go with every save, even once that folder is gone.
+    side_files: std::sync::Arc<Vec<(&'static str, Vec<u8>)>>,
     device: Device,
 }
 
@@ -226,12 +227,19 @@ impl ImageText {
             Err(e @ Error::Unsupported(_)) => Err(e.to_string()),
             Err(e) => return Err(e),
         };
+        let mut side_files = Vec::new();
+        for name in hub::SIDE_FILES {
+            let src = folder.join(name);
+            if src.is_file() {
+                side_files.push((*name, std::fs::read(&src).map_err(|e| Error::io(&src, e))?));
+            }
+        }
         Ok(ImageText {
             towers,
             processor: image_processor(folder, default_processor)?,
             tokenizer,
             config: mc.json.clone(),
-            source: folder.to_path_buf(),
+            side_files: std::sync::Arc::new(side_files),
             device: device.clone(),
         })
     }
@@ -273,7 +281,7 @@ impl ImageText {
             processor: self.processor.clone(),
             tokenizer: self.tokenizer.clone(),
             config: self.config.clone(),
-            source: self.source.clone(),
+            side_files: self.side_files.clone(),
             device: self.device.clone().inner(),
         }
     }
@@ -509,15 +517,8 @@ impl ImageText {
             Towers::Siglip(m) => hub::save_pretrained(m, config, folder)?,
         }
         // The tokenizer and preprocessor files travel with the weights.
-        let same = std::fs::canonicalize(folder).ok() == std::fs::canonicalize(&self.source).ok();
-        if !same {
-            for name in hub::SIDE_FILES {
-                let src = self.source.join(name);
-                if src.is_file() {
-                    let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
-                    hub::write_atomic(&folder.join(name), &bytes)?;
-                }
-            }
+        for (name, bytes) in self.side_files.iter() {
+            hub::write_atomic(&folder.join(name), bytes)?;
         }
         Ok(())
     }

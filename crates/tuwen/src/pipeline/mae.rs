@@ -58,11 +58,7 @@ impl MaskedAutoencoder {
 
     /// Masks `ratio` of each image's patches (drawn from `seed`) and reconstructs them.
     pub fn reconstruct(&self, paths: &[PathBuf], ratio: f64, seed: u64) -> Result<Reconstruction> {
-        if !(0.0..1.0).contains(&ratio) {
-            return Err(Error::InvalidInput(format!(
-                "--mask-ratio {ratio} must be in [0, 1)"
-            )));
-        }
+        self.config.check_mask_ratio(ratio)?;
         let size = self.config.vit.image_size;
         let mut items = Vec::with_capacity(paths.len());
         for p in paths {

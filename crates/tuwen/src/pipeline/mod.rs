@@ -53,7 +53,12 @@ pub struct ImageClassification {
 impl ImageClassification {
     /// Loads a classifier from a folder or HF repo id.
     pub fn load(model: &str, device: &Device) -> Result<Self> {
-        let folder = hub::resolve(model)?;
+        Self::load_folder(&hub::resolve(model)?, device)
+    }
+
+    /// Loads a classifier checkpoint folder.
+    pub fn load_folder(folder: &Path, device: &Device) -> Result<Self> {
+        let folder = folder.to_path_buf();
         let mc = ModelConfig::read(&folder)?;
         match mc.model_type.as_str() {
             "vit" => {

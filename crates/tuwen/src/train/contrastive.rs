@@ -283,7 +283,10 @@ impl LossKind {
     pub fn chunks(self, family: Family, devices: usize, batch_size: usize) -> Result<usize> {
         let chunks = match (family, self) {
             (Family::Clip, LossKind::Softmax) | (Family::Siglip, LossKind::Sigmoid) => 1,
-            (Family::Siglip, LossKind::SigmoidChunked) => devices.max(1),
+            (Family::Siglip, LossKind::SigmoidChunked) if devices == 0 => {
+                return Err(Error::InvalidInput("--devices must be at least 1".into()));
+            }
+            (Family::Siglip, LossKind::SigmoidChunked) => devices,
             _ => return Err(Error::InvalidInput(
                 "--loss does not fit the model: CLIP trains with softmax, SigLIP with sigmoid or sigmoid-chunked".into(),
             )),
@@ -335,7 +338,7 @@ pub fn tokenizer_captions(
 pub enum ContrastiveStart<'a> {
     /// This run's checkpoint folder (a resumed run).
     Resume(&'a Path),
-    /// Fine-tune a checkpoint folder: it is converted into the output folder first.
+    /// Fine-tune a checkpoint folder: it is converted in a scratch folder first.
     Init(&'a Path),
     /// A new model of a named architecture ([`ARCHS`]) whose tokenizer learns the captions.
     Arch {
@@ -359,14 +362,18 @@ pub fn prepare(
     family: Family,
     device: &Device,
 ) -> Result<ImageText> {
+    // A new model is made in a scratch folder beside `out` and loaded from there: nothing is
+    // written to `out` before the run has trained a step.
+    let staging;
     let folder = match start {
         ContrastiveStart::Resume(dir) => dir,
         ContrastiveStart::Init(folder) => {
             let name = folder.to_str().ok_or_else(|| {
                 Error::InvalidInput(format!("{}: not a UTF-8 path", folder.display()))
             })?;
-            crate::pipeline::convert(name, out, &Device::flex())?;
-            out
+            staging = hub::scratch_dir(out)?;
+            crate::pipeline::convert(name, staging.path(), &Device::flex())?;
+            staging.path()
         }
         ContrastiveStart::Arch {
             name,
@@ -374,8 +381,9 @@ pub fn prepare(
             captions,
             seed,
         } => {
-            init_folder(out, family, name, image_size, captions, seed)?;
-            out
+            staging = hub::scratch_dir(out)?;
+            init_folder(staging.path(), family, name, image_size, captions, seed)?;
+            staging.path()
         }
     };
     let model = ImageText::load_folder(folder, device)?;

@@ -328,6 +328,11 @@ pub fn run<'a, S: TrainStep>(
 ) -> Result<(S::Models, RunReport)> {
     let mut data = data.into();
     let accumulate = cfg.accumulate.max(1);
+    if cfg.steps == 0 {
+        return Err(Error::InvalidInput(
+            "--steps must be at least 1 (a run of 0 steps would save an untrained model)".into(),
+        ));
+    }
     if cfg.batch_size < family.min_batch().max(1) {
         return Err(Error::InvalidInput(format!(
             "--batch-size must be at least {}",
@@ -354,10 +359,15 @@ pub fn run<'a, S: TrainStep>(
         family.settings(),
     )?;
     family.restore(&state.extra)?;
-    let mut metrics = match &cfg.metrics {
-        Some(path) => Some(metrics_file(path, state.step)?),
-        None => None,
-    };
+    if state.step >= cfg.steps {
+        return Err(Error::InvalidInput(format!(
+            "the checkpoint is at step {} and --steps is {}: nothing left to train (raise --steps)",
+            state.step, cfg.steps
+        )));
+    }
+    // metrics.jsonl is opened at the first trained step, so that a run that fails before
+    // it leaves the previous file as it was.
+    let mut metrics: Option<std::fs::File> = None;
     // A stream resumes where the run stood: at its saved position, or (a checkpoint without
     // one) by reading past what it already used.
     if state.data.is_null() {
@@ -366,6 +376,7 @@ pub fn run<'a, S: TrainStep>(
         data.seek(&state.data)?;
     }
     let first = state.step;
+    let first_losses = state.losses.len();
     let mut rates = Vec::new();
     let (mut stopped, mut skipped_steps) = (false, 0);
     while state.step < cfg.steps {
@@ -416,13 +427,19 @@ pub fn run<'a, S: TrainStep>(
                     report.metrics[format!("val_{k}")] = v;
                 }
             }
-            if let (Some(f), Some(path)) = (&mut metrics, &cfg.metrics) {
+            if let Some(path) = &cfg.metrics {
+                if metrics.is_none() {
+                    metrics = Some(metrics_file(path, first)?);
+                }
+                let f = metrics.as_mut().expect("opened above");
                 writeln!(f, "{}", report.metrics).map_err(|e| Error::io(path, e))?;
             }
             go_on = on_step(&report, &models);
         }
         go_on = go_on && !cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        // A checkpoint holds a trained model: none before the first trained step.
         if checkpoint::due(state.step, cfg.steps, cfg.checkpoint_every, !go_on)
+            && !state.losses.is_empty()
             && let Some(dir) = &cfg.checkpoint_dir
         {
             state.extra = family.state();
@@ -436,9 +453,14 @@ pub fn run<'a, S: TrainStep>(
     }
     if state.step > first && skipped_steps == state.step - first {
         return Err(Error::InvalidInput(format!(
-            "no step had enough readable samples ({} could not be read)",
+            "no step had enough readable samples ({} could not be read); nothing was saved",
             state.skipped + data.stream_skipped()
         )));
+    }
+    if state.losses.len() == first_losses {
+        return Err(Error::InvalidInput(
+            "stopped before the first step was trained; nothing was saved".into(),
+        ));
     }
     rates.sort_by(f64::total_cmp);
     let report = RunReport {

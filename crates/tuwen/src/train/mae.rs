@@ -231,19 +231,7 @@ pub fn train<'a>(
     cfg: &MaeTrainConfig,
     mut on_step: impl FnMut(&MaeStep) -> bool,
 ) -> Result<(ViTMAEForPreTraining, MaeReport)> {
-    if !(0.0..1.0).contains(&cfg.mask_ratio) {
-        return Err(Error::InvalidInput(format!(
-            "--mask-ratio {} must be in [0, 1)",
-            cfg.mask_ratio
-        )));
-    }
-    let patches = config.num_patches();
-    if (patches as f64 * (1.0 - cfg.mask_ratio)) < 1.0 {
-        return Err(Error::InvalidInput(format!(
-            "--mask-ratio {} leaves no visible patch of {patches}",
-            cfg.mask_ratio
-        )));
-    }
+    config.check_mask_ratio(cfg.mask_ratio)?;
     let mut family = MaeFamily {
         config,
         processor,
