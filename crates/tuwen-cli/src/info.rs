@@ -1,6 +1,6 @@
 //! `tuwen info`: parameter count and compute of a checkpoint or a standard architecture.
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use tuwen::hub;
@@ -34,43 +34,53 @@ pub struct InfoArgs {
     json: bool,
 }
 
-fn describe_vit(cfg: &ViTConfig, architecture: &str, params: u64) -> Value {
+/// MACs and FLOPs (2 per MAC) as JSON numbers, or an error when they pass `u64`.
+fn compute(macs: u128) -> Result<(u64, u64)> {
+    match u64::try_from(macs).ok().and_then(|m| Some((m, m.checked_mul(2)?))) {
+        Some(pair) => Ok(pair),
+        None => bail!("{macs} MACs per image: more than a 64-bit count holds"),
+    }
+}
+
+fn describe_vit(cfg: &ViTConfig, architecture: &str, params: u64) -> Result<Value> {
     let classifier = architecture == "ViTForImageClassification";
-    let macs = cfg.macs(classifier);
-    json!({
+    let (macs, flops) = compute(cfg.macs(classifier))?;
+    Ok(json!({
         "model_type": "vit",
         "architecture": architecture,
         "params": params,
         "macs": macs,
-        "flops": 2 * macs,
+        "flops": flops,
         "image_size": cfg.image_size,
         "patch_size": cfg.patch_size,
         "hidden_size": cfg.hidden_size,
         "num_hidden_layers": cfg.num_hidden_layers,
         "num_attention_heads": cfg.num_attention_heads,
         "num_labels": cfg.num_labels(),
-    })
+    }))
 }
 
-fn describe_effnet(cfg: &efficientnet::EfficientNetConfig, params: u64) -> Value {
-    let macs = cfg.macs();
-    json!({
+fn describe_effnet(cfg: &efficientnet::EfficientNetConfig, params: u64) -> Result<Value> {
+    let (macs, flops) = compute(cfg.macs())?;
+    Ok(json!({
         "model_type": "efficientnet",
         "architecture": "EfficientNetForImageClassification",
         "params": params,
         "macs": macs,
-        "flops": 2 * macs,
+        "flops": flops,
         "image_size": cfg.image_size,
         "width_coefficient": cfg.width_coefficient,
         "depth_coefficient": cfg.depth_coefficient,
         "blocks": cfg.blocks().len(),
         "hidden_dim": cfg.hidden_dim,
         "num_labels": cfg.id2label.len(),
-    })
+    }))
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
     let info = if let Some(name) = &args.arch {
+        tuwen::models::check_num_labels(args.num_labels).map_err(|m| anyhow!("--num-labels: {m}"))?;
+        let invalid = |m: String| anyhow!("--arch {name}: {m}");
         if name == "efficientnet-custom" {
             if !(args.width > 0.0 && args.depth > 0.0 && args.resolution > 0) {
                 bail!("--width, --depth and --resolution must be positive");
@@ -82,9 +92,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 0.2,
                 args.num_labels,
             );
-            describe_effnet(&cfg, cfg.num_params())
+            cfg.validate().map_err(invalid)?;
+            describe_effnet(&cfg, cfg.num_params())?
         } else if let Some(cfg) = efficientnet::arch(name, args.num_labels) {
-            describe_effnet(&cfg, cfg.num_params())
+            cfg.validate().map_err(invalid)?;
+            describe_effnet(&cfg, cfg.num_params())?
         } else {
             let Some(cfg) = vit::arch(name, args.num_labels) else {
                 bail!(
@@ -93,7 +105,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
                     efficientnet::ARCHS.join(", ")
                 );
             };
-            describe_vit(&cfg, "ViTForImageClassification", cfg.num_params(true))
+            cfg.validate().map_err(invalid)?;
+            describe_vit(&cfg, "ViTForImageClassification", cfg.num_params(true))?
         }
     } else {
         let folder = hub::resolve(args.model.as_deref().expect("clap requires one"))?;
@@ -116,11 +129,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
         }
         if mc.model_type == "efficientnet" {
             let (_, cfg) = efficientnet::read_config(&folder)?;
-            describe_effnet(&cfg, params)
+            describe_effnet(&cfg, params)?
         } else {
             let (_, cfg) = vit::read_config(&folder)?;
             let architecture = mc.architecture.as_deref().unwrap_or("ViTModel");
-            describe_vit(&cfg, architecture, params)
+            describe_vit(&cfg, architecture, params)?
         }
     };
     if args.json {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
 use tuwen::burn::prelude::Device;
 
 mod classifier;
@@ -106,10 +105,9 @@ fn water(args: WaterArgs) -> Result<()> {
     };
     let area = tuwen::water::max_area(&heights)?;
     if args.json {
-        println!(
-            "{}",
-            json!({ "max_area": area.to_string().parse::<serde_json::Number>()? })
-        );
+        // Written by hand: serde_json's numbers stop at u64, and an area may pass it. JSON
+        // numbers have no size limit; Python's json reads this exactly.
+        println!("{{\"max_area\":{area}}}");
     } else {
         println!("{area}");
     }

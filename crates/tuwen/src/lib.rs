@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod hub;
 pub mod loss;
+pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod pipeline;

@@ -306,14 +306,43 @@ impl EfficientNetConfig {
         if n == 0 {
             return Err("in_channels is empty".into());
         }
-        super::require_positive(&[
-            ("num_channels", self.num_channels),
-            ("image_size", self.image_size),
-            ("depth_divisor", self.depth_divisor),
-            ("hidden_dim", self.hidden_dim),
+        use super::bounds::*;
+        super::require_sizes(&[
+            ("num_channels", self.num_channels, CHANNELS),
+            ("image_size", self.image_size, IMAGE_SIZE),
+            ("depth_divisor", self.depth_divisor, WIDTH),
+            ("hidden_dim", self.hidden_dim, WIDTH),
         ])?;
-        if !(self.width_coefficient > 0.0 && self.depth_coefficient > 0.0) {
+        super::check_num_labels(self.id2label.len())?;
+        if !(self.width_coefficient > 0.0 && self.depth_coefficient > 0.0)
+            || !(self.width_coefficient.is_finite() && self.depth_coefficient.is_finite())
+        {
             return Err("width_coefficient and depth_coefficient must be positive".into());
+        }
+        // Sizes the coefficients scale, counted in floating point before any is rounded to an
+        // integer (a huge coefficient would overflow it).
+        let blocks: f64 = self
+            .num_block_repeats
+            .iter()
+            .map(|&r| (self.depth_coefficient * r as f64).ceil())
+            .sum();
+        if blocks > LAYERS as f64 {
+            return Err(format!(
+                "depth_coefficient {} makes {blocks} blocks, more than {LAYERS}",
+                self.depth_coefficient
+            ));
+        }
+        let widest = self.in_channels.iter().chain(&self.out_channels).chain([&32]).max();
+        let widest = *widest.expect("in_channels is not empty") as f64 * self.width_coefficient;
+        if widest > WIDTH as f64 {
+            return Err(format!(
+                "width_coefficient {} makes {widest} channels, more than {WIDTH}",
+                self.width_coefficient
+            ));
+        }
+        if self.expand_ratios.iter().any(|&e| e > 64) || self.kernel_sizes.iter().any(|&k| k > 63)
+        {
+            return Err("expand_ratios above 64 or kernel_sizes above 63".into());
         }
         if self.kernel_sizes.iter().any(|&k| k == 0 || k % 2 == 0) {
             return Err("kernel_sizes must be odd".into());
@@ -369,25 +398,46 @@ impl EfficientNetConfig {
     }
 
     /// Multiply-accumulates per image at `image_size` (convolutions and the classifier).
-    pub fn macs(&self) -> u64 {
-        let mut side = self.image_size.div_ceil(2);
-        let stem = round_filters(self, 32);
-        let mut m = (side * side * stem * self.num_channels * 9) as u64;
+    ///
+    /// Counted in `u128`: a config within the bounds of [`validate`](Self::validate) cannot
+    /// overflow it, though it may exceed `u64`.
+    pub fn macs(&self) -> u128 {
+        let w = |x: usize| x as u128;
+        let mut side = w(self.image_size.div_ceil(2));
+        let stem = w(round_filters(self, 32));
+        let mut m = side * side * stem * w(self.num_channels) * 9;
         let mut last = stem;
         for b in self.blocks() {
-            let mid = b.in_dim * b.expand;
+            let mid = w(b.in_dim) * w(b.expand);
             if b.expand != 1 {
-                m += (side * side * b.in_dim * mid) as u64;
+                m += side * side * w(b.in_dim) * mid;
             }
-            side = side.div_ceil(b.stride);
-            m += (side * side * mid * b.kernel * b.kernel) as u64;
-            let se = ((b.in_dim as f64 * self.squeeze_expansion_ratio) as usize).max(1);
-            m += (2 * mid * se) as u64;
-            m += (side * side * mid * b.out_dim) as u64;
-            last = b.out_dim;
+            side = side.div_ceil(w(b.stride));
+            m += side * side * mid * w(b.kernel) * w(b.kernel);
+            let se = w(((b.in_dim as f64 * self.squeeze_expansion_ratio) as usize).max(1));
+            m += 2 * mid * se;
+            m += side * side * mid * w(b.out_dim);
+            last = w(b.out_dim);
         }
-        m + (side * side * last * self.hidden_dim) as u64
-            + (self.hidden_dim * self.id2label.len()) as u64
+        m + side * side * last * w(self.hidden_dim) + w(self.hidden_dim) * w(self.id2label.len())
+    }
+
+    /// `f32` activations per image a training step keeps for the backward pass (a lower
+    /// bound): per block, the expansion's output with its norm and activation, the depthwise
+    /// convolution's with its norm and activation, and the projection's with its norm.
+    pub fn training_floats(&self) -> u128 {
+        let w = |x: usize| x as u128;
+        let mut side = w(self.image_size.div_ceil(2));
+        let mut n = 3 * side * side * w(round_filters(self, 32));
+        for b in self.blocks() {
+            let mid = w(b.in_dim) * w(b.expand);
+            if b.expand != 1 {
+                n += 3 * side * side * mid;
+            }
+            side = side.div_ceil(w(b.stride));
+            n += 3 * side * side * mid + 2 * side * side * w(b.out_dim);
+        }
+        n + 3 * side * side * w(self.hidden_dim)
     }
 
     /// config.json as transformers writes it.

@@ -7,10 +7,70 @@ pub mod siglip;
 pub mod vit;
 pub mod vit_mae;
 
+/// Upper bounds on the sizes a config.json or a flag may ask for, checked before any module is
+/// built, far past every published model (ViT-22B: 48 layers, width 6144, MLP 24576) yet short
+/// of what would exhaust memory while building or exhaust `u64` while counting.
+pub mod bounds {
+    /// Transformer layers (or EfficientNet blocks).
+    pub const LAYERS: usize = 1024;
+    /// Hidden, intermediate, projection and channel widths.
+    pub const WIDTH: usize = 1 << 17;
+    /// Attention heads.
+    pub const HEADS: usize = 4096;
+    /// Image side in pixels.
+    pub const IMAGE_SIZE: usize = 16_384;
+    /// Image patches (tokens) per image.
+    pub const PATCHES: usize = 1 << 20;
+    /// Vocabulary entries.
+    pub const VOCAB: usize = 1 << 22;
+    /// Text positions.
+    pub const POSITIONS: usize = 1 << 20;
+    /// Classes of a classifier.
+    pub const LABELS: usize = 1 << 20;
+    /// Input channels.
+    pub const CHANNELS: usize = 1024;
+}
+
 /// Checks that every named size in a config is positive; the error names the first that is not.
 pub(crate) fn require_positive(fields: &[(&str, usize)]) -> Result<(), String> {
     match fields.iter().find(|(_, v)| *v == 0) {
         Some((name, _)) => Err(format!("{name} must be positive")),
         None => Ok(()),
     }
+}
+
+/// Checks that every named size is positive and at most its bound.
+pub(crate) fn require_sizes(fields: &[(&str, usize, usize)]) -> Result<(), String> {
+    let positive: Vec<(&str, usize)> = fields.iter().map(|&(n, v, _)| (n, v)).collect();
+    require_positive(&positive)?;
+    match fields.iter().find(|(_, v, max)| v > max) {
+        Some((name, v, max)) => Err(format!(
+            "{name} {v} is more than {max}, beyond any model this can build"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks a classifier's class count against [`bounds::LABELS`] (before a label map is made).
+pub fn check_num_labels(n: usize) -> Result<(), String> {
+    if n > bounds::LABELS {
+        return Err(format!(
+            "{n} classes is more than {}, beyond any classifier this can build",
+            bounds::LABELS
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an image-patch grid: `image_size / patch_size` squared at most [`bounds::PATCHES`].
+pub(crate) fn check_patches(prefix: &str, image_size: usize, patch_size: usize) -> Result<(), String> {
+    let grid = image_size / patch_size.max(1);
+    if grid.saturating_mul(grid) > bounds::PATCHES {
+        return Err(format!(
+            "{prefix}image_size {image_size} with patch_size {patch_size} makes {grid}x{grid} \
+             patches, more than {}",
+            bounds::PATCHES
+        ));
+    }
+    Ok(())
 }

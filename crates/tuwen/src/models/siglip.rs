@@ -167,19 +167,27 @@ impl SiglipConfig {
     /// Checks that the numbers make a model.
     pub fn validate(&self) -> Result<(), String> {
         let (t, v) = (&self.text_config, &self.vision_config);
-        super::require_positive(&[
-            ("text_config.hidden_size", t.hidden_size),
-            ("text_config.num_attention_heads", t.num_attention_heads),
-            ("text_config.vocab_size", t.vocab_size),
+        use super::bounds::*;
+        super::require_sizes(&[
+            ("text_config.hidden_size", t.hidden_size, WIDTH),
+            ("text_config.intermediate_size", t.intermediate_size, WIDTH),
+            ("text_config.num_hidden_layers", t.num_hidden_layers, LAYERS),
+            ("text_config.num_attention_heads", t.num_attention_heads, HEADS),
+            ("text_config.vocab_size", t.vocab_size, VOCAB),
             (
                 "text_config.max_position_embeddings",
                 t.max_position_embeddings,
+                POSITIONS,
             ),
-            ("vision_config.hidden_size", v.hidden_size),
-            ("vision_config.num_attention_heads", v.num_attention_heads),
-            ("vision_config.patch_size", v.patch_size),
-            ("vision_config.image_size", v.image_size),
+            ("vision_config.hidden_size", v.hidden_size, WIDTH),
+            ("vision_config.intermediate_size", v.intermediate_size, WIDTH),
+            ("vision_config.num_hidden_layers", v.num_hidden_layers, LAYERS),
+            ("vision_config.num_attention_heads", v.num_attention_heads, HEADS),
+            ("vision_config.num_channels", v.num_channels, CHANNELS),
+            ("vision_config.patch_size", v.patch_size, IMAGE_SIZE),
+            ("vision_config.image_size", v.image_size, IMAGE_SIZE),
         ])?;
+        super::check_patches("vision_config.", v.image_size, v.patch_size)?;
         if !t.hidden_size.is_multiple_of(t.num_attention_heads)
             || !v.hidden_size.is_multiple_of(v.num_attention_heads)
         {

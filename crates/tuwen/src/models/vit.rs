@@ -150,16 +150,21 @@ pub const ARCHS: &[&str] = &[
 impl ViTConfig {
     /// Checks the numbers make a model; the error names the bad field.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("intermediate_size", self.intermediate_size),
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-            ("num_channels", self.num_channels),
-        ];
-        super::require_positive(&positive)?;
+        use super::bounds::*;
+        super::require_sizes(&[
+            ("hidden_size", self.hidden_size, WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, LAYERS),
+            ("num_attention_heads", self.num_attention_heads, HEADS),
+            ("intermediate_size", self.intermediate_size, WIDTH),
+            ("image_size", self.image_size, IMAGE_SIZE),
+            ("patch_size", self.patch_size, IMAGE_SIZE),
+            ("num_channels", self.num_channels, CHANNELS),
+        ])?;
+        if let Some(p) = self.pooler_output_size {
+            super::require_sizes(&[("pooler_output_size", p, WIDTH)])?;
+        }
+        super::check_patches("", self.image_size, self.patch_size)?;
+        super::check_num_labels(self.id2label.len())?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -199,7 +204,8 @@ impl ViTConfig {
         crate::hub::labels_from_id2label(&self.id2label)
     }
 
-    pub(crate) fn grid(&self) -> usize {
+    /// Patches along each side of the image.
+    pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
     }
 
@@ -227,18 +233,22 @@ impl ViTConfig {
 
     /// Multiply-accumulates of one forward pass on one `image_size` image (matrix products and
     /// the patch convolution; norms, softmax and activations are not counted).
-    pub fn macs(&self, classifier: bool) -> u64 {
-        let (d, i) = (self.hidden_size as u64, self.intermediate_size as u64);
-        let n = (self.grid() * self.grid()) as u64;
+    ///
+    /// Counted in `u128`: a config within the bounds of [`validate`](Self::validate) cannot
+    /// overflow it, though it may exceed `u64`.
+    pub fn macs(&self, classifier: bool) -> u128 {
+        let w = |x: usize| x as u128;
+        let (d, i) = (w(self.hidden_size), w(self.intermediate_size));
+        let n = w(self.grid()) * w(self.grid());
         let t = n + 1;
-        let patch = n * d * (self.num_channels * self.patch_size * self.patch_size) as u64;
+        let patch = n * d * w(self.num_channels) * w(self.patch_size) * w(self.patch_size);
         let layer = 4 * t * d * d + 2 * t * t * d + 2 * t * d * i;
         let head = if classifier {
-            d * self.num_labels() as u64
+            d * w(self.num_labels())
         } else {
-            d * self.pooler_output_size.unwrap_or(self.hidden_size) as u64
+            d * w(self.pooler_output_size.unwrap_or(self.hidden_size))
         };
-        patch + layer * self.num_hidden_layers as u64 + head
+        patch + layer * w(self.num_hidden_layers) + head
     }
 
     /// The config as config.json writes it, with `model_type` and `architectures`.

@@ -244,6 +244,55 @@ impl ImageText {
         })
     }
 
+    /// The sizes of the image and text encoders that decide their memory (see
+    /// [`crate::memory`]).
+    pub fn encoders(&self) -> (crate::memory::Encoder, crate::memory::Encoder) {
+        use crate::memory::Encoder;
+        // The config was parsed and validated when the model was loaded.
+        let enc = |layers, tokens, hidden, intermediate, heads| Encoder {
+            layers,
+            tokens,
+            hidden,
+            intermediate,
+            heads,
+        };
+        match self.family() {
+            Family::Clip => {
+                let Ok(c) = serde_json::from_value::<ClipConfig>(self.config.clone()) else {
+                    return (enc(0, 0, 0, 0, 0), enc(0, 0, 0, 0, 0));
+                };
+                let (v, t) = (&c.vision_config, &c.text_config);
+                let grid = v.image_size / v.patch_size.max(1);
+                (
+                    enc(v.num_hidden_layers, grid * grid + 1, v.hidden_size, v.intermediate_size, v.num_attention_heads),
+                    enc(t.num_hidden_layers, t.max_position_embeddings, t.hidden_size, t.intermediate_size, t.num_attention_heads),
+                )
+            }
+            Family::Siglip => {
+                let Ok(c) = serde_json::from_value::<SiglipConfig>(self.config.clone()) else {
+                    return (enc(0, 0, 0, 0, 0), enc(0, 0, 0, 0, 0));
+                };
+                let (v, t) = (&c.vision_config, &c.text_config);
+                let grid = v.image_size / v.patch_size.max(1);
+                (
+                    enc(v.num_hidden_layers, grid * grid, v.hidden_size, v.intermediate_size, v.num_attention_heads),
+                    enc(t.num_hidden_layers, t.max_position_embeddings, t.hidden_size, t.intermediate_size, t.num_attention_heads),
+                )
+            }
+        }
+    }
+
+    /// Refuses an inference batch of `n` images (or texts) that cannot fit in memory.
+    fn check_memory(&self, n: usize, images: bool) -> Result<()> {
+        let (vision, text) = self.encoders();
+        let per = if images { vision } else { text }.inference_floats();
+        crate::memory::check(
+            crate::memory::f32_bytes(per.saturating_mul(n as u128)),
+            &format!("a batch of {n} {}", if images { "images" } else { "texts" }),
+            "--batch-size",
+        )
+    }
+
     /// Which family the model is.
     pub fn family(&self) -> Family {
         match self.towers {
@@ -312,6 +361,7 @@ impl ImageText {
     /// Unit-length embeddings of image files, `batch_size` at a time.
     pub fn encode_images(&self, paths: &[PathBuf], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         check_batch(batch_size)?;
+        self.check_memory(batch_size.min(paths.len()), true)?;
         let mut out = Vec::with_capacity(paths.len());
         for chunk in paths.chunks(batch_size) {
             let pixels = self.processor.load_batch(chunk, &self.device)?;
@@ -323,6 +373,7 @@ impl ImageText {
     /// Unit-length embeddings of encoded images (PNG, JPEG, ... bytes).
     pub fn encode_image_bytes(&self, images: &[&[u8]], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         check_batch(batch_size)?;
+        self.check_memory(batch_size.min(images.len()), true)?;
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch_size) {
             let items = chunk
@@ -347,6 +398,7 @@ impl ImageText {
     ) -> Result<(Vec<PathBuf>, Vec<Vec<f32>>)> {
         use rayon::prelude::*;
         check_batch(batch_size)?;
+        self.check_memory(batch_size.min(paths.len()), true)?;
         let (mut kept, mut embeds) = (Vec::new(), Vec::new());
         for chunk in paths.chunks(batch_size) {
             let loaded: Vec<Result<(Vec<f32>, [usize; 3])>> = chunk
@@ -381,6 +433,7 @@ impl ImageText {
     /// Unit-length embeddings of texts, `batch_size` at a time.
     pub fn encode_texts(&self, texts: &[String], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         check_batch(batch_size)?;
+        self.check_memory(batch_size.min(texts.len()), false)?;
         let mut out = Vec::with_capacity(texts.len());
         if texts.is_empty() {
             return Ok(Vec::new());

@@ -47,6 +47,8 @@ pub struct ImageClassification {
     pub processor: ImageProcessor,
     /// Class names in id order.
     pub labels: Vec<String>,
+    /// `f32` values alive per image in a forward pass (see [`crate::memory`]).
+    per_image_floats: u128,
     device: Device,
 }
 
@@ -71,7 +73,16 @@ impl ImageClassification {
                         cfg.num_channels
                     )));
                 }
+                let per_image_floats = crate::memory::Encoder {
+                    layers: cfg.num_hidden_layers,
+                    tokens: cfg.grid() * cfg.grid() + 1,
+                    hidden: cfg.hidden_size,
+                    intermediate: cfg.intermediate_size,
+                    heads: cfg.num_attention_heads,
+                }
+                .inference_floats();
                 Ok(ImageClassification {
+                    per_image_floats,
                     model: Classifier::Vit(Box::new(model)),
                     patch_size: cfg.patch_size,
                     processor: image_processor(&folder, "ViTImageProcessor")?,
@@ -92,6 +103,9 @@ impl ImageClassification {
                     )));
                 }
                 Ok(ImageClassification {
+                    // At inference a block's input and output are alive at once: about a
+                    // tenth of what training keeps (three tensors a layer, all layers).
+                    per_image_floats: cfg.training_floats() / 10,
                     model: Classifier::EfficientNet(Box::new(model)),
                     // The stem and four stride-2 stages: 32 px is the least that keeps a pixel.
                     patch_size: 1,
@@ -126,6 +140,12 @@ impl ImageClassification {
         if batch_size == 0 {
             return Err(Error::InvalidInput("batch size must be at least 1".into()));
         }
+        let n = batch_size.min(images.len());
+        crate::memory::check(
+            crate::memory::f32_bytes(self.per_image_floats.saturating_mul(n as u128)),
+            &format!("a batch of {n} images"),
+            "--batch-size",
+        )?;
         let k = self.labels.len();
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch_size) {

@@ -370,6 +370,9 @@ pub trait Classifier: burn::module::Module + Sized {
     fn save_to(&self, folder: &Path) -> Result<()>;
     /// The device its parameters live on.
     fn device(&self) -> Device;
+    /// `f32` activations per image a training step keeps for the backward pass (a lower
+    /// bound, see [`crate::memory`]).
+    fn training_floats(&self) -> u128;
 }
 
 /// A ViT classifier with its config.
@@ -425,6 +428,11 @@ impl<M: Classifier> TrainStep for ClassifierFamily<'_, M> {
 
     fn device(&self, model: &M) -> Device {
         model.device()
+    }
+
+    fn step_bytes(&self, model: &M, batch: usize) -> u128 {
+        super::engine::params_bytes(model.num_params())
+            + crate::memory::f32_bytes(model.training_floats().saturating_mul(batch as u128))
     }
 
     fn processor(&self) -> &ImageProcessor {
@@ -525,6 +533,18 @@ impl Classifier for VitClassifier {
         // saved as it is would write them one training step stale.
         self.model.valid().save(&self.config, folder)
     }
+
+    fn training_floats(&self) -> u128 {
+        let c = &self.config;
+        crate::memory::Encoder {
+            layers: c.num_hidden_layers,
+            tokens: c.grid() * c.grid() + 1,
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+        }
+        .training_floats()
+    }
 }
 
 impl Classifier for EfficientNetClassifier {
@@ -540,5 +560,9 @@ impl Classifier for EfficientNetClassifier {
         // `valid()` folds the last batch-norm update into the running statistics; a module
         // saved as it is would write them one training step stale.
         self.model.valid().save(&self.config, folder)
+    }
+
+    fn training_floats(&self) -> u128 {
+        self.config.training_floats()
     }
 }

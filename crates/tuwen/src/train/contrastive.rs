@@ -246,6 +246,7 @@ pub fn init_folder(
         let config = json!({"model_type": "clip", "architectures": ["CLIPModel"],
             "text_config": text, "vision_config": vision, "projection_dim": spec.embed});
         let cfg: ClipConfig = serde_json::from_value(config.clone()).expect("valid config");
+        cfg.validate().map_err(|m| Error::InvalidInput(format!("--arch {arch}: {m}")))?;
         let model = ClipModel::new(&cfg, &device);
         hub::save_pretrained_with_scalars(&model, &config, folder, &["logit_scale"])
     } else {
@@ -253,6 +254,7 @@ pub fn init_folder(
         let config = json!({"model_type": "siglip", "architectures": ["SiglipModel"],
             "text_config": text, "vision_config": vision});
         let cfg: SiglipConfig = serde_json::from_value(config.clone()).expect("valid config");
+        cfg.validate().map_err(|m| Error::InvalidInput(format!("--arch {arch}: {m}")))?;
         hub::save_pretrained(&SiglipModel::new(&cfg, &device), &config, folder)
     }
 }
@@ -635,6 +637,16 @@ impl TrainStep for ContrastiveFamily<'_> {
 
     fn processor(&self) -> &ImageProcessor {
         &self.processor
+    }
+
+    fn step_bytes(&self, model: &ImageText, batch: usize) -> u128 {
+        use burn::module::Module;
+        // GradCache keeps one micro-batch's activations at a time.
+        let micro = batch.div_ceil(self.cfg.accum_freq.max(1)) as u128;
+        let (vision, text) = model.encoders();
+        let floats = vision.training_floats() + text.training_floats();
+        engine::params_bytes(model.towers.num_params())
+            + crate::memory::f32_bytes(floats.saturating_mul(micro))
     }
 
     fn min_batch(&self) -> usize {

@@ -141,6 +141,13 @@ pub trait TrainStep {
     fn min_batch(&self) -> usize {
         1
     }
+    /// A lower bound on the bytes a step on `batch` samples needs: parameters, gradients and
+    /// optimiser state, and the activations kept for the backward pass (see
+    /// [`crate::memory`]). The engine refuses a batch that cannot fit before the first step;
+    /// 0 (the default) checks nothing.
+    fn step_bytes(&self, _models: &Self::Models, _batch: usize) -> u128 {
+        0
+    }
     /// One step (or micro-batch) on `batch`: compute the losses, hand each gradient to
     /// [`StepContext::update`] with the optimiser's name, return the networks.
     fn step(
@@ -350,6 +357,12 @@ pub fn run<'a, S: TrainStep>(
     {
         return Err(Error::InvalidInput("no training samples".into()));
     }
+    let micro = cfg.batch_size.div_ceil(accumulate);
+    crate::memory::check(
+        family.step_bytes(&models, micro),
+        &format!("a training step on {micro} samples"),
+        "--batch-size (or the image size; or split the step into micro-batches)",
+    )?;
     let mut models = models;
     let device = family.device(&models);
     let (mut state, mut optims) = checkpoint::start(
@@ -471,6 +484,11 @@ pub fn run<'a, S: TrainStep>(
         stopped,
     };
     Ok((models, report))
+}
+
+/// Bytes of a step's parameters, their gradients and AdamW's two moments (4 × `f32` each).
+pub fn params_bytes(params: usize) -> u128 {
+    16 * params as u128
 }
 
 /// Runs one step of `family` on the readable samples of a batch, in `cfg.accumulate`

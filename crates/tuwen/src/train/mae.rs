@@ -180,6 +180,30 @@ impl TrainStep for MaeFamily<'_> {
             "hflip": cfg.augment.hflip, "norm_pix_loss": self.config.norm_pix_loss})
     }
 
+    fn step_bytes(&self, model: &ViTMAEForPreTraining, batch: usize) -> u128 {
+        use burn::module::Module;
+        let (v, patches) = (&self.config.vit, self.config.num_patches());
+        let visible = (patches as f64 * (1.0 - self.cfg.mask_ratio)).ceil() as usize;
+        let encoder = crate::memory::Encoder {
+            layers: v.num_hidden_layers,
+            tokens: visible + 1,
+            hidden: v.hidden_size,
+            intermediate: v.intermediate_size,
+            heads: v.num_attention_heads,
+        };
+        let d = self.config.decoder_vit();
+        let decoder = crate::memory::Encoder {
+            layers: d.num_hidden_layers,
+            tokens: patches + 1,
+            hidden: d.hidden_size,
+            intermediate: d.intermediate_size,
+            heads: d.num_attention_heads,
+        };
+        let floats = encoder.training_floats() + decoder.training_floats();
+        engine::params_bytes(model.num_params())
+            + crate::memory::f32_bytes(floats.saturating_mul(batch as u128))
+    }
+
     fn optimizers(&self, model: &ViTMAEForPreTraining) -> Vec<Optim> {
         let adamw = super::optim::adamw_betas(model, self.cfg.weight_decay, 0.95, 1e-8);
         vec![Optim::new("model", adamw, self.cfg.lr)]
