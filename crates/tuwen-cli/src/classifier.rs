@@ -131,8 +131,6 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
         (None, None, None) => bail!("give --init CHECKPOINT or --arch NAME"),
     };
     let (net, processor) = build(start, &labels, &device)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let steps = match args.epochs {
         Some(e) => tuwen::train::engine::epochs_to_steps(e, samples.len(), args.batch_size)?,
         None => args.steps,

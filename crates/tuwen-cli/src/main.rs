@@ -30,6 +30,10 @@ struct Cli {
     /// CPU threads for decoding, preprocessing and the CPU backend (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Refuse images that declare more pixels (width x height) than this, before decoding
+    /// them (default 89478485, Pillow's limit; a guard against decompression bombs).
+    #[arg(long, global = true)]
+    max_image_pixels: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,6 +122,9 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
         tuwen::device::set_threads(n)?;
     }
+    if let Some(n) = cli.max_image_pixels {
+        tuwen::data::decode::set_max_image_pixels(n)?;
+    }
     let device = || -> Result<Device> { Ok(tuwen::device::parse(&cli.device)?) };
     match cli.command {
         Command::Classify(args) => classify::run(args, &device()?),
@@ -153,6 +160,10 @@ fn main() -> ExitCode {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
         let msg = msg.lines().next().unwrap_or("").to_string();
+        // `tuwen ... | head`: the reader is gone, so stop quietly as other tools do.
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
         eprintln!("error: internal error (please report): {msg}");
     }));
     let cli = match Cli::try_parse() {

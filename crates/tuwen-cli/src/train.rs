@@ -526,6 +526,7 @@ fn eval_classify(a: EvalClassifyArgs, device: &Device) -> Result<()> {
             r["n"],
             a.confusion.display()
         );
+        skipped_note(&r);
     }
     Ok(())
 }
@@ -585,6 +586,7 @@ pub fn run_eval(cmd: EvalCommand, device: &Device) -> Result<()> {
                         r["n"]
                     );
                 }
+                skipped_note(&r);
             }
             return Ok(());
         }
@@ -611,8 +613,16 @@ pub fn run_eval(cmd: EvalCommand, device: &Device) -> Result<()> {
             r["top1"].as_f64().unwrap_or(0.0) * 100.0,
             r["top5"].as_f64().unwrap_or(0.0) * 100.0
         );
+        skipped_note(&r);
     }
     Ok(())
+}
+
+/// Says how many images an evaluation could not read (and so left out).
+fn skipped_note(r: &serde_json::Value) {
+    if let Some(n) = r["skipped"].as_u64().filter(|&n| n > 0) {
+        eprintln!("{n} unreadable images were skipped (run with TUWEN_LOG=warn to see which)");
+    }
 }
 
 #[derive(Subcommand)]

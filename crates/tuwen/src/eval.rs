@@ -18,17 +18,22 @@ pub struct ZeroShot {
     pub labels: Vec<String>,
     /// Each sample's class.
     pub truth: Vec<usize>,
-    /// Each sample's classes, best first.
+    /// Each sample's classes, best first; empty for a sample whose image could not be read.
     pub ranked: Vec<Vec<usize>>,
 }
 
 impl ZeroShot {
-    /// `{"top1", "top5", "n", "per_class"}` over the samples `keep` selects (by index).
+    /// `{"top1", "top5", "n", "per_class", "skipped"}` over the samples `keep` selects (by
+    /// index); `skipped` counts those whose image could not be read, which are left out.
     pub fn summary(&self, keep: impl Fn(usize) -> bool) -> serde_json::Value {
-        let (mut top1, mut top5, mut n) = (0usize, 0usize, 0usize);
+        let (mut top1, mut top5, mut n, mut skipped) = (0usize, 0usize, 0usize, 0usize);
         let mut per_class = vec![(0usize, 0usize); self.labels.len()];
         for (i, (r, &t)) in self.ranked.iter().zip(&self.truth).enumerate() {
             if !keep(i) {
+                continue;
+            }
+            if r.is_empty() {
+                skipped += 1;
                 continue;
             }
             n += 1;
@@ -46,7 +51,8 @@ impl ZeroShot {
             .map(|(l, (hit, total))| (l.clone(), json!(*hit as f64 / *total as f64)))
             .collect();
         let frac = |k: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
-        json!({"top1": frac(top1), "top5": frac(top5), "n": n, "per_class": per_class})
+        json!({"top1": frac(top1), "top5": frac(top5), "n": n, "per_class": per_class,
+               "skipped": skipped})
     }
 }
 
@@ -78,16 +84,14 @@ pub fn zero_shot(
     }
     let classifier = model.zero_shot(&labels, templates)?;
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
-    let embeds = model.encode_images(&paths, batch_size)?;
+    let (kept, embeds) = readable_embeds(model, &paths, batch_size)?;
     let (logits, _) = classifier.classify(&embeds);
-    let ranked = logits
-        .iter()
-        .map(|l| {
-            let mut order: Vec<usize> = (0..l.len()).collect();
-            order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
-            order
-        })
-        .collect();
+    let mut ranked = vec![Vec::new(); samples.len()];
+    for (&i, l) in kept.iter().zip(&logits) {
+        let mut order: Vec<usize> = (0..l.len()).collect();
+        order.sort_by(|&a, &b| l[b].total_cmp(&l[a]));
+        ranked[i] = order;
+    }
     Ok(ZeroShot {
         labels,
         truth,
@@ -114,14 +118,48 @@ pub fn retrieval_eval(
     batch_size: usize,
 ) -> Result<serde_json::Value> {
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
-    let captions: Vec<String> = samples.iter().map(|s| s.caption.clone()).collect();
-    let images = model.encode_images(&paths, batch_size)?;
+    let (kept, images) = readable_embeds(model, &paths, batch_size)?;
+    // A pair whose image cannot be read is left out, caption included.
+    let captions: Vec<String> = kept.iter().map(|&i| samples[i].caption.clone()).collect();
     let texts = model.encode_texts(&captions, batch_size)?;
     let sims: Vec<Vec<f32>> = images
         .iter()
         .map(|i| texts.iter().map(|t| dot(i, t)).collect())
         .collect();
-    Ok(retrieval_recall(&sims))
+    let mut r = retrieval_recall(&sims);
+    r["skipped"] = json!(samples.len() - kept.len());
+    Ok(r)
+}
+
+/// Embeddings of the readable images among `paths`, with their indices; unreadable ones are
+/// skipped with a warning, and none readable is an error.
+fn readable_embeds(
+    model: &ImageText,
+    paths: &[PathBuf],
+    batch_size: usize,
+) -> Result<(Vec<usize>, Vec<Vec<f32>>)> {
+    let (kept, embeds) = model.encode_images_lenient(
+        paths,
+        batch_size,
+        |p, e| tracing::warn!("skipping {}: {e}", p.display()),
+        |_| {},
+    )?;
+    // `kept` holds the readable paths in order: walk both lists to recover their indices.
+    let mut at = kept.iter().peekable();
+    let indices: Vec<usize> = (0..paths.len())
+        .filter(|&i| at.next_if(|k| **k == paths[i]).is_some())
+        .collect();
+    none_readable(indices.len(), paths.len())?;
+    Ok((indices, embeds))
+}
+
+fn none_readable(kept: usize, total: usize) -> Result<()> {
+    if kept == 0 && total > 0 {
+        return Err(Error::InvalidInput(format!(
+            "none of the {total} images could be read"
+        )));
+    }
+    Ok(())
 }
 
 /// Recall@1/5/10 both ways of a square similarity matrix `sims[image][text]` whose diagonal
@@ -241,8 +279,14 @@ pub fn classification_eval(
         truth.push(i);
     }
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.image.clone()).collect();
-    let logits = model.logits(&paths, batch_size, |_| {})?;
-    Ok(classification_scores(&model.labels, &logits, &truth))
+    let (kept, logits) = model.logits_lenient(&paths, batch_size, |p, e| {
+        tracing::warn!("skipping {}: {e}", p.display())
+    })?;
+    none_readable(kept.len(), paths.len())?;
+    let truth: Vec<usize> = kept.iter().map(|&i| truth[i]).collect();
+    let (mut r, confusion) = classification_scores(&model.labels, &logits, &truth);
+    r["skipped"] = json!(samples.len() - kept.len());
+    Ok((r, confusion))
 }
 
 /// Top-1, top-5 and per-class accuracy of `logits` (one row per sample) against each sample's
@@ -415,11 +459,19 @@ mod tests {
             ranked: vec![vec![0, 1], vec![0, 1], vec![1, 0], vec![1, 0]],
         };
         let all = zs.summary(|_| true);
+        assert_eq!(all["skipped"], 0);
         assert_eq!(all["top1"].as_f64(), Some(0.5));
         assert_eq!(all["top5"].as_f64(), Some(1.0));
         assert_eq!(all["per_class"]["cat"].as_f64(), Some(0.5));
         let first_two = zs.summary(|i| i < 2);
         assert_eq!(first_two["n"], 2);
         assert_eq!(first_two["per_class"]["dog"].as_f64(), Some(0.0));
+        // An unreadable sample (no ranking) is counted as skipped, not scored.
+        let mut zs = zs;
+        zs.truth.push(1);
+        zs.ranked.push(Vec::new());
+        let with_bad = zs.summary(|_| true);
+        assert_eq!((with_bad["n"].clone(), with_bad["skipped"].clone()), (json!(4), json!(1)));
+        assert_eq!(with_bad["top1"].as_f64(), Some(0.5));
     }
 }

@@ -420,7 +420,14 @@ pub fn save_pretrained_with_scalars<M: Module>(
         message: e.to_string(),
     })?;
     let text = serde_json::to_string_pretty(config).expect("JSON value serializes");
-    write_atomic(&folder.join("config.json"), text.as_bytes())
+    let config_path = folder.join("config.json");
+    write_atomic(&config_path, text.as_bytes())?;
+    // burn-store writes the weights through a private temporary file (mode 0600); give them the
+    // mode every other file gets (0666 less the umask), which config.json has.
+    let mode = std::fs::metadata(&config_path)
+        .map_err(|e| Error::io(&config_path, e))?
+        .permissions();
+    std::fs::set_permissions(&weights, mode).map_err(|e| Error::io(&weights, e))
 }
 
 /// A scratch folder beside `out` (in its nearest existing ancestor, so on the same disk),

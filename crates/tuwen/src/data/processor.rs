@@ -387,6 +387,35 @@ impl ImageProcessor {
             .collect::<Result<_>>()?;
         batch_tensor(items, device)
     }
+
+    /// [`load_batch`](Self::load_batch) that skips what cannot be read: returns the indices
+    /// of the images it kept and their batch (`None` when none was readable); `on_skip` is
+    /// told each skipped index and why.
+    pub fn load_batch_lenient(
+        &self,
+        paths: &[PathBuf],
+        device: &Device,
+        mut on_skip: impl FnMut(usize, &Error),
+    ) -> Result<(Vec<usize>, Option<Tensor<4>>)> {
+        let loaded: Vec<Result<(Vec<f32>, [usize; 3])>> = paths
+            .par_iter()
+            .map(|p| open_rgb(p).map(|img| self.preprocess(&img)))
+            .collect();
+        let (mut kept, mut items) = (Vec::new(), Vec::new());
+        for (i, item) in loaded.into_iter().enumerate() {
+            match item {
+                Ok(item) => {
+                    kept.push(i);
+                    items.push(item);
+                }
+                Err(e) => on_skip(i, &e),
+            }
+        }
+        if items.is_empty() {
+            return Ok((kept, None));
+        }
+        Ok((kept, Some(batch_tensor(items, device)?)))
+    }
 }
 
 /// Stacks channel-first images of one size into a `[n, c, h, w]` tensor.

@@ -396,27 +396,16 @@ impl ImageText {
         mut on_skip: impl FnMut(&Path, &Error),
         mut on_progress: impl FnMut(usize),
     ) -> Result<(Vec<PathBuf>, Vec<Vec<f32>>)> {
-        use rayon::prelude::*;
         check_batch(batch_size)?;
         self.check_memory(batch_size.min(paths.len()), true)?;
         let (mut kept, mut embeds) = (Vec::new(), Vec::new());
         for chunk in paths.chunks(batch_size) {
-            let loaded: Vec<Result<(Vec<f32>, [usize; 3])>> = chunk
-                .par_iter()
-                .map(|p| crate::data::open_rgb(p).map(|img| self.processor.preprocess(&img)))
-                .collect();
-            let mut items = Vec::new();
-            for (path, item) in chunk.iter().zip(loaded) {
-                match item {
-                    Ok(item) => {
-                        kept.push(path.clone());
-                        items.push(item);
-                    }
-                    Err(e) => on_skip(path, &e),
-                }
-            }
-            if !items.is_empty() {
-                embeds.extend(self.embed_pixels(batch_tensor(items, &self.device)?)?);
+            let (ok, pixels) =
+                self.processor
+                    .load_batch_lenient(chunk, &self.device, |i, e| on_skip(&chunk[i], e))?;
+            kept.extend(ok.into_iter().map(|i| chunk[i].clone()));
+            if let Some(pixels) = pixels {
+                embeds.extend(self.embed_pixels(pixels)?);
             }
             on_progress(chunk.len());
         }

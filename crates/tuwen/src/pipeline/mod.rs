@@ -129,13 +129,45 @@ impl ImageClassification {
         }
     }
 
+    /// [`logits`](Self::logits) that skips unreadable images: the indices of the images kept
+    /// and their logits; `on_skip` is told each skipped path and why.
+    pub fn logits_lenient(
+        &self,
+        images: &[PathBuf],
+        batch_size: usize,
+        mut on_skip: impl FnMut(&Path, &Error),
+    ) -> Result<(Vec<usize>, Vec<Vec<f32>>)> {
+        let mut kept = Vec::new();
+        let out = self.run_batches(images, batch_size, |_| {}, |chunk, c, pixels_of| {
+            let (ok, pixels) = pixels_of(chunk, &mut |i, e| on_skip(&chunk[i], e))?;
+            kept.extend(ok.into_iter().map(|i| c * batch_size + i));
+            Ok(pixels)
+        })?;
+        Ok((kept, out))
+    }
+
     /// Logits per image file, in the order given, `batch_size` images per forward pass;
-    /// `progress` is told how many images each finished batch held.
+    /// `progress` is told how many images each finished batch held. An unreadable image is
+    /// an error naming it.
     pub fn logits(
         &self,
         images: &[PathBuf],
         batch_size: usize,
+        progress: impl FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        self.run_batches(images, batch_size, progress, |chunk, _, _| {
+            Ok(Some(self.processor.load_batch(chunk, &self.device)?))
+        })
+    }
+
+    /// The batches of `images` through the network: `load` makes each chunk's pixels (given
+    /// the chunk, its number and the lenient loader), after the batch was checked to fit.
+    fn run_batches(
+        &self,
+        images: &[PathBuf],
+        batch_size: usize,
         mut progress: impl FnMut(usize),
+        mut load: impl FnMut(&[PathBuf], usize, &LenientLoader) -> Result<Option<Tensor<4>>>,
     ) -> Result<Vec<Vec<f32>>> {
         if batch_size == 0 {
             return Err(Error::InvalidInput("batch size must be at least 1".into()));
@@ -147,23 +179,35 @@ impl ImageClassification {
             "--batch-size",
         )?;
         let k = self.labels.len();
+        let lenient = |chunk: &[PathBuf], on_skip: &mut dyn FnMut(usize, &Error)| {
+            self.processor
+                .load_batch_lenient(chunk, &self.device, on_skip)
+        };
         let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(batch_size) {
-            let pixels = self.processor.load_batch(chunk, &self.device)?;
-            let [_, _, h, w] = pixels.dims();
-            if h < self.patch_size || w < self.patch_size {
-                return Err(Error::InvalidInput(format!(
-                    "images preprocess to {h}x{w}, smaller than one {p}x{p} patch",
-                    p = self.patch_size
-                )));
+        for (c, chunk) in images.chunks(batch_size).enumerate() {
+            if let Some(pixels) = load(chunk, c, &lenient)? {
+                let [_, _, h, w] = pixels.dims();
+                if h < self.patch_size || w < self.patch_size {
+                    return Err(Error::InvalidInput(format!(
+                        "images preprocess to {h}x{w}, smaller than one {p}x{p} patch",
+                        p = self.patch_size
+                    )));
+                }
+                let values = to_vec(self.forward(pixels))?;
+                out.extend(values.chunks(k).map(<[f32]>::to_vec));
             }
-            let values = to_vec(self.forward(pixels))?;
-            out.extend(values.chunks(k).map(<[f32]>::to_vec));
             progress(chunk.len());
         }
         Ok(out)
     }
 }
+
+/// Loads a chunk of image files, skipping (and reporting) those that cannot be read.
+type LenientLoader<'a> = dyn Fn(
+        &[PathBuf],
+        &mut dyn FnMut(usize, &Error),
+    ) -> Result<(Vec<usize>, Option<Tensor<4>>)>
+    + 'a;
 
 /// Softmax of one row of logits, computed in f64.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
