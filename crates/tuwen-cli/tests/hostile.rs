@@ -411,6 +411,18 @@ fn misleading_messages_and_silently_accepted_flags() {
     std::fs::copy(vit.join("config.json"), m.join("config.json")).unwrap();
     fails(&tuwen_in(&s.0, &["classify", "--model", m.to_str().unwrap(), "--image", &img]), "a folder, not a safetensors file");
 
+    // Files that an editor saved with a UTF-8 byte-order mark read as without it.
+    std::fs::write(s.join("heights.txt"), "\u{feff}1 8 6 2 5 4 8 3 7\n").unwrap();
+    let o = tuwen_in(&s.0, &["water", "--file", &s.s("heights.txt")]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "49", "{}", String::from_utf8_lossy(&o.stderr));
+    let bom = s.copy_fixture("vit-tiny", "bom");
+    for f in ["config.json", "preprocessor_config.json"] {
+        let text = std::fs::read_to_string(bom.join(f)).unwrap();
+        std::fs::write(bom.join(f), format!("\u{feff}{text}")).unwrap();
+    }
+    let o = tuwen_in(&s.0, &["classify", "--model", bom.to_str().unwrap(), "--image", &img]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
     let classes = s.join("classes");
     for c in ["cat", "dog"] {
         std::fs::create_dir_all(classes.join(c)).unwrap();

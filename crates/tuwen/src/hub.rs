@@ -140,9 +140,18 @@ fn fetch_repo(repo_id: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Reads a UTF-8 text file, without the byte-order mark some editors put first.
+pub fn read_text(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
 /// Reads a JSON file.
 pub fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = read_text(path)?;
     serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))
 }
 

@@ -34,6 +34,7 @@ pub fn max_area(heights: &[u64]) -> Result<u128, Error> {
 
 /// Parses heights written as non-negative integers separated by whitespace or commas.
 pub fn parse_heights(text: &str) -> Result<Vec<u64>, Error> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     text.split(|c: char| c.is_whitespace() || c == ',')
         .filter(|s| !s.is_empty())
         .map(parse_height)

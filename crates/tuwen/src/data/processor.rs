@@ -198,7 +198,7 @@ fn parse_triple(v: &Value, key: &str) -> Result<[f32; 3], String> {
 impl ImageProcessor {
     /// Reads preprocessor_config.json.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::hub::read_text(path)?;
         Self::from_json(&text).map_err(|m| Error::config(path, m))
     }
 
