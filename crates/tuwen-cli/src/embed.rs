@@ -79,8 +79,12 @@ pub fn run(args: EmbedArgs, device: &Device) -> Result<()> {
         );
     }
     if let Some(out) = &args.out {
-        let inputs: Vec<&std::path::Path> =
-            args.images.iter().chain(&files).map(|p| p.as_path()).collect();
+        let inputs: Vec<&std::path::Path> = args
+            .images
+            .iter()
+            .chain(&files)
+            .map(|p| p.as_path())
+            .collect();
         refuse_overwrite("--out", out, &inputs, &[&folder])?;
     }
     let model = ImageText::load_folder(&folder, device)?;

@@ -36,7 +36,10 @@ pub struct InfoArgs {
 
 /// MACs and FLOPs (2 per MAC) as JSON numbers, or an error when they pass `u64`.
 fn compute(macs: u128) -> Result<(u64, u64)> {
-    match u64::try_from(macs).ok().and_then(|m| Some((m, m.checked_mul(2)?))) {
+    match u64::try_from(macs)
+        .ok()
+        .and_then(|m| Some((m, m.checked_mul(2)?)))
+    {
         Some(pair) => Ok(pair),
         None => bail!("{macs} MACs per image: more than a 64-bit count holds"),
     }
@@ -79,7 +82,8 @@ fn describe_effnet(cfg: &efficientnet::EfficientNetConfig, params: u64) -> Resul
 
 pub fn run(args: InfoArgs) -> Result<()> {
     let info = if let Some(name) = &args.arch {
-        tuwen::models::check_num_labels(args.num_labels).map_err(|m| anyhow!("--num-labels: {m}"))?;
+        tuwen::models::check_num_labels(args.num_labels)
+            .map_err(|m| anyhow!("--num-labels: {m}"))?;
         let invalid = |m: String| anyhow!("--arch {name}: {m}");
         if name == "efficientnet-custom" {
             if !(args.width > 0.0 && args.depth > 0.0 && args.resolution > 0) {

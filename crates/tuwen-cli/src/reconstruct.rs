@@ -60,7 +60,8 @@ pub fn run(args: ReconstructArgs, device: &Device) -> Result<()> {
         println!(
             "masked {masked} of {total} patches; loss on them {}; picture in {}",
             r.loss.map_or("-".to_string(), |l| format!("{l:.4}")),
-            out.as_deref().map_or(String::new(), |p| p.display().to_string())
+            out.as_deref()
+                .map_or(String::new(), |p| p.display().to_string())
         );
     }
     Ok(())

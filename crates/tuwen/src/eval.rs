@@ -471,7 +471,10 @@ mod tests {
         zs.truth.push(1);
         zs.ranked.push(Vec::new());
         let with_bad = zs.summary(|_| true);
-        assert_eq!((with_bad["n"].clone(), with_bad["skipped"].clone()), (json!(4), json!(1)));
+        assert_eq!(
+            (with_bad["n"].clone(), with_bad["skipped"].clone()),
+            (json!(4), json!(1))
+        );
         assert_eq!(with_bad["top1"].as_f64(), Some(0.5));
     }
 }

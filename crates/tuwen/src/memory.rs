@@ -61,7 +61,8 @@ impl Encoder {
     /// probabilities (2 × heads × tokens).
     pub fn training_floats(&self) -> u128 {
         let w = |x: usize| x as u128;
-        let per_token = 10 * w(self.hidden) + 2 * w(self.intermediate) + 2 * w(self.heads) * w(self.tokens);
+        let per_token =
+            10 * w(self.hidden) + 2 * w(self.intermediate) + 2 * w(self.heads) * w(self.tokens);
         w(self.layers) * w(self.tokens) * per_token
     }
 
@@ -69,7 +70,8 @@ impl Encoder {
     /// activation, and its attention scores.
     pub fn inference_floats(&self) -> u128 {
         let w = |x: usize| x as u128;
-        w(self.tokens) * (5 * w(self.hidden) + w(self.intermediate) + w(self.heads) * w(self.tokens))
+        w(self.tokens)
+            * (5 * w(self.hidden) + w(self.intermediate) + w(self.heads) * w(self.tokens))
     }
 }
 
@@ -85,17 +87,31 @@ mod tests {
     #[test]
     fn refuses_what_does_not_fit_and_says_what_to_lower() {
         assert!(check_against(1 << 30, 2 << 30, "x", "--batch-size").is_ok());
-        let err = check_against(3 << 30, 2 << 30, "a training step of batch 64", "--batch-size")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("3.0 GiB") && err.contains("2.0 GiB") && err.contains("--batch-size"), "{err}");
+        let err = check_against(
+            3 << 30,
+            2 << 30,
+            "a training step of batch 64",
+            "--batch-size",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("3.0 GiB") && err.contains("2.0 GiB") && err.contains("--batch-size"),
+            "{err}"
+        );
         assert!(available_bytes().is_some_and(|b| b > 0));
     }
 
     #[test]
     fn a_vit_b16_step_counts_its_activations() {
         // ViT-B/16 at 224: 197 tokens; about 8.5 M values a layer for each image.
-        let e = Encoder { layers: 12, tokens: 197, hidden: 768, intermediate: 3072, heads: 12 };
+        let e = Encoder {
+            layers: 12,
+            tokens: 197,
+            hidden: 768,
+            intermediate: 3072,
+            heads: 12,
+        };
         let per_layer = e.training_floats() / 12;
         assert_eq!(per_layer, 197 * (10 * 768 + 2 * 3072 + 2 * 12 * 197));
         assert!(e.inference_floats() < per_layer);

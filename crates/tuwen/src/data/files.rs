@@ -70,7 +70,12 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// (compared after resolving links), a file directly inside one of the `folders` (a model
 /// folder's weights, config, tokenizer), or one of those folders itself. `flag` names the
 /// option in the message. A path that does not exist yet replaces nothing.
-pub fn refuse_overwrite(flag: &str, output: &Path, files: &[&Path], folders: &[&Path]) -> Result<()> {
+pub fn refuse_overwrite(
+    flag: &str,
+    output: &Path,
+    files: &[&Path],
+    folders: &[&Path],
+) -> Result<()> {
     if std::fs::symlink_metadata(output).is_err() {
         return Ok(());
     }

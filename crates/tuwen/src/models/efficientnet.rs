@@ -314,9 +314,8 @@ impl EfficientNetConfig {
             ("hidden_dim", self.hidden_dim, WIDTH),
         ])?;
         super::check_num_labels(self.id2label.len())?;
-        if !(self.width_coefficient > 0.0 && self.depth_coefficient > 0.0)
-            || !(self.width_coefficient.is_finite() && self.depth_coefficient.is_finite())
-        {
+        let usable = |c: f64| c > 0.0 && c.is_finite();
+        if !(usable(self.width_coefficient) && usable(self.depth_coefficient)) {
             return Err("width_coefficient and depth_coefficient must be positive".into());
         }
         // Sizes the coefficients scale, counted in floating point before any is rounded to an
@@ -332,7 +331,12 @@ impl EfficientNetConfig {
                 self.depth_coefficient
             ));
         }
-        let widest = self.in_channels.iter().chain(&self.out_channels).chain([&32]).max();
+        let widest = self
+            .in_channels
+            .iter()
+            .chain(&self.out_channels)
+            .chain([&32])
+            .max();
         let widest = *widest.expect("in_channels is not empty") as f64 * self.width_coefficient;
         if widest > WIDTH as f64 {
             return Err(format!(
@@ -340,8 +344,7 @@ impl EfficientNetConfig {
                 self.width_coefficient
             ));
         }
-        if self.expand_ratios.iter().any(|&e| e > 64) || self.kernel_sizes.iter().any(|&k| k > 63)
-        {
+        if self.expand_ratios.iter().any(|&e| e > 64) || self.kernel_sizes.iter().any(|&k| k > 63) {
             return Err("expand_ratios above 64 or kernel_sizes above 63".into());
         }
         if self.kernel_sizes.iter().any(|&k| k == 0 || k % 2 == 0) {

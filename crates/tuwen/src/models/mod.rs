@@ -51,6 +51,48 @@ pub(crate) fn require_sizes(fields: &[(&str, usize, usize)]) -> Result<(), Strin
     }
 }
 
+/// Checks the sizes of one transformer tower; `prefix` (e.g. `"vision_config."`) names it.
+pub(crate) fn check_tower(
+    prefix: &str,
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+) -> Result<(), String> {
+    use bounds::*;
+    let name = |field: &str| format!("{prefix}{field}");
+    let names = [
+        name("hidden_size"),
+        name("intermediate_size"),
+        name("num_hidden_layers"),
+        name("num_attention_heads"),
+    ];
+    require_sizes(&[
+        (&names[0], hidden, WIDTH),
+        (&names[1], intermediate, WIDTH),
+        (&names[2], layers, LAYERS),
+        (&names[3], heads, HEADS),
+    ])?;
+    if !hidden.is_multiple_of(heads) {
+        return Err(format!(
+            "{prefix}hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the text side of a tower: vocabulary and positions in bounds.
+pub(crate) fn check_text(prefix: &str, vocab_size: usize, positions: usize) -> Result<(), String> {
+    let names = [
+        format!("{prefix}vocab_size"),
+        format!("{prefix}max_position_embeddings"),
+    ];
+    require_sizes(&[
+        (&names[0], vocab_size, bounds::VOCAB),
+        (&names[1], positions, bounds::POSITIONS),
+    ])
+}
+
 /// Checks a classifier's class count against [`bounds::LABELS`] (before a label map is made).
 pub fn check_num_labels(n: usize) -> Result<(), String> {
     if n > bounds::LABELS {
@@ -62,8 +104,27 @@ pub fn check_num_labels(n: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks an image-patch grid: `image_size / patch_size` squared at most [`bounds::PATCHES`].
-pub(crate) fn check_patches(prefix: &str, image_size: usize, patch_size: usize) -> Result<(), String> {
+/// Checks the image side of a tower: channels, patch and image sizes in bounds, a patch no
+/// larger than the image, and at most [`bounds::PATCHES`] patches.
+pub(crate) fn check_image(
+    prefix: &str,
+    num_channels: usize,
+    patch_size: usize,
+    image_size: usize,
+) -> Result<(), String> {
+    use bounds::*;
+    let name = |field: &str| format!("{prefix}{field}");
+    let names = [name("num_channels"), name("patch_size"), name("image_size")];
+    require_sizes(&[
+        (&names[0], num_channels, CHANNELS),
+        (&names[1], patch_size, IMAGE_SIZE),
+        (&names[2], image_size, IMAGE_SIZE),
+    ])?;
+    if patch_size > image_size {
+        return Err(format!(
+            "{prefix}patch_size {patch_size} exceeds image_size {image_size}"
+        ));
+    }
     let grid = image_size / patch_size.max(1);
     if grid.saturating_mul(grid) > bounds::PATCHES {
         return Err(format!(

@@ -167,37 +167,24 @@ impl SiglipConfig {
     /// Checks that the numbers make a model.
     pub fn validate(&self) -> Result<(), String> {
         let (t, v) = (&self.text_config, &self.vision_config);
-        use super::bounds::*;
-        super::require_sizes(&[
-            ("text_config.hidden_size", t.hidden_size, WIDTH),
-            ("text_config.intermediate_size", t.intermediate_size, WIDTH),
-            ("text_config.num_hidden_layers", t.num_hidden_layers, LAYERS),
-            ("text_config.num_attention_heads", t.num_attention_heads, HEADS),
-            ("text_config.vocab_size", t.vocab_size, VOCAB),
-            (
-                "text_config.max_position_embeddings",
-                t.max_position_embeddings,
-                POSITIONS,
-            ),
-            ("vision_config.hidden_size", v.hidden_size, WIDTH),
-            ("vision_config.intermediate_size", v.intermediate_size, WIDTH),
-            ("vision_config.num_hidden_layers", v.num_hidden_layers, LAYERS),
-            ("vision_config.num_attention_heads", v.num_attention_heads, HEADS),
-            ("vision_config.num_channels", v.num_channels, CHANNELS),
-            ("vision_config.patch_size", v.patch_size, IMAGE_SIZE),
-            ("vision_config.image_size", v.image_size, IMAGE_SIZE),
-        ])?;
-        super::check_patches("vision_config.", v.image_size, v.patch_size)?;
-        if !t.hidden_size.is_multiple_of(t.num_attention_heads)
-            || !v.hidden_size.is_multiple_of(v.num_attention_heads)
-        {
-            return Err("hidden_size must be a multiple of num_attention_heads".into());
-        }
+        let (th, ti, tl, ta) = (
+            t.hidden_size,
+            t.intermediate_size,
+            t.num_hidden_layers,
+            t.num_attention_heads,
+        );
+        super::check_tower("text_config.", th, ti, tl, ta)?;
+        super::check_text("text_config.", t.vocab_size, t.max_position_embeddings)?;
+        let (vh, vi, vl, va) = (
+            v.hidden_size,
+            v.intermediate_size,
+            v.num_hidden_layers,
+            v.num_attention_heads,
+        );
+        super::check_tower("vision_config.", vh, vi, vl, va)?;
+        super::check_image("vision_config.", v.num_channels, v.patch_size, v.image_size)?;
         if !v.vision_use_head {
             return Err("vision_use_head = false has no pooled image embedding".into());
-        }
-        if v.patch_size > v.image_size {
-            return Err("vision_config.patch_size exceeds image_size".into());
         }
         Ok(())
     }

@@ -150,33 +150,17 @@ pub const ARCHS: &[&str] = &[
 impl ViTConfig {
     /// Checks the numbers make a model; the error names the bad field.
     pub fn validate(&self) -> Result<(), String> {
-        use super::bounds::*;
-        super::require_sizes(&[
-            ("hidden_size", self.hidden_size, WIDTH),
-            ("num_hidden_layers", self.num_hidden_layers, LAYERS),
-            ("num_attention_heads", self.num_attention_heads, HEADS),
-            ("intermediate_size", self.intermediate_size, WIDTH),
-            ("image_size", self.image_size, IMAGE_SIZE),
-            ("patch_size", self.patch_size, IMAGE_SIZE),
-            ("num_channels", self.num_channels, CHANNELS),
-        ])?;
+        let (h, i, l) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+        );
+        super::check_tower("", h, i, l, self.num_attention_heads)?;
+        super::check_image("", self.num_channels, self.patch_size, self.image_size)?;
         if let Some(p) = self.pooler_output_size {
-            super::require_sizes(&[("pooler_output_size", p, WIDTH)])?;
+            super::require_sizes(&[("pooler_output_size", p, super::bounds::WIDTH)])?;
         }
-        super::check_patches("", self.image_size, self.patch_size)?;
         super::check_num_labels(self.id2label.len())?;
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
-        }
-        if self.patch_size > self.image_size {
-            return Err(format!(
-                "patch_size {} exceeds image_size {}",
-                self.patch_size, self.image_size
-            ));
-        }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
             (

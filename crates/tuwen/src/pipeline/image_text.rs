@@ -264,8 +264,20 @@ impl ImageText {
                 let (v, t) = (&c.vision_config, &c.text_config);
                 let grid = v.image_size / v.patch_size.max(1);
                 (
-                    enc(v.num_hidden_layers, grid * grid + 1, v.hidden_size, v.intermediate_size, v.num_attention_heads),
-                    enc(t.num_hidden_layers, t.max_position_embeddings, t.hidden_size, t.intermediate_size, t.num_attention_heads),
+                    enc(
+                        v.num_hidden_layers,
+                        grid * grid + 1,
+                        v.hidden_size,
+                        v.intermediate_size,
+                        v.num_attention_heads,
+                    ),
+                    enc(
+                        t.num_hidden_layers,
+                        t.max_position_embeddings,
+                        t.hidden_size,
+                        t.intermediate_size,
+                        t.num_attention_heads,
+                    ),
                 )
             }
             Family::Siglip => {
@@ -275,8 +287,20 @@ impl ImageText {
                 let (v, t) = (&c.vision_config, &c.text_config);
                 let grid = v.image_size / v.patch_size.max(1);
                 (
-                    enc(v.num_hidden_layers, grid * grid, v.hidden_size, v.intermediate_size, v.num_attention_heads),
-                    enc(t.num_hidden_layers, t.max_position_embeddings, t.hidden_size, t.intermediate_size, t.num_attention_heads),
+                    enc(
+                        v.num_hidden_layers,
+                        grid * grid,
+                        v.hidden_size,
+                        v.intermediate_size,
+                        v.num_attention_heads,
+                    ),
+                    enc(
+                        t.num_hidden_layers,
+                        t.max_position_embeddings,
+                        t.hidden_size,
+                        t.intermediate_size,
+                        t.num_attention_heads,
+                    ),
                 )
             }
         }
@@ -400,9 +424,9 @@ impl ImageText {
         self.check_memory(batch_size.min(paths.len()), true)?;
         let (mut kept, mut embeds) = (Vec::new(), Vec::new());
         for chunk in paths.chunks(batch_size) {
-            let (ok, pixels) =
-                self.processor
-                    .load_batch_lenient(chunk, &self.device, |i, e| on_skip(&chunk[i], e))?;
+            let (ok, pixels) = self
+                .processor
+                .load_batch_lenient(chunk, &self.device, |i, e| on_skip(&chunk[i], e))?;
             kept.extend(ok.into_iter().map(|i| chunk[i].clone()));
             if let Some(pixels) = pixels {
                 embeds.extend(self.embed_pixels(pixels)?);

@@ -138,11 +138,16 @@ impl ImageClassification {
         mut on_skip: impl FnMut(&Path, &Error),
     ) -> Result<(Vec<usize>, Vec<Vec<f32>>)> {
         let mut kept = Vec::new();
-        let out = self.run_batches(images, batch_size, |_| {}, |chunk, c, pixels_of| {
-            let (ok, pixels) = pixels_of(chunk, &mut |i, e| on_skip(&chunk[i], e))?;
-            kept.extend(ok.into_iter().map(|i| c * batch_size + i));
-            Ok(pixels)
-        })?;
+        let out = self.run_batches(
+            images,
+            batch_size,
+            |_| {},
+            |chunk, c, pixels_of| {
+                let (ok, pixels) = pixels_of(chunk, &mut |i, e| on_skip(&chunk[i], e))?;
+                kept.extend(ok.into_iter().map(|i| c * batch_size + i));
+                Ok(pixels)
+            },
+        )?;
         Ok((kept, out))
     }
 
@@ -203,10 +208,7 @@ impl ImageClassification {
 }
 
 /// Loads a chunk of image files, skipping (and reporting) those that cannot be read.
-type LenientLoader<'a> = dyn Fn(
-        &[PathBuf],
-        &mut dyn FnMut(usize, &Error),
-    ) -> Result<(Vec<usize>, Option<Tensor<4>>)>
+type LenientLoader<'a> = dyn Fn(&[PathBuf], &mut dyn FnMut(usize, &Error)) -> Result<(Vec<usize>, Option<Tensor<4>>)>
     + 'a;
 
 /// Softmax of one row of logits, computed in f64.

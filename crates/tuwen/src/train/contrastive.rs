@@ -246,7 +246,8 @@ pub fn init_folder(
         let config = json!({"model_type": "clip", "architectures": ["CLIPModel"],
             "text_config": text, "vision_config": vision, "projection_dim": spec.embed});
         let cfg: ClipConfig = serde_json::from_value(config.clone()).expect("valid config");
-        cfg.validate().map_err(|m| Error::InvalidInput(format!("--arch {arch}: {m}")))?;
+        cfg.validate()
+            .map_err(|m| Error::InvalidInput(format!("--arch {arch}: {m}")))?;
         let model = ClipModel::new(&cfg, &device);
         hub::save_pretrained_with_scalars(&model, &config, folder, &["logit_scale"])
     } else {
@@ -254,7 +255,8 @@ pub fn init_folder(
         let config = json!({"model_type": "siglip", "architectures": ["SiglipModel"],
             "text_config": text, "vision_config": vision});
         let cfg: SiglipConfig = serde_json::from_value(config.clone()).expect("valid config");
-        cfg.validate().map_err(|m| Error::InvalidInput(format!("--arch {arch}: {m}")))?;
+        cfg.validate()
+            .map_err(|m| Error::InvalidInput(format!("--arch {arch}: {m}")))?;
         hub::save_pretrained(&SiglipModel::new(&cfg, &device), &config, folder)
     }
 }
