@@ -497,9 +497,10 @@ pub struct EvalClassifyArgs {
     /// Column holding the class label.
     #[arg(long, default_value = "label")]
     label_column: String,
-    /// Where the confusion-matrix picture goes.
-    #[arg(long, default_value = "confusion.png")]
-    confusion: PathBuf,
+    /// Where the confusion-matrix picture goes (default: confusion.png; with --json, only
+    /// when given).
+    #[arg(long)]
+    confusion: Option<PathBuf>,
     /// Print `{"top1", "top5", "n", "per_class", "confusion"}` as JSON.
     #[arg(long)]
     json: bool,
@@ -510,11 +511,20 @@ fn eval_classify(a: EvalClassifyArgs, device: &Device) -> Result<()> {
     let samples = tuwen::data::labelled::labelled(&a.data, &a.label_column)?;
     let mut inputs: Vec<&Path> = samples.iter().map(|s| s.image.as_path()).collect();
     inputs.push(&a.data);
-    tuwen::data::files::refuse_overwrite("--confusion", &a.confusion, &inputs, &[&folder])?;
+    let picture = match (&a.confusion, a.json) {
+        (Some(p), _) => Some(p.clone()),
+        (None, false) => Some(PathBuf::from("confusion.png")),
+        (None, true) => None,
+    };
+    if let Some(p) = &picture {
+        tuwen::data::files::refuse_overwrite("--confusion", p, &inputs, &[&folder])?;
+    }
     let model = tuwen::pipeline::ImageClassification::load_folder(&folder, device)?;
     let (mut r, confusion) =
         tuwen::eval::classification_eval(&model, &samples, &a.label_column, 32)?;
-    tuwen::eval::confusion_png(&model.labels, &confusion, &a.confusion)?;
+    if let Some(p) = &picture {
+        tuwen::eval::confusion_png(&model.labels, &confusion, p)?;
+    }
     if a.json {
         r["confusion"] = json!(confusion);
         println!("{r}");
@@ -524,7 +534,7 @@ fn eval_classify(a: EvalClassifyArgs, device: &Device) -> Result<()> {
             r["top1"].as_f64().unwrap_or(0.0) * 100.0,
             r["top5"].as_f64().unwrap_or(0.0) * 100.0,
             r["n"],
-            a.confusion.display()
+            picture.as_deref().unwrap_or(Path::new("-")).display()
         );
         skipped_note(&r);
     }

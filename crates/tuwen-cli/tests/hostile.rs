@@ -581,7 +581,12 @@ fn outputs_never_replace_inputs() {
         fails(&o, "would replace the input");
     }
     assert!(snapshot(&s.0) == before, "a refused command changed a file");
-    // --json alone writes no picture.
+    // --json alone writes no picture, in reconstruct as in eval classify.
+    let cats = s.join("cats.csv");
+    std::fs::write(&cats, "filepath,label\nin.png,tabby cat\n").unwrap();
+    let o = tuwen_in(&s.0, &["eval", "classify", "--model", vit.to_str().unwrap(), "--data", cats.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_file(&cats).unwrap();
     let o = tuwen_in(
         &s.0,
         &[

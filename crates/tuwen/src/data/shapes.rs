@@ -195,8 +195,10 @@ pub struct ShapesSummary {
 /// `out/images`, with `out/train.csv` and `out/test.csv` (columns `filepath, caption, label,
 /// color, shape, size, position, shapes, held_out`; paths relative to the CSV).
 pub fn generate(out: &Path, n: usize, size: u32, seed: u64) -> Result<ShapesSummary> {
-    if n == 0 {
-        return Err(Error::InvalidInput("--n must be at least 1".into()));
+    if !(1..=10_000_000).contains(&n) {
+        return Err(Error::InvalidInput(format!(
+            "--n {n} must be in 1..=10000000"
+        )));
     }
     if !(16..=1024).contains(&size) {
         return Err(Error::InvalidInput(format!(
