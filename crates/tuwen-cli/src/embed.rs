@@ -124,7 +124,7 @@ pub fn run(args: EmbedArgs, device: &Device) -> Result<()> {
                 String::new()
             }
         );
-        image_paths.extend(kept);
+        image_paths.extend(kept.into_iter().map(|i| files[i].clone()));
         image_embeds.extend(embeds);
     }
     let text_embeds = model.encode_texts(&args.texts, args.batch_size)?;

@@ -86,8 +86,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
             .map_err(|m| anyhow!("--num-labels: {m}"))?;
         let invalid = |m: String| anyhow!("--arch {name}: {m}");
         if name == "efficientnet-custom" {
-            if !(args.width > 0.0 && args.depth > 0.0 && args.resolution > 0) {
-                bail!("--width, --depth and --resolution must be positive");
+            let usable = |c: f64| c > 0.0 && c.is_finite();
+            if !(usable(args.width) && usable(args.depth) && args.resolution > 0) {
+                bail!(
+                    "--width and --depth must be positive finite numbers, --resolution a positive integer"
+                );
             }
             let cfg = efficientnet::custom(
                 args.width,

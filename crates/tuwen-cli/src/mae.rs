@@ -114,7 +114,12 @@ pub fn run(args: MaeArgs, device: &Device) -> Result<()> {
     crate::train::refuse_input_as_out(&args.out, &[&args.data], init.as_deref())?;
     let ckpt_dir = args.out.join("checkpoint");
     // A new model is made in a scratch folder: nothing is written to --out before training.
-    let staging = tuwen::hub::scratch_dir(&args.out)?;
+    let staging = if args.resume {
+        None
+    } else {
+        Some(tuwen::hub::scratch_dir(&args.out)?)
+    };
+    let staged = || staging.as_ref().expect("made when not resuming").path();
     let resume_from = if args.resume {
         Some(crate::train::resume_dir(&ckpt_dir)?)
     } else {
@@ -124,7 +129,7 @@ pub fn run(args: MaeArgs, device: &Device) -> Result<()> {
                 read_config(&folder)?;
                 tuwen::pipeline::convert(
                     folder.to_str().context("non-UTF-8 path")?,
-                    staging.path(),
+                    staged(),
                     &Device::flex(),
                 )?;
             }
@@ -140,14 +145,14 @@ pub fn run(args: MaeArgs, device: &Device) -> Result<()> {
                 if let Some(r) = args.mask_ratio {
                     cfg.mask_ratio = r;
                 }
-                init_folder(staging.path(), &cfg, args.seed)?;
+                init_folder(staged(), &cfg, args.seed)?;
             }
         }
         None
     };
     let folder = resume_from
         .clone()
-        .unwrap_or_else(|| staging.path().to_path_buf());
+        .unwrap_or_else(|| staged().to_path_buf());
     let (model, config) = ViTMAEForPreTraining::load(&folder, &device.clone().autodiff())?;
     let processor = tuwen::pipeline::image_processor(&folder, "ViTImageProcessor")?;
     check_size(&processor, config.vit.image_size)?;

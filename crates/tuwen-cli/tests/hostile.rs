@@ -584,7 +584,18 @@ fn outputs_never_replace_inputs() {
     // --json alone writes no picture, in reconstruct as in eval classify.
     let cats = s.join("cats.csv");
     std::fs::write(&cats, "filepath,label\nin.png,tabby cat\n").unwrap();
-    let o = tuwen_in(&s.0, &["eval", "classify", "--model", vit.to_str().unwrap(), "--data", cats.to_str().unwrap(), "--json"]);
+    let o = tuwen_in(
+        &s.0,
+        &[
+            "eval",
+            "classify",
+            "--model",
+            vit.to_str().unwrap(),
+            "--data",
+            cats.to_str().unwrap(),
+            "--json",
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::remove_file(&cats).unwrap();
     let o = tuwen_in(
@@ -665,6 +676,18 @@ fn huge_configs_and_flags_are_refused_before_anything_is_built() {
         ),
         "depth_coefficient",
     );
+    for (width, says) in [("1e300", "beyond any model"), ("inf", "positive finite")] {
+        let o = tuwen_in(
+            &s.0,
+            &["info", "--arch", "efficientnet-custom", "--width", width],
+        );
+        fails(&o, says);
+    }
+    let squeeze = patch("efficientnet-odd", "squeeze", &|c| {
+        c["squeeze_expansion_ratio"] = 1e300.into()
+    });
+    let o = tuwen_in(&s.0, &["classify", "--model", &squeeze, "--image", &img]);
+    fails(&o, "squeeze_expansion_ratio");
     fails(
         &tuwen_in(&s.0, &["--threads", "100000", "water", "1", "2"]),
         "--threads 100000",

@@ -52,6 +52,11 @@ fn present(name: &str, device: Device) -> Result<Device> {
     }
 }
 
+/// Whether `device` (or the device under an autodiff one) is the CPU.
+pub fn is_cpu(device: &Device) -> bool {
+    device.clone().inner() == Device::flex()
+}
+
 /// Sets the number of CPU threads for decoding, preprocessing and the CPU backend. Call it once,
 /// before any work; a second call is an error.
 pub fn set_threads(n: usize) -> Result<()> {
@@ -86,6 +91,7 @@ mod tests {
     #[test]
     fn parses_devices_and_explains_missing_backends() {
         assert!(parse("cpu").is_ok());
+        assert!(is_cpu(&Device::flex()) && is_cpu(&Device::flex().autodiff()));
         assert!(parse("cpu:1").unwrap_err().to_string().contains("no index"));
         assert!(parse("cuda:x").unwrap_err().to_string().contains("index"));
         assert!(

@@ -144,13 +144,8 @@ fn readable_embeds(
         |p, e| tracing::warn!("skipping {}: {e}", p.display()),
         |_| {},
     )?;
-    // `kept` holds the readable paths in order: walk both lists to recover their indices.
-    let mut at = kept.iter().peekable();
-    let indices: Vec<usize> = (0..paths.len())
-        .filter(|&i| at.next_if(|k| **k == paths[i]).is_some())
-        .collect();
-    none_readable(indices.len(), paths.len())?;
-    Ok((indices, embeds))
+    none_readable(kept.len(), paths.len())?;
+    Ok((kept, embeds))
 }
 
 fn none_readable(kept: usize, total: usize) -> Result<()> {

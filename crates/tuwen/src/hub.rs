@@ -43,7 +43,10 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
     }
     // A path that exists but cannot be followed (a link loop, no permission) says why.
     if let Err(e) = std::fs::metadata(path)
-        && e.kind() != std::io::ErrorKind::NotFound
+        && !matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+        )
     {
         return Err(Error::InvalidInput(format!("--model {model}: {e}")));
     }
@@ -439,8 +442,9 @@ pub fn save_pretrained_with_scalars<M: Module>(
     std::fs::set_permissions(&weights, mode).map_err(|e| Error::io(&weights, e))
 }
 
-/// A scratch folder beside `out` (in its nearest existing ancestor, so on the same disk),
-/// removed when dropped: where a new model is made before anything is written to `out`.
+/// A scratch folder beside `out` (in its nearest existing ancestor, where the user writes), or
+/// in the system's temporary folder when that cannot be written; removed when dropped: where a
+/// new model is made before anything is written to `out`.
 pub fn scratch_dir(out: &Path) -> Result<tempfile::TempDir> {
     let mut base = out.parent();
     while let Some(b) = base {
@@ -453,10 +457,15 @@ pub fn scratch_dir(out: &Path) -> Result<tempfile::TempDir> {
         Some(b) if !b.as_os_str().is_empty() => b,
         _ => Path::new("."),
     };
-    tempfile::Builder::new()
-        .prefix(".tuwen-staging-")
-        .tempdir_in(base)
-        .map_err(|e| Error::io(base, e))
+    let builder = || {
+        let mut b = tempfile::Builder::new();
+        b.prefix(".tuwen-staging-");
+        b
+    };
+    builder().tempdir_in(base).or_else(|_| {
+        let tmp = std::env::temp_dir();
+        builder().tempdir_in(&tmp).map_err(|e| Error::io(&tmp, e))
+    })
 }
 
 /// Writes a file through a temporary sibling and a rename, so readers never see half of it.

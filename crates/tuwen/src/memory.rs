@@ -4,23 +4,41 @@
 //! The estimates are lower bounds (the tensors a step cannot do without, in `f32`), so a
 //! refusal means the run could not fit; a run that passes may still be tight.
 
+use burn::prelude::Device;
+
 use crate::{Error, Result};
 
 /// Bytes of memory the system can still give this process: `MemAvailable` plus free swap from
-/// `/proc/meminfo`, or `None` where that cannot be read (then nothing is refused).
+/// `/proc/meminfo`, and no more than a container's cgroup (v2) limit leaves; `None` where that
+/// cannot be read (then nothing is refused).
 pub fn available_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<u64> {
         let line = text.lines().find(|l| l.starts_with(name))?;
         let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
+        Some(kb.saturating_mul(1024))
     };
-    Some(field("MemAvailable:")? + field("SwapFree:").unwrap_or(0))
+    let system = field("MemAvailable:")?.saturating_add(field("SwapFree:").unwrap_or(0));
+    let read = |f: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(match (read("memory.max"), read("memory.current")) {
+        (Some(max), Some(used)) => system.min(max.saturating_sub(used)),
+        _ => system,
+    })
 }
 
-/// Refuses `needed` bytes when they exceed what is available; `what` says what the bytes are
-/// for and `lower` what a user can lower.
-pub fn check(needed: u128, what: &str, lower: &str) -> Result<()> {
+/// Refuses `needed` bytes on the CPU when they exceed what is available; `what` says what the
+/// bytes are for and `lower` what a user can lower. A GPU's memory is not the host's, so
+/// nothing is checked on other devices.
+pub fn check(device: &Device, needed: u128, what: &str, lower: &str) -> Result<()> {
+    if !crate::device::is_cpu(device) {
+        return Ok(());
+    }
     let Some(free) = available_bytes() else {
         return Ok(());
     };

@@ -53,7 +53,20 @@ pub fn open_rgb(path: &Path) -> Result<RgbImage> {
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
     if reader.format() == Some(ImageFormat::Jpeg) {
-        // The JPEG decoder reads the whole file anyway; read it here to check its structure.
+        // The JPEG decoder reads the whole file anyway; read it here to check its structure
+        // (no bigger than the decoder may allocate: a compressed file is smaller than that).
+        let allowed = alloc_limit(max_image_pixels());
+        if meta.len() > allowed {
+            return Err(Error::Image {
+                path: path.to_path_buf(),
+                message: format!(
+                    "a {} MB JPEG is more than the {} MB the pixel limit allows; raise \
+                     --max-image-pixels",
+                    meta.len() >> 20,
+                    allowed >> 20
+                ),
+            });
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let reader = ImageReader::new(Cursor::new(&bytes[..])).with_guessed_format();
         let reader = reader.map_err(|e| Error::io(path, e))?;
@@ -101,7 +114,7 @@ fn decode<R: BufRead + Seek>(
     // The decoder's own allocations (and the decoded buffer) may hold 8 bytes a pixel at most:
     // 16-bit RGBA at the pixel cap.
     let mut limits = Limits::default();
-    limits.max_alloc = Some(cap.saturating_mul(8).max(64 << 20));
+    limits.max_alloc = Some(alloc_limit(cap));
     reader.limits(limits.clone());
     let mut decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
     let (w, h) = decoder.dimensions();
@@ -124,6 +137,12 @@ fn decode<R: BufRead + Seek>(
     Ok(to_rgb8_like_pil(img))
 }
 
+/// The bytes a decoder may allocate for an image of `cap` pixels: 16-bit RGBA (8 bytes a
+/// pixel), at least 64 MB.
+fn alloc_limit(cap: u64) -> u64 {
+    cap.saturating_mul(8).max(64 << 20)
+}
+
 /// Whether a JPEG's marker structure reaches its end-of-image marker: segments are skipped by
 /// their lengths, entropy-coded data up to the next marker, so an embedded thumbnail or bytes
 /// after the end marker do not matter. A file cut anywhere before its end marker fails.
@@ -133,7 +152,11 @@ fn jpeg_is_complete(b: &[u8]) -> bool {
     }
     let mut i = 2;
     loop {
-        // Fill bytes (0xFF) may precede a marker.
+        // Stray bytes between segments are skipped up to the next 0xFF (as libjpeg does), and
+        // fill bytes (more 0xFF) may precede a marker.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
         while i < b.len() && b[i] == 0xFF {
             i += 1;
         }
@@ -219,6 +242,15 @@ mod tests {
     fn a_truncated_jpeg_is_refused_and_a_complete_one_with_a_trailer_is_not() {
         let full = jpeg(64, 48);
         assert!(decode_rgb(&full).is_ok());
+        // Stray bytes between two segments are passed over, as libjpeg does.
+        let mut padded = full[..2].to_vec();
+        padded.extend_from_slice(b"\x00\x00junk");
+        padded.extend_from_slice(&full[2..]);
+        assert_eq!(
+            decode_rgb(&padded).map(|i| i.dimensions()).ok(),
+            Some((64, 48))
+        );
+        assert!(jpeg_is_complete(&padded));
         let mut trailer = full.clone();
         trailer.extend_from_slice(b"\xFF\xDAtrailing bytes after the end marker");
         assert_eq!(decode_rgb(&trailer).unwrap().dimensions(), (64, 48));

@@ -10,7 +10,8 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif", "bm
 
 /// Every image file under `dir`, recursively, sorted by path. Unreadable sub-folders are an error
 /// only at the top level. Only regular files (or links to them) count: a FIFO or a device with
-/// an image's name would block or never end. Links to folders are not followed (no loops).
+/// an image's name would block or never end. Links to folders are not followed (no loops);
+/// broken links are kept, so that reading them reports them.
 pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
     if !meta.is_dir() {
@@ -39,7 +40,8 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
                 .extension()
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-                && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
+                // A broken link stays, to be reported as unreadable where it is opened.
+                && std::fs::metadata(&path).map_or(true, |m| m.is_file())
             {
                 out.push(path);
             }

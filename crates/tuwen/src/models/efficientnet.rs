@@ -223,10 +223,11 @@ pub const ARCHS: &[&str] = &[
 pub fn round_filters(cfg: &EfficientNetConfig, channels: usize) -> usize {
     let divisor = cfg.depth_divisor as f64;
     let scaled = channels as f64 * cfg.width_coefficient;
-    let mut new = ((scaled + divisor / 2.0) as usize / cfg.depth_divisor * cfg.depth_divisor)
-        .max(cfg.depth_divisor);
+    // `as usize` saturates on huge or infinite values; `validate` refuses those configs.
+    let divisor_u = cfg.depth_divisor.max(1);
+    let mut new = ((scaled + divisor / 2.0) as usize / divisor_u * divisor_u).max(divisor_u);
     if (new as f64) < 0.9 * scaled {
-        new += cfg.depth_divisor;
+        new = new.saturating_add(divisor_u);
     }
     new
 }
@@ -314,6 +315,12 @@ impl EfficientNetConfig {
             ("hidden_dim", self.hidden_dim, WIDTH),
         ])?;
         super::check_num_labels(self.id2label.len())?;
+        if !(self.squeeze_expansion_ratio > 0.0 && self.squeeze_expansion_ratio <= 1.0) {
+            return Err(format!(
+                "squeeze_expansion_ratio must be in (0, 1], got {}",
+                self.squeeze_expansion_ratio
+            ));
+        }
         let usable = |c: f64| c > 0.0 && c.is_finite();
         if !(usable(self.width_coefficient) && usable(self.depth_coefficient)) {
             return Err("width_coefficient and depth_coefficient must be positive".into());

@@ -311,6 +311,7 @@ impl ImageText {
         let (vision, text) = self.encoders();
         let per = if images { vision } else { text }.inference_floats();
         crate::memory::check(
+            &self.device,
             crate::memory::f32_bytes(per.saturating_mul(n as u128)),
             &format!("a batch of {n} {}", if images { "images" } else { "texts" }),
             "--batch-size",
@@ -411,23 +412,23 @@ impl ImageText {
 
     /// Embeds many image files with bounded memory, `batch_size` at a time, skipping files
     /// that cannot be read or decoded. `on_skip` hears about each skipped file and
-    /// `on_progress` how many files each batch covered. Returns the embedded paths and their
-    /// unit-length embeddings, in input order.
+    /// `on_progress` how many files each batch covered. Returns the indices (into `paths`) of
+    /// the embedded files and their unit-length embeddings, in input order.
     pub fn encode_images_lenient(
         &self,
         paths: &[PathBuf],
         batch_size: usize,
         mut on_skip: impl FnMut(&Path, &Error),
         mut on_progress: impl FnMut(usize),
-    ) -> Result<(Vec<PathBuf>, Vec<Vec<f32>>)> {
+    ) -> Result<(Vec<usize>, Vec<Vec<f32>>)> {
         check_batch(batch_size)?;
         self.check_memory(batch_size.min(paths.len()), true)?;
         let (mut kept, mut embeds) = (Vec::new(), Vec::new());
-        for chunk in paths.chunks(batch_size) {
+        for (c, chunk) in paths.chunks(batch_size).enumerate() {
             let (ok, pixels) = self
                 .processor
                 .load_batch_lenient(chunk, &self.device, |i, e| on_skip(&chunk[i], e))?;
-            kept.extend(ok.into_iter().map(|i| chunk[i].clone()));
+            kept.extend(ok.into_iter().map(|i| c * batch_size + i));
             if let Some(pixels) = pixels {
                 embeds.extend(self.embed_pixels(pixels)?);
             }

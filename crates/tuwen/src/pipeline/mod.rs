@@ -179,6 +179,7 @@ impl ImageClassification {
         }
         let n = batch_size.min(images.len());
         crate::memory::check(
+            &self.device,
             crate::memory::f32_bytes(self.per_image_floats.saturating_mul(n as u128)),
             &format!("a batch of {n} images"),
             "--batch-size",

@@ -359,6 +359,7 @@ pub fn run<'a, S: TrainStep>(
     }
     let micro = cfg.batch_size.div_ceil(accumulate);
     crate::memory::check(
+        &family.device(&models),
         family.step_bytes(&models, micro),
         &format!("a training step on {micro} samples"),
         "--batch-size (or the image size; or split the step into micro-batches)",
