@@ -243,9 +243,10 @@ mod tests {
         let full = jpeg(64, 48);
         assert!(decode_rgb(&full).is_ok());
         // Stray bytes between two segments are passed over, as libjpeg does.
-        let mut padded = full[..2].to_vec();
+        let first = 4 + usize::from(u16::from_be_bytes([full[4], full[5]]));
+        let mut padded = full[..first].to_vec();
         padded.extend_from_slice(b"\x00\x00junk");
-        padded.extend_from_slice(&full[2..]);
+        padded.extend_from_slice(&full[first..]);
         assert_eq!(
             decode_rgb(&padded).map(|i| i.dimensions()).ok(),
             Some((64, 48))
