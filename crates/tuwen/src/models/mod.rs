@@ -1,6 +1,7 @@
 //! The model families, one module each, named and structured as the papers (and transformers)
 //! name and structure them.
 
+pub mod blip;
 pub mod clip;
 pub mod efficientnet;
 pub mod siglip;

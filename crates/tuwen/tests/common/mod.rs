@@ -15,6 +15,7 @@ pub enum Array {
     F32(Vec<f32>, Vec<usize>),
     U8(Vec<u8>, Vec<usize>),
     U64(Vec<u64>),
+    I64(Vec<i64>, Vec<usize>),
 }
 
 /// Every array of tests/fixtures/reference.safetensors, by name.
@@ -43,11 +44,24 @@ pub fn read_reference(file: &str) -> BTreeMap<String, Array> {
                         .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
                         .collect(),
                 ),
+                Dtype::I64 => Array::I64(
+                    data.chunks(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                    shape,
+                ),
                 other => panic!("unexpected dtype {other:?}"),
             };
             (name.to_string(), arr)
         })
         .collect()
+}
+
+pub fn i64s(r: &BTreeMap<String, Array>, key: &str) -> (Vec<i64>, Vec<usize>) {
+    match r.get(key) {
+        Some(Array::I64(v, s)) => (v.clone(), s.clone()),
+        _ => panic!("no i64 array {key}"),
+    }
 }
 
 pub fn f32s(r: &BTreeMap<String, Array>, key: &str) -> (Vec<f32>, Vec<usize>) {
