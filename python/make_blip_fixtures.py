@@ -33,6 +33,7 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PROMPT = "a picture of"
 TEXTS = ["a photo of a cat", "an astronaut in space", "a cup of coffee on the table"]
 PHOTOS = ["chelsea.jpg", "astronaut.png", "coffee.bmp"]
+SPREAD, SEP_BIAS = 6.0, 10.0
 
 
 def wordpiece(folder: Path):
@@ -93,6 +94,16 @@ def main():
 
     cap = BlipForConditionalGeneration(cfg).eval()
     randomise(cap, 1)
+    with torch.no_grad():
+        # Varied captions: word embeddings of equal norm and no favourite word, and a [SEP]
+        # that ends some captions early (so that stopping is tested too).
+        words = cap.text_decoder.bert.embeddings.word_embeddings.weight
+        words.mul_(SPREAD / words.norm(dim=1, keepdim=True))
+        bias = cap.text_decoder.cls.predictions.bias
+        bias.zero_()
+        bias[vocab["[SEP]"]] = SEP_BIAS
+        for special in ("[PAD]", "[UNK]", "[CLS]", "[MASK]"):
+            bias[vocab[special]] = -5.0
     cap.save_pretrained(cap_dir)
     itm = BlipForImageTextRetrieval(cfg).eval()
     randomise(itm, 2)

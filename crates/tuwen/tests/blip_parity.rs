@@ -19,7 +19,7 @@ fn ids(r: &std::collections::BTreeMap<String, Array>, key: &str, device: &Device
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }
 
 #[test]
