@@ -12,6 +12,7 @@ pub mod device;
 pub mod draw;
 pub mod error;
 pub mod eval;
+pub mod generate;
 pub mod hub;
 pub mod loss;
 pub mod memory;

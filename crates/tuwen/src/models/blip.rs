@@ -13,7 +13,9 @@ use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, Linear};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, Linear,
+};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -271,8 +273,14 @@ impl BlipAttention {
         let [b, t, d] = x.dims();
         let qkv = self.qkv.forward(x);
         let part = |i: usize| qkv.clone().slice([0..b, 0..t, i * d..(i + 1) * d]);
-        let ctx =
-            scaled_dot_product_attention(part(0), part(1), part(2), self.num_heads, None, &self.dropout);
+        let ctx = scaled_dot_product_attention(
+            part(0),
+            part(1),
+            part(2),
+            self.num_heads,
+            None,
+            &self.dropout,
+        );
         self.projection.forward(ctx)
     }
 }
@@ -468,7 +476,10 @@ impl BertLayer {
         if let Some(image) = image {
             x = self.crossattention.forward(x, image, None);
         }
-        let h = self.intermediate.act.forward(self.intermediate.dense.forward(x.clone()));
+        let h = self
+            .intermediate
+            .act
+            .forward(self.intermediate.dense.forward(x.clone()));
         let o = &self.output;
         o.layer_norm
             .forward(x + o.dropout.forward(o.dense.forward(h)))
@@ -562,8 +573,8 @@ impl BlipTextModel {
         let e = &self.embeddings;
         let x = e.word_embeddings.forward(ids) + e.position_embeddings.forward(pos);
         let mut x = e.dropout.forward(e.layer_norm.forward(x));
-        let mut mask: Option<Tensor<4>> = attention_mask
-            .map(|m| (m.neg() + 1.0).reshape([b, 1, 1, n]) * MASKED);
+        let mut mask: Option<Tensor<4>> =
+            attention_mask.map(|m| (m.neg() + 1.0).reshape([b, 1, 1, n]) * MASKED);
         if causal {
             let c = crate::nn::encoder::causal_mask(n, &device).clamp_min(MASKED);
             mask = Some(match mask {
@@ -699,7 +710,11 @@ pub struct BlipForImageTextRetrieval {
 impl BlipForImageTextRetrieval {
     /// A randomly initialised model.
     pub fn new(cfg: &BlipConfig, device: &Device) -> Self {
-        let (t, v, e) = (&cfg.text_config, &cfg.vision_config, cfg.image_text_hidden_size);
+        let (t, v, e) = (
+            &cfg.text_config,
+            &cfg.vision_config,
+            cfg.image_text_hidden_size,
+        );
         BlipForImageTextRetrieval {
             vision_model: BlipVisionModel::new(v, device),
             text_encoder: BlipTextModel::new(t, device),
@@ -723,27 +738,201 @@ impl BlipForImageTextRetrieval {
         ids: Tensor<2, Int>,
         attention_mask: Option<Tensor<2>>,
     ) -> Tensor<2> {
-        let h = self.text_encoder.forward(ids, attention_mask, Some(image), false);
+        let h = self
+            .text_encoder
+            .forward(ids, attention_mask, Some(image), false);
         let [b, _, d] = h.dims();
-        self.itm_head.forward(h.slice([0..b, 0..1, 0..d]).reshape([b, d]))
+        self.itm_head
+            .forward(h.slice([0..b, 0..1, 0..d]).reshape([b, d]))
     }
 
     /// Unit-length contrastive features of images (from their tokens) `[b, e]`.
     pub fn image_features(&self, image: Tensor<3>) -> Tensor<2> {
         let [b, _, d] = image.dims();
-        unit(self.vision_proj.forward(image.slice([0..b, 0..1, 0..d]).reshape([b, d])))
+        unit(
+            self.vision_proj
+                .forward(image.slice([0..b, 0..1, 0..d]).reshape([b, d])),
+        )
     }
 
     /// Unit-length contrastive features of texts (the encoder without the image) `[b, e]`.
-    pub fn text_features(&self, ids: Tensor<2, Int>, attention_mask: Option<Tensor<2>>) -> Tensor<2> {
+    pub fn text_features(
+        &self,
+        ids: Tensor<2, Int>,
+        attention_mask: Option<Tensor<2>>,
+    ) -> Tensor<2> {
         let h = self.text_encoder.forward(ids, attention_mask, None, false);
         let [b, _, d] = h.dims();
-        unit(self.text_proj.forward(h.slice([0..b, 0..1, 0..d]).reshape([b, d])))
+        unit(
+            self.text_proj
+                .forward(h.slice([0..b, 0..1, 0..d]).reshape([b, d])),
+        )
     }
 }
 
 /// Rows scaled to unit length, as `torch.nn.functional.normalize` (eps 1e-12).
 fn unit(x: Tensor<2>) -> Tensor<2> {
-    let norm = x.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
+    let norm = x
+        .clone()
+        .powf_scalar(2.0)
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(1e-12);
     x / norm
+}
+
+// ---------------------------------------------------------------------------------------------
+// Caption decoding with a key/value cache.
+
+/// One decoder layer's cache: the self-attention keys and values of every token so far, and
+/// the cross-attention keys and values of the image tokens (computed once).
+#[derive(Clone, Debug)]
+struct LayerCache {
+    keys: Option<Tensor<3>>,
+    values: Option<Tensor<3>>,
+    image_keys: Tensor<3>,
+    image_values: Tensor<3>,
+}
+
+/// The decoder's state while captioning: per-layer caches of every row, and the tokens seen.
+#[derive(Clone, Debug)]
+pub struct CaptionState {
+    layers: Vec<LayerCache>,
+    seen: usize,
+}
+
+/// Captions from image tokens: [`crate::generate::Decoder`] over the decoder with a cache.
+pub struct Captioner<'a> {
+    /// The model.
+    pub model: &'a BlipForConditionalGeneration,
+}
+
+impl Captioner<'_> {
+    /// The initial state for image tokens `[rows, t, d]` (one row per sequence decoded: repeat
+    /// an image's tokens for its beams).
+    pub fn start(&self, image: Tensor<3>) -> CaptionState {
+        let layers = self
+            .model
+            .text_decoder
+            .bert
+            .encoder
+            .layer
+            .iter()
+            .map(|l| {
+                let a = &l.crossattention.attn;
+                LayerCache {
+                    keys: None,
+                    values: None,
+                    image_keys: a.key.forward(image.clone()),
+                    image_values: a.value.forward(image.clone()),
+                }
+            })
+            .collect();
+        CaptionState { layers, seen: 0 }
+    }
+}
+
+impl BertAttention {
+    /// The output block on attention of `x` over precomputed keys and values.
+    fn attend(
+        &self,
+        x: Tensor<3>,
+        keys: Tensor<3>,
+        values: Tensor<3>,
+        mask: Option<Tensor<4>>,
+    ) -> Tensor<3> {
+        let a = &self.attn;
+        let ctx = scaled_dot_product_attention(
+            a.query.forward(x.clone()),
+            keys,
+            values,
+            a.num_heads,
+            mask,
+            &a.dropout,
+        );
+        let o = &self.output;
+        o.layer_norm
+            .forward(x + o.dropout.forward(o.dense.forward(ctx)))
+    }
+}
+
+impl crate::generate::Decoder for Captioner<'_> {
+    type State = CaptionState;
+
+    fn step(&self, tokens: &[Vec<i64>], state: &mut CaptionState) -> Result<Vec<Vec<f32>>> {
+        let decoder = &self.model.text_decoder;
+        let device = decoder.cls.predictions.bias.val().device();
+        let (rows, n) = (tokens.len(), tokens.first().map_or(0, Vec::len));
+        let past = state.seen;
+        let flat: Vec<i64> = tokens.iter().flatten().copied().collect();
+        let ids = Tensor::<1, Int>::from_ints(flat.as_slice(), &device).reshape([rows, n]);
+        let pos = Tensor::<1, Int>::arange(past as i64..(past + n) as i64, &device).reshape([1, n]);
+        let e = &decoder.bert.embeddings;
+        let x = e.word_embeddings.forward(ids) + e.position_embeddings.forward(pos);
+        let mut x = e.layer_norm.forward(x);
+        // New token i sees the past and the new tokens up to itself.
+        let mask = (n > 1).then(|| {
+            let values: Vec<f32> = (0..n * (past + n))
+                .map(|k| {
+                    if k % (past + n) > past + k / (past + n) {
+                        MASKED
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            Tensor::<1>::from_floats(values.as_slice(), &device).reshape([1, 1, n, past + n])
+        });
+        for (layer, cache) in decoder.bert.encoder.layer.iter().zip(&mut state.layers) {
+            let a = &layer.attention.attn;
+            let (k, v) = (a.key.forward(x.clone()), a.value.forward(x.clone()));
+            let k = match cache.keys.take() {
+                Some(old) => Tensor::cat(vec![old, k], 1),
+                None => k,
+            };
+            let v = match cache.values.take() {
+                Some(old) => Tensor::cat(vec![old, v], 1),
+                None => v,
+            };
+            cache.keys = Some(k.clone());
+            cache.values = Some(v.clone());
+            x = layer.attention.attend(x, k, v, mask.clone());
+            x = layer.crossattention.attend(
+                x,
+                cache.image_keys.clone(),
+                cache.image_values.clone(),
+                None,
+            );
+            let h = layer
+                .intermediate
+                .act
+                .forward(layer.intermediate.dense.forward(x.clone()));
+            let o = &layer.output;
+            x = o.layer_norm.forward(x + o.dense.forward(h));
+        }
+        state.seen += n;
+        let d = x.dims()[2];
+        let last = x.slice([0..rows, n - 1..n, 0..d]);
+        let logits = decoder.logits(last);
+        let v = logits.dims()[2];
+        let values = logits
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::InvalidInput(format!("cannot read logits: {e:?}")))?;
+        Ok(values.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+
+    fn select(&self, state: &mut CaptionState, rows: &[usize]) -> Result<()> {
+        let device = self.model.text_decoder.cls.predictions.bias.val().device();
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<1, Int>::from_ints(idx.as_slice(), &device);
+        for c in &mut state.layers {
+            c.keys = c.keys.take().map(|t| t.select(0, idx.clone()));
+            c.values = c.values.take().map(|t| t.select(0, idx.clone()));
+            c.image_keys = c.image_keys.clone().select(0, idx.clone());
+            c.image_values = c.image_values.clone().select(0, idx.clone());
+        }
+        Ok(())
+    }
 }
