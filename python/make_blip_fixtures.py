@@ -6,6 +6,7 @@ captions (with and without a prompt), ITM probabilities and ITC cosines.
     python python/make_blip_fixtures.py      # after python/make_fixtures.py (it makes the photos)
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ WORDS = (
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 PROMPT = "a picture of"
 TEXTS = ["a photo of a cat", "an astronaut in space", "a cup of coffee on the table"]
-PHOTOS = ["chelsea.jpg", "astronaut.png", "coffee.bmp"]
+PHOTOS = ["astronaut.png", "coffee_rgba.png", "camera_gray.png"]  # lossless: decoders agree exactly
 SPREAD, SEP_BIAS = 6.0, 10.0
 
 
@@ -112,6 +113,7 @@ def main():
     photos = [ImageOps.exif_transpose(Image.open(IMAGES / p)).convert("RGB") for p in PHOTOS]
     pixels = proc(photos, return_tensors="pt")["pixel_values"]
     ref = {"pixel_values": pixels.numpy()}
+    captions = {"prompt": PROMPT, "texts": TEXTS}
     with torch.no_grad():
         image_embeds = cap.vision_model(pixel_values=pixels).last_hidden_state
         ref["caption_image_embeds"] = image_embeds.numpy()
@@ -129,6 +131,8 @@ def main():
             with_prompt = cap.generate(pixel_values=pixels, input_ids=prompt, max_new_tokens=12, **kwargs)
             ref[f"{name}_prompt_ids"] = pad(with_prompt)
             print(name, tok.batch_decode(plain, skip_special_tokens=True))
+            captions[name] = tok.batch_decode(plain, skip_special_tokens=True)
+            captions[f"{name}_prompt"] = tok.batch_decode(with_prompt, skip_special_tokens=True)
 
         enc = tok(TEXTS, padding="longest", return_tensors="pt")
         ref["texts_ids"] = enc["input_ids"].numpy().astype(np.int64)
@@ -145,6 +149,7 @@ def main():
         ref["itc_scores"] = torch.stack(itc).numpy()
     print("itm", ref["itm_probs"], "itc", ref["itc_scores"], sep="\n")
     save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, FIX / "blip_reference.safetensors")
+    (FIX / "blip_captions.json").write_text(json.dumps(captions, indent=1) + "\n")
 
 
 def pad(ids: torch.Tensor) -> np.ndarray:

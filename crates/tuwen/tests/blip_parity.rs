@@ -144,3 +144,126 @@ fn greedy_and_beam_captions_match_transformers_token_for_token() {
         }
     }
 }
+
+fn captions_json() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("blip_captions.json")).unwrap())
+        .unwrap()
+}
+
+fn photos() -> Vec<std::path::PathBuf> {
+    ["astronaut.png", "coffee_rgba.png", "camera_gray.png"]
+        .iter()
+        .map(|p| fixtures().join("images").join(p))
+        .collect()
+}
+
+#[test]
+fn captioning_pipeline_reads_photos_and_decodes_like_transformers() {
+    use tuwen::generate::Settings;
+    use tuwen::pipeline::blip::ImageCaptioning;
+    let device = Device::flex();
+    let r = read_reference("blip_reference.safetensors");
+    let expected = captions_json();
+    let cap = ImageCaptioning::load_folder(&fixtures().join("blip-caption-odd"), &device).unwrap();
+    let pixels = cap.processor.load_batch(&photos(), &device).unwrap();
+    let d = max_abs_diff(&values(pixels), &f32s(&r, "pixel_values").0);
+    assert!(d < 1e-4, "preprocessing differs by {d}");
+    for (beams, key) in [(1, "greedy"), (3, "beam3")] {
+        let settings = Settings {
+            max_new_tokens: 12,
+            num_beams: beams,
+            ..Settings::default()
+        };
+        for (prompt, suffix) in [(None, ""), (Some("a picture of"), "_prompt")] {
+            // Two images a batch: batching must not change a caption.
+            let got = cap.caption(&photos(), prompt, &settings, 2).unwrap();
+            let name = format!("{key}{suffix}");
+            let want: Vec<String> = serde_json::from_value(expected[&name].clone()).unwrap();
+            assert_eq!(got.captions, want, "{name}");
+            // Batched in twos, rows are padded per batch; the last image's ids are its own.
+            let (ids, shape) = i64s(&r, &format!("{name}_ids"));
+            let full = rows(&ids, &shape);
+            let trim = |v: &[i64]| {
+                let mut v = v.to_vec();
+                while v.len() > 1
+                    && (v.last() == Some(&0) || v.last() == Some(&3))
+                    && v[v.len() - 2] == *v.last().unwrap()
+                {
+                    v.pop();
+                }
+                v
+            };
+            for (g, w) in got.token_ids.iter().zip(&full) {
+                assert_eq!(trim(g), trim(w), "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn matching_pipeline_matches_transformers() {
+    use tuwen::pipeline::blip::ImageTextMatching;
+    let device = Device::flex();
+    let r = read_reference("blip_reference.safetensors");
+    let texts: Vec<String> = serde_json::from_value(captions_json()["texts"].clone()).unwrap();
+    let m = ImageTextMatching::load_folder(&fixtures().join("blip-itm-odd"), &device).unwrap();
+    let s = m.score(&photos(), &texts).unwrap();
+    let flat = |v: &[Vec<f32>]| v.concat();
+    let d = max_abs_diff(&flat(&s.itm_probs), &f32s(&r, "itm_probs").0);
+    assert!(d < 1e-4, "ITM differs by {d}");
+    let d = max_abs_diff(&flat(&s.itc_scores), &f32s(&r, "itc_scores").0);
+    assert!(d < 1e-4, "ITC differs by {d}");
+}
+
+#[test]
+fn a_vocab_txt_tokenizes_and_decodes_as_tokenizer_json_does() {
+    use tuwen::text::{Padding, TextTokenizer};
+    let r = read_reference("blip_reference.safetensors");
+    let src = fixtures().join("blip-caption-odd");
+    let dir = std::env::temp_dir().join(format!("tuwen-blip-vocab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let vocab = tj["model"]["vocab"].as_object().unwrap();
+    let mut words: Vec<(&String, u64)> = vocab
+        .iter()
+        .map(|(k, v)| (k, v.as_u64().unwrap()))
+        .collect();
+    words.sort_by_key(|w| w.1);
+    // BLIP's layout: BERT's vocab.txt, [DEC] as an added token after it.
+    let (base, dec): (Vec<_>, Vec<_>) = words.into_iter().partition(|w| w.0 != "[DEC]");
+    let text: String = base.iter().map(|w| format!("{}\n", w.0)).collect();
+    std::fs::write(dir.join("vocab.txt"), text).unwrap();
+    std::fs::write(
+        dir.join("added_tokens.json"),
+        format!("{{\"[DEC]\": {}}}", dec[0].1),
+    )
+    .unwrap();
+    std::fs::copy(
+        src.join("tokenizer_config.json"),
+        dir.join("tokenizer_config.json"),
+    )
+    .unwrap();
+    let from_vocab = TextTokenizer::load(&dir, 40, Padding::Longest, Some(0)).unwrap();
+    let from_json = TextTokenizer::load(&src, 40, Padding::Longest, Some(0)).unwrap();
+    let texts: Vec<String> = serde_json::from_value(captions_json()["texts"].clone()).unwrap();
+    let (ids, mask, _, _) = from_vocab.encode_with_mask(&texts).unwrap();
+    assert_eq!(ids, i64s(&r, "texts_ids").0);
+    assert_eq!(
+        mask,
+        i64s(&r, "texts_mask")
+            .0
+            .iter()
+            .map(|&m| m as f32)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(from_json.encode(&texts).unwrap().0, ids);
+    assert_eq!(from_vocab.token_id("[DEC]"), Some(dec[0].1 as i64));
+    let seq = [dec[0].1 as i64, 5, 14, 8, 34, 22, 3, 0];
+    assert_eq!(
+        from_vocab.decode(&seq).unwrap(),
+        from_json.decode(&seq).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -124,6 +124,16 @@ fn defaults(processor_type: &str) -> Result<Defaults, String> {
             std: IMAGENET_STANDARD_STD,
             efficientnet: false,
         },
+        "BlipImageProcessor" => Defaults {
+            size: serde_json::json!({"height": 384, "width": 384}),
+            default_to_square: true,
+            resample: 3,
+            do_center_crop: false,
+            crop_size: serde_json::json!({"height": 384, "width": 384}),
+            mean: OPENAI_CLIP_MEAN,
+            std: OPENAI_CLIP_STD,
+            efficientnet: false,
+        },
         "EfficientNetImageProcessor" => Defaults {
             size: serde_json::json!({"height": 346, "width": 346}),
             default_to_square: true,

@@ -1,6 +1,7 @@
 //! Ready-to-use tasks that tie a checkpoint, its image processor and its labels together, for
 //! programs and for the CLI.
 
+pub mod blip;
 pub mod image_text;
 pub mod mae;
 

@@ -63,8 +63,16 @@ impl TextTokenizer {
         let mut path = folder.join("tokenizer.json");
         let spiece = folder.join("spiece.model");
         let underline_prefix = !path.exists() && spiece.exists();
+        let vocab = folder.join("vocab.txt");
         let mut tokenizer = if path.exists() {
             Tokenizer::from_file(&path).map_err(|e| Error::config(&path, e.to_string()))?
+        } else if !underline_prefix && vocab.exists() {
+            let lower = cfg
+                .get("do_lower_case")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            path = vocab;
+            bert_from_vocab(folder, lower)?
         } else if underline_prefix {
             let eos = cfg
                 .get("eos_token")
@@ -74,7 +82,7 @@ impl TextTokenizer {
             sentencepiece::load(&spiece, Some(&eos))?
         } else {
             return Err(Error::Unsupported(format!(
-                "{}: no tokenizer.json or spiece.model, so texts cannot be tokenized",
+                "{}: no tokenizer.json, vocab.txt or spiece.model, so texts cannot be tokenized",
                 folder.display()
             )));
         };
@@ -148,6 +156,106 @@ impl TextTokenizer {
         }
         Ok((ids, rows.len(), cols))
     }
+
+    /// [`encode`](Self::encode) with the attention mask (1 for a token, 0 for padding), as
+    /// `(ids, mask, rows, cols)`.
+    pub fn encode_with_mask(&self, texts: &[String]) -> Result<(Vec<i64>, Vec<f32>, usize, usize)> {
+        let lengths: Vec<usize> = texts
+            .iter()
+            .map(|t| self.encode(std::slice::from_ref(t)).map(|(_, _, n)| n))
+            .collect::<Result<_>>()?;
+        let (ids, rows, cols) = self.encode(texts)?;
+        let mask = lengths
+            .iter()
+            .flat_map(|&n| (0..cols).map(move |j| if j < n { 1.0 } else { 0.0 }))
+            .collect();
+        Ok((ids, mask, rows, cols))
+    }
+
+    /// The id of a token, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.tokenizer.token_to_id(token).map(i64::from)
+    }
+
+    /// Text of token ids, special tokens left out (transformers' `skip_special_tokens=True`).
+    pub fn decode(&self, ids: &[i64]) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().filter_map(|&i| u32::try_from(i).ok()).collect();
+        self.tokenizer
+            .decode(&ids, true)
+            .map_err(|e| Error::InvalidInput(format!("cannot decode tokens: {e}")))
+    }
+}
+
+/// BERT's uncased WordPiece from a `vocab.txt` (when a checkpoint has no tokenizer.json):
+/// BERT's normaliser and pre-tokenizer, `[CLS] text [SEP]`, and the WordPiece decoder; the
+/// tokens of `added_tokens.json` (BLIP's `[DEC]`, `[ENC]`) are added as special tokens.
+pub fn bert_from_vocab(folder: &Path, lowercase: bool) -> Result<Tokenizer> {
+    use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::template::TemplateProcessing;
+    let vocab = folder.join("vocab.txt");
+    let bad = |m: String| Error::config(&vocab, m);
+    let text = crate::hub::read_text(&vocab)?;
+    let map: std::collections::HashMap<String, u32> = text
+        .lines()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let id = |t: &str| {
+        map.get(t)
+            .copied()
+            .ok_or_else(|| bad(format!("no {t} in the vocabulary")))
+    };
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    let file = vocab
+        .to_str()
+        .ok_or_else(|| bad("not a UTF-8 path".into()))?;
+    let model = WordPiece::from_file(file)
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut tok = Tokenizer::new(model);
+    tok.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+        .map_err(|e| bad(e.to_string()))?;
+    tok.with_pre_tokenizer(Some(BertPreTokenizer));
+    let post = TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .map_err(|e| bad(e.to_string()))?
+        .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    tok.with_post_processor(Some(post));
+    tok.with_decoder(Some(WordPieceDecoder::default()));
+    // BERT's own specials are in the vocabulary; marked special, decoding leaves them out.
+    let specials: Vec<tokenizers::AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .into_iter()
+        .filter(|t| map.contains_key(*t))
+        .map(|t| tokenizers::AddedToken::from(t, true))
+        .collect();
+    tok.add_special_tokens(specials)
+        .map_err(|e| bad(e.to_string()))?;
+    let added = folder.join("added_tokens.json");
+    if added.exists() {
+        let extra = read_json(&added)?;
+        let mut extra: Vec<(String, u64)> = extra
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        extra.sort_by_key(|e| e.1);
+        let tokens: Vec<tokenizers::AddedToken> = extra
+            .into_iter()
+            .map(|(t, _)| tokenizers::AddedToken::from(t, true))
+            .collect();
+        tok.add_special_tokens(tokens)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(tok)
 }
 
 /// SigLIP's text canonicalisation (big_vision's, as transformers' `SiglipTokenizer` applies it):
