@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tuwen::burn::prelude::Device;
 
+mod blip;
 mod classifier;
 mod classify;
 mod embed;
@@ -50,6 +51,10 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// The image x text similarity matrix of a CLIP or SigLIP model.
     Similarity(embed::SimilarityArgs),
+    /// Captions of images with a BLIP model (greedy, beam search or sampling; an optional prompt).
+    Caption(blip::CaptionArgs),
+    /// How well texts match images, with a BLIP retrieval model (ITM probability, ITC cosine).
+    Match(blip::MatchArgs),
     /// Parameter count and compute of a checkpoint or a standard architecture.
     Info(info::InfoArgs),
     /// Train a model: CLIP or SigLIP (image-text), MAE (masked-autoencoder pre-training).
@@ -129,6 +134,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Classify(args) => classify::run(args, &device()?),
         Command::Info(args) => info::run(args),
+        Command::Caption(args) => blip::caption(args, &device()?),
+        Command::Match(args) => blip::matching(args, &device()?),
         Command::Embed(args) => embed::run(args, &device()?),
         Command::Similarity(args) => embed::similarity(args, &device()?),
         Command::Convert(args) => {

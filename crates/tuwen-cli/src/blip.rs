@@ -1,0 +1,198 @@
+//! `tuwen caption` and `tuwen match`: BLIP's captions and image-text matching.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tuwen::burn::prelude::Device;
+use tuwen::data::files::walk_images;
+use tuwen::generate::{Sampling, Settings};
+use tuwen::pipeline::blip::{ImageCaptioning, ImageTextMatching};
+
+#[derive(Args)]
+pub struct CaptionArgs {
+    /// A BLIP captioning checkpoint (folder or HF repo id, e.g.
+    /// Salesforce/blip-image-captioning-base).
+    #[arg(long)]
+    model: String,
+    /// Image files: one or more after each --image, which may repeat.
+    #[arg(long = "image", num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// A folder of images, walked recursively; unreadable files are skipped with a warning.
+    #[arg(long = "images")]
+    dir: Option<PathBuf>,
+    /// Text the caption starts with (conditional captioning), e.g. "a picture of".
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Beam search with K beams (1: greedy).
+    #[arg(long, default_value_t = 1)]
+    beams: usize,
+    /// Beam scores are divided by length^P.
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f64,
+    /// Sample instead of searching (nucleus sampling with --top-p, --top-k, --temperature).
+    #[arg(long, conflicts_with = "beams")]
+    sample: bool,
+    /// Sampling: keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 1.0, requires = "sample")]
+    top_p: f64,
+    /// Sampling: keep the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 50, requires = "sample")]
+    top_k: usize,
+    /// Sampling: divide the logits by T.
+    #[arg(long, default_value_t = 1.0, requires = "sample")]
+    temperature: f64,
+    /// Sampling: seed of the draws.
+    #[arg(long, default_value_t = 0, requires = "sample")]
+    seed: u64,
+    /// Tokens to add at most.
+    #[arg(long, default_value_t = 20)]
+    max_new_tokens: usize,
+    /// The end token is suppressed until this many tokens are new.
+    #[arg(long, default_value_t = 0)]
+    min_new_tokens: usize,
+    /// Penalise tokens already in the sequence (transformers' repetition_penalty; 1: none).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f64,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Print `{"captions", "token_ids"}` (with a folder, also `"image_paths"`).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn caption(args: CaptionArgs, device: &Device) -> Result<()> {
+    if args.images.is_empty() && args.dir.is_none() {
+        bail!("nothing to caption: give --image or --images DIR");
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let settings = Settings {
+        max_new_tokens: args.max_new_tokens,
+        min_new_tokens: args.min_new_tokens,
+        num_beams: args.beams,
+        length_penalty: args.length_penalty,
+        repetition_penalty: args.repetition_penalty,
+        sampling: args.sample.then(|| Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        }),
+        ..Settings::default()
+    };
+    let files = match &args.dir {
+        Some(dir) => {
+            let files = walk_images(dir)?;
+            if files.is_empty() {
+                bail!("--images {}: no image files found", dir.display());
+            }
+            files
+        }
+        None => Vec::new(),
+    };
+    let model = ImageCaptioning::load(&args.model, device)?;
+    let prompt = args.prompt.as_deref();
+    // Explicit images must all be readable: an error names the first bad one.
+    let mut out = model.caption(&args.images, prompt, &settings, args.batch_size)?;
+    let mut paths = args.images.clone();
+    if let Some(dir) = &args.dir {
+        let bar = if files.len() > args.batch_size {
+            ProgressBar::new(files.len() as u64).with_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} images {elapsed}<{eta}")
+                    .expect("valid template"),
+            )
+        } else {
+            ProgressBar::hidden()
+        };
+        let mut skipped = 0;
+        for chunk in files.chunks(args.batch_size) {
+            let (kept, pixels) = model.processor.load_batch_lenient(chunk, device, |i, e| {
+                skipped += 1;
+                bar.suspend(|| eprintln!("warning: skipping {}: {e}", chunk[i].display()));
+            })?;
+            if let Some(pixels) = pixels {
+                let c = model.caption_pixels(pixels, prompt, &settings)?;
+                paths.extend(kept.iter().map(|&i| chunk[i].clone()));
+                out.captions.extend(c.captions);
+                out.token_ids.extend(c.token_ids);
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        if paths.len() == args.images.len() {
+            bail!(
+                "none of the {} image files in {} could be read",
+                files.len(),
+                dir.display()
+            );
+        }
+        if skipped > 0 {
+            eprintln!(
+                "captioned {} images ({skipped} unreadable skipped)",
+                files.len() - skipped
+            );
+        }
+    }
+    if args.json {
+        let mut v = json!({"captions": out.captions, "token_ids": out.token_ids});
+        if args.dir.is_some() {
+            v["image_paths"] = json!(paths);
+        }
+        println!("{v}");
+        return Ok(());
+    }
+    for (p, c) in paths.iter().zip(&out.captions) {
+        println!("{}: {c}", p.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct MatchArgs {
+    /// A BLIP retrieval checkpoint (folder or HF repo id, e.g. Salesforce/blip-itm-base-coco).
+    #[arg(long)]
+    model: String,
+    /// Image files: one or more after each --image, which may repeat.
+    #[arg(long = "image", required = true, num_args = 1..)]
+    images: Vec<PathBuf>,
+    /// Texts; repeat for several.
+    #[arg(long = "text", required = true)]
+    texts: Vec<String>,
+    /// Print `{"itm_probs", "itc_scores"}`, each `[image][text]`.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn matching(args: MatchArgs, device: &Device) -> Result<()> {
+    let model = ImageTextMatching::load(&args.model, device)?;
+    let s = model.score(&args.images, &args.texts)?;
+    if args.json {
+        println!(
+            "{}",
+            json!({"itm_probs": s.itm_probs, "itc_scores": s.itc_scores})
+        );
+        return Ok(());
+    }
+    println!("ITM match probability / ITC cosine (rows: images, columns: texts)");
+    for (j, t) in args.texts.iter().enumerate() {
+        println!("  [{j}] {t}");
+    }
+    for (i, p) in args.images.iter().enumerate() {
+        let row: Vec<String> = (0..args.texts.len())
+            .map(|j| {
+                format!(
+                    "{:5.1}% {:+.3}",
+                    s.itm_probs[i][j] * 100.0,
+                    s.itc_scores[i][j]
+                )
+            })
+            .collect();
+        println!("{}  {}", row.join("   "), p.display());
+    }
+    Ok(())
+}
