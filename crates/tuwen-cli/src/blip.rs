@@ -77,7 +77,7 @@ pub fn caption(args: CaptionArgs, device: &Device) -> Result<()> {
         num_beams: args.beams,
         length_penalty: args.length_penalty,
         repetition_penalty: args.repetition_penalty,
-        sampling: args.sample.then(|| Sampling {
+        sampling: args.sample.then_some(Sampling {
             temperature: args.temperature,
             top_k: args.top_k,
             top_p: args.top_p,
