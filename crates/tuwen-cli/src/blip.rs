@@ -196,3 +196,84 @@ pub fn matching(args: MatchArgs, device: &Device) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub struct BenchCaptionArgs {
+    /// A BLIP captioning checkpoint (folder or HF repo id).
+    #[arg(long)]
+    model: String,
+    /// Tokens to generate (exactly: the end token is suppressed until then).
+    #[arg(long, default_value_t = 20)]
+    tokens: usize,
+    /// Timed runs (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Decode without the key/value cache (the whole sequence every step).
+    #[arg(long)]
+    no_cache: bool,
+    /// Print `{"ms": median, "runs": [...]}`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Times one greedy caption of exactly `--tokens` tokens of a random image at the model's size
+/// (image encoder included), as python/bench_blip.py does with transformers' `generate`.
+pub fn bench_caption(a: BenchCaptionArgs, device: &Device) -> Result<()> {
+    use std::time::Instant;
+    use tuwen::burn::prelude::Tensor;
+    use tuwen::burn::tensor::Distribution;
+    use tuwen::generate::generate;
+    use tuwen::models::blip::{Captioner, UncachedCaptioner};
+    if a.runs == 0 || a.tokens == 0 {
+        bail!("--runs and --tokens must be at least 1");
+    }
+    let m = ImageCaptioning::load(&a.model, device)?;
+    let t = &m.config.text_config;
+    let size = m.config.vision_config.image_size;
+    let settings = Settings {
+        max_new_tokens: a.tokens,
+        min_new_tokens: a.tokens,
+        eos_token_id: t.sep_token_id,
+        pad_token_id: t.pad_token_id,
+        ..Settings::default()
+    };
+    let prompt = vec![vec![t.bos_token_id]];
+    let mut times = Vec::new();
+    for run in 0..=a.runs {
+        let pixels =
+            Tensor::<4>::random([1, 3, size, size], Distribution::Normal(0.0, 1.0), device);
+        let t0 = Instant::now();
+        let image = m.model.vision_model.forward(pixels);
+        let ids = if a.no_cache {
+            let d = UncachedCaptioner { model: &m.model };
+            generate(&d, d.start(image), &prompt, &settings)?
+        } else {
+            let d = Captioner { model: &m.model };
+            generate(&d, d.start(image), &prompt, &settings)?
+        };
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if ids[0].len() != a.tokens + 1 {
+            bail!("generated {} tokens, not {}", ids[0].len() - 1, a.tokens);
+        }
+        if run > 0 {
+            times.push(ms);
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    if a.json {
+        println!(
+            "{}",
+            json!({"ms": median, "runs": times, "tokens": a.tokens, "cache": !a.no_cache})
+        );
+    } else {
+        println!(
+            "{}-token caption {} the cache: median {median:.1} ms over {} runs",
+            a.tokens,
+            if a.no_cache { "without" } else { "with" },
+            a.runs
+        );
+    }
+    Ok(())
+}

@@ -645,6 +645,8 @@ pub enum BenchCommand {
     MaeRatios(crate::mae::RatioStudyArgs),
     /// An image classifier (efficientnet-bN, vit-...): inference and a training step.
     Classifier(BenchClassifierArgs),
+    /// A BLIP caption of exactly N tokens, with and without the key/value cache.
+    Caption(crate::blip::BenchCaptionArgs),
 }
 
 #[derive(Args)]
@@ -724,6 +726,7 @@ pub fn run_bench(cmd: BenchCommand, device: &Device) -> Result<()> {
         BenchCommand::Mae(a) => return crate::mae::bench(a, device),
         BenchCommand::MaeRatios(a) => return crate::mae::ratio_study(a, device),
         BenchCommand::Classifier(a) => return bench_classifier(a, device),
+        BenchCommand::Caption(a) => return crate::blip::bench_caption(a, device),
     };
     if a.steps == 0 {
         bail!("--steps must be at least 1");

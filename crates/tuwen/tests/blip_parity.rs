@@ -105,7 +105,7 @@ fn rows(v: &[i64], shape: &[usize]) -> Vec<Vec<i64>> {
 #[test]
 fn greedy_and_beam_captions_match_transformers_token_for_token() {
     use tuwen::generate::{Settings, generate};
-    use tuwen::models::blip::Captioner;
+    use tuwen::models::blip::{Captioner, UncachedCaptioner};
     let device = Device::flex();
     let r = read_reference("blip_reference.safetensors");
     let (model, cfg) =
@@ -141,6 +141,11 @@ fn greedy_and_beam_captions_match_transformers_token_for_token() {
             .unwrap();
             let (want, shape) = i64s(&r, &format!("{key}{suffix}_ids"));
             assert_eq!(got, rows(&want, &shape), "{key}{suffix}");
+            // Without the cache: the same tokens.
+            let plain = UncachedCaptioner { model: &model };
+            let again =
+                generate(&plain, plain.start(rows_image.clone()), prompts, &settings).unwrap();
+            assert_eq!(again, got, "{key}{suffix} without the cache");
         }
     }
 }

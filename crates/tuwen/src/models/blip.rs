@@ -936,3 +936,65 @@ impl crate::generate::Decoder for Captioner<'_> {
         Ok(())
     }
 }
+
+/// The same decoding without a cache: every step runs the decoder over the whole sequence
+/// (what a cache saves; kept for measurement and as a check of the cached path).
+pub struct UncachedCaptioner<'a> {
+    /// The model.
+    pub model: &'a BlipForConditionalGeneration,
+}
+
+/// Every row's tokens so far and its image tokens.
+#[derive(Clone, Debug)]
+pub struct UncachedState {
+    tokens: Vec<Vec<i64>>,
+    image: Tensor<3>,
+}
+
+impl UncachedCaptioner<'_> {
+    /// The initial state for image tokens `[rows, t, d]`.
+    pub fn start(&self, image: Tensor<3>) -> UncachedState {
+        let rows = image.dims()[0];
+        UncachedState {
+            tokens: vec![Vec::new(); rows],
+            image,
+        }
+    }
+}
+
+impl crate::generate::Decoder for UncachedCaptioner<'_> {
+    type State = UncachedState;
+
+    fn step(&self, tokens: &[Vec<i64>], state: &mut UncachedState) -> Result<Vec<Vec<f32>>> {
+        for (seq, new) in state.tokens.iter_mut().zip(tokens) {
+            seq.extend(new);
+        }
+        let device = state.image.device();
+        let (rows, n) = (state.tokens.len(), state.tokens[0].len());
+        let flat: Vec<i64> = state.tokens.iter().flatten().copied().collect();
+        let ids = Tensor::<1, Int>::from_ints(flat.as_slice(), &device).reshape([rows, n]);
+        let logits = self
+            .model
+            .text_decoder
+            .forward(ids, None, state.image.clone());
+        let v = logits.dims()[2];
+        let last = logits.slice([0..rows, n - 1..n, 0..v]);
+        let values = last
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::InvalidInput(format!("cannot read logits: {e:?}")))?;
+        Ok(values.chunks(v).map(<[f32]>::to_vec).collect())
+    }
+
+    fn select(&self, state: &mut UncachedState, rows: &[usize]) -> Result<()> {
+        let device = state.image.device();
+        state.tokens = rows.iter().map(|&r| state.tokens[r].clone()).collect();
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        state.image = state
+            .image
+            .clone()
+            .select(0, Tensor::<1, Int>::from_ints(idx.as_slice(), &device));
+        Ok(())
+    }
+}
