@@ -33,6 +33,8 @@ pub const SIDE_FILES: &[&str] = &[
     "tokenizer_config.json",
     "special_tokens_map.json",
     "spiece.model",
+    "vocab.txt",
+    "added_tokens.json",
 ];
 
 /// Resolves `--model`: an existing folder, or an HF repo id fetched into the HF cache.
@@ -416,6 +418,18 @@ pub fn save_pretrained_with_scalars<M: Module>(
     folder: &Path,
     scalars: &[&str],
 ) -> Result<()> {
+    save_pretrained_renamed(module, config, folder, scalars, &[])
+}
+
+/// [`save_pretrained_with_scalars`] with (regex, replacement) pairs applied to every tensor
+/// name on the way out (BLIP's `attention.self`, `LayerNorm`).
+pub fn save_pretrained_renamed<M: Module>(
+    module: &M,
+    config: &Value,
+    folder: &Path,
+    scalars: &[&str],
+    renames: &[(&str, &str)],
+) -> Result<()> {
     std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
     let weights = folder.join(WEIGHTS);
     let to_scalar = scalars.iter().map(|s| s.to_string()).collect();
@@ -427,6 +441,9 @@ pub fn save_pretrained_with_scalars<M: Module>(
         .skip_enum_variants(true)
         .metadata("format", "pt")
         .overwrite(true);
+    for (from, to) in renames {
+        store = store.with_key_remapping(from, *to);
+    }
     module.save_into(&mut store).map_err(|e| Error::Weights {
         path: weights.clone(),
         message: e.to_string(),
@@ -440,6 +457,30 @@ pub fn save_pretrained_with_scalars<M: Module>(
         .map_err(|e| Error::io(&config_path, e))?
         .permissions();
     std::fs::set_permissions(&weights, mode).map_err(|e| Error::io(&weights, e))
+}
+
+/// Adds copies of tensors to a safetensors file under new names (`(new, existing)` pairs), for
+/// readers that expect tied weights written out; the file is rewritten atomically.
+pub fn add_tensor_copies(path: &Path, copies: &[(&str, &str)]) -> Result<()> {
+    use safetensors::{SafeTensors, tensor::TensorView};
+    let bad = |m: String| Error::Weights {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut views: Vec<(String, TensorView<'_>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v)).collect();
+    for (new, existing) in copies {
+        let v = st
+            .tensor(existing)
+            .map_err(|e| bad(format!("{existing}: {e}")))?;
+        views.push((new.to_string(), v));
+    }
+    let info = meta.metadata().clone();
+    let out = safetensors::serialize(views, info).map_err(|e| bad(e.to_string()))?;
+    write_atomic(path, &out)
 }
 
 /// A scratch folder beside `out` (in its nearest existing ancestor, where the user writes), or

@@ -272,3 +272,37 @@ fn a_vocab_txt_tokenizes_and_decodes_as_tokenizer_json_does() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn saved_models_keep_transformers_names_and_outputs() {
+    let device = Device::flex();
+    let r = read_reference("blip_reference.safetensors");
+    let dir = std::env::temp_dir().join(format!("tuwen-blip-save-{}", std::process::id()));
+    let names = |folder: &std::path::Path| {
+        tuwen::hub::safetensors_header(&folder.join("model.safetensors")).unwrap()
+    };
+    // Captioning: transformers' names, plus the tied output layer written out.
+    let src = fixtures().join("blip-caption-odd");
+    let (model, cfg) = BlipForConditionalGeneration::load(&src, &device).unwrap();
+    model.save(&cfg, &dir.join("cap")).unwrap();
+    let mut want = names(&src);
+    let words = want["text_decoder.bert.embeddings.word_embeddings.weight"].clone();
+    let bias = want["text_decoder.cls.predictions.bias"].clone();
+    want.insert("text_decoder.cls.predictions.decoder.weight".into(), words);
+    want.insert("text_decoder.cls.predictions.decoder.bias".into(), bias);
+    assert_eq!(names(&dir.join("cap")), want);
+    let (again, cfg2) = BlipForConditionalGeneration::load(&dir.join("cap"), &device).unwrap();
+    assert_eq!(cfg2, cfg);
+    let image = again.vision_model.forward(pixels(&r, &device));
+    let logits = again
+        .text_decoder
+        .forward(ids(&r, "prompt_ids", &device), None, image);
+    let d = max_abs_diff(&values(logits), &f32s(&r, "decoder_logits").0);
+    assert!(d < 1e-4, "reloaded logits differ by {d}");
+    // Retrieval: exactly transformers' names.
+    let src = fixtures().join("blip-itm-odd");
+    let (model, cfg) = BlipForImageTextRetrieval::load(&src, &device).unwrap();
+    model.save(&cfg, &dir.join("itm")).unwrap();
+    assert_eq!(names(&dir.join("itm")), names(&src));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -214,6 +214,19 @@ pub fn read_config(folder: &Path) -> Result<(ModelConfig, BlipConfig)> {
     Ok((mc, cfg))
 }
 
+impl BlipConfig {
+    /// config.json as transformers writes it, for `architecture`.
+    pub fn to_json(&self, architecture: &str) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serializes");
+        v["model_type"] = "blip".into();
+        v["architectures"] = serde_json::json!([architecture]);
+        v["text_config"]["model_type"] = "blip_text_model".into();
+        v["text_config"]["is_decoder"] = true.into();
+        v["vision_config"]["model_type"] = "blip_vision_model".into();
+        v
+    }
+}
+
 /// transformers' names to ours on load: `attention.self` is a Rust keyword, `LayerNorm` not a
 /// Rust field name.
 pub const LOAD_RENAMES: &[(&str, &str)] = &[
@@ -689,6 +702,27 @@ impl BlipForConditionalGeneration {
         let model = hub::load_weights(Self::new(&cfg, device), folder, LOAD_RENAMES, &[])?;
         Ok((model, cfg))
     }
+
+    /// Writes a folder `BlipForConditionalGeneration.from_pretrained` loads. The tied output
+    /// layer is written too (`cls.predictions.decoder.{weight,bias}`), for readers that expect
+    /// it.
+    pub fn save(&self, cfg: &BlipConfig, folder: &Path) -> Result<()> {
+        let json = cfg.to_json("BlipForConditionalGeneration");
+        hub::save_pretrained_renamed(self, &json, folder, &[], SAVE_RENAMES)?;
+        hub::add_tensor_copies(
+            &folder.join(hub::WEIGHTS),
+            &[
+                (
+                    "text_decoder.cls.predictions.decoder.weight",
+                    "text_decoder.bert.embeddings.word_embeddings.weight",
+                ),
+                (
+                    "text_decoder.cls.predictions.decoder.bias",
+                    "text_decoder.cls.predictions.bias",
+                ),
+            ],
+        )
+    }
 }
 
 /// transformers' `BlipForImageTextRetrieval`: image encoder, text encoder, the contrastive
@@ -729,6 +763,12 @@ impl BlipForImageTextRetrieval {
         let (_, cfg) = read_config(folder)?;
         let model = hub::load_weights(Self::new(&cfg, device), folder, LOAD_RENAMES, &[])?;
         Ok((model, cfg))
+    }
+
+    /// Writes a folder `BlipForImageTextRetrieval.from_pretrained` loads.
+    pub fn save(&self, cfg: &BlipConfig, folder: &Path) -> Result<()> {
+        let json = cfg.to_json("BlipForImageTextRetrieval");
+        hub::save_pretrained_renamed(self, &json, folder, &[], SAVE_RENAMES)
     }
 
     /// Matching logits `[b, 2]` (no match, match) of image tokens `[b, t, d]` and texts.

@@ -230,10 +230,10 @@ pub fn convert(model: &str, out: &Path, device: &Device) -> Result<()> {
     let mc = ModelConfig::read(&folder)?;
     if !matches!(
         mc.model_type.as_str(),
-        "vit" | "vit_mae" | "efficientnet" | "clip" | "siglip"
+        "vit" | "vit_mae" | "efficientnet" | "clip" | "siglip" | "blip"
     ) {
         return Err(Error::Unsupported(format!(
-            "{}: convert supports model_type vit, vit_mae, efficientnet, clip and siglip, not {:?}",
+            "{}: convert supports model_type vit, vit_mae, efficientnet, clip, siglip and blip, not {:?}",
             mc.path.display(),
             mc.model_type
         )));
@@ -244,7 +244,26 @@ pub fn convert(model: &str, out: &Path, device: &Device) -> Result<()> {
         ));
     }
     let classifier = mc.architecture.as_deref() == Some("ViTForImageClassification");
-    if mc.model_type == "efficientnet" {
+    if mc.model_type == "blip" {
+        use crate::models::blip::{BlipForConditionalGeneration, BlipForImageTextRetrieval};
+        match mc.architecture.as_deref() {
+            Some("BlipForImageTextRetrieval") => {
+                let (m, cfg) = BlipForImageTextRetrieval::load(&folder, device)?;
+                m.save(&cfg, out)?;
+            }
+            Some("BlipForConditionalGeneration") | None => {
+                let (m, cfg) = BlipForConditionalGeneration::load(&folder, device)?;
+                m.save(&cfg, out)?;
+            }
+            Some(other) => {
+                return Err(Error::Unsupported(format!(
+                    "{}: BLIP architecture {other:?} (supported: BlipForConditionalGeneration, \
+                     BlipForImageTextRetrieval)",
+                    mc.path.display()
+                )));
+            }
+        }
+    } else if mc.model_type == "efficientnet" {
         let (m, cfg) =
             crate::models::efficientnet::EfficientNetForImageClassification::load(&folder, device)?;
         m.save(&cfg, out)?;
