@@ -470,8 +470,7 @@ pub fn add_tensor_copies(path: &Path, copies: &[(&str, &str)]) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let mut views: Vec<(String, TensorView<'_>)> =
-        st.tensors().into_iter().map(|(n, v)| (n, v)).collect();
+    let mut views: Vec<(String, TensorView<'_>)> = st.tensors();
     for (new, existing) in copies {
         let v = st
             .tensor(existing)
