@@ -148,8 +148,75 @@ def main():
         ref["itm_probs"] = torch.stack(itm_probs).numpy()
         ref["itc_scores"] = torch.stack(itc).numpy()
     print("itm", ref["itm_probs"], "itc", ref["itc_scores"], sep="\n")
+    grads = gradients(cap, itm, tok, pixels, cfg)
+    print({k: v for k, v in grads.items() if k.endswith("loss")})
+    save_file({k: np.ascontiguousarray(v) for k, v in grads.items()}, FIX / "blip_grads.safetensors")
     save_file({k: np.ascontiguousarray(v) for k, v in ref.items()}, FIX / "blip_reference.safetensors")
     (FIX / "blip_captions.json").write_text(json.dumps(captions, indent=1) + "\n")
+
+
+CAPTIONS = ["a picture of a cat", "a picture of an astronaut in space", "a picture of a cup"]
+# The pairs of the matching loss: three positives, then each image with another's text and
+# each text with another's image (fixed here; training draws them from the ITC similarities).
+ITM_IMAGES = [0, 1, 2, 0, 1, 2, 1, 2, 0]
+ITM_TEXTS = [0, 1, 2, 1, 2, 0, 0, 1, 2]
+ITM_LABELS = [1, 1, 1, 0, 0, 0, 0, 0, 0]
+TEMP, SMOOTHING = 0.07, 0.1
+
+
+def gradients(cap, itm, tok, pixels, cfg):
+    """The three BLIP losses and every parameter's gradient, for tests/blip_grads.rs."""
+    out = {}
+    t = cfg.text_config
+    enc = tok(CAPTIONS, padding="longest", return_tensors="pt")
+    ids, mask = enc["input_ids"].clone(), enc["attention_mask"]
+    ids[:, 0] = t.bos_token_id
+    labels = ids.masked_fill(mask == 0, -100)
+    prompt_len = len(tok(PROMPT)["input_ids"]) - 1
+    labels[:, :prompt_len] = -100
+    out["lm/input_ids"], out["lm/attention_mask"] = ids.numpy(), mask.numpy()
+    out["lm/labels"] = labels.numpy()
+    cap.zero_grad()
+    logits = cap(pixel_values=pixels, input_ids=ids, attention_mask=mask).logits
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+        ignore_index=-100, label_smoothing=SMOOTHING)
+    loss.backward()
+    out["lm/loss"] = loss.detach().reshape(1).numpy()
+    for name, p in cap.named_parameters():
+        out[f"lm/grad/{name}"] = p.grad.numpy()
+
+    enc = tok(TEXTS, padding="longest", return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    temp = torch.tensor([TEMP], requires_grad=True)
+    itm.zero_grad()
+    image = itm.vision_model(pixel_values=pixels).last_hidden_state
+    img = torch.nn.functional.normalize(itm.vision_proj(image[:, 0]), dim=-1)
+    text = itm.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    txt = torch.nn.functional.normalize(itm.text_proj(text[:, 0]), dim=-1)
+    sim = img @ txt.t() / temp
+    target = torch.arange(len(TEXTS))
+    loss = (torch.nn.functional.cross_entropy(sim, target) + torch.nn.functional.cross_entropy(sim.t(), target)) / 2
+    loss.backward()
+    out["itc/loss"] = loss.detach().reshape(1).numpy()
+    out["itc/grad/temp"] = temp.grad.numpy()
+    for name, p in itm.named_parameters():
+        if p.grad is not None:
+            out[f"itc/grad/{name}"] = p.grad.numpy()
+
+    itm.zero_grad()
+    image = itm.vision_model(pixel_values=pixels).last_hidden_state
+    h = itm.text_encoder(input_ids=ids[ITM_TEXTS], attention_mask=mask[ITM_TEXTS],
+                         encoder_hidden_states=image[ITM_IMAGES],
+                         encoder_attention_mask=torch.ones(image[ITM_IMAGES].shape[:2], dtype=torch.long)).last_hidden_state
+    logits = itm.itm_head(h[:, 0])
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(ITM_LABELS))
+    loss.backward()
+    out["itm/loss"] = loss.detach().reshape(1).numpy()
+    for name, p in itm.named_parameters():
+        if p.grad is not None:
+            out[f"itm/grad/{name}"] = p.grad.numpy()
+    return out
 
 
 def pad(ids: torch.Tensor) -> np.ndarray:
