@@ -400,6 +400,77 @@ fn lift<const D: usize>(t: Tensor<D>, autodiff: bool) -> Tensor<D> {
     if autodiff { Tensor::from_inner(t) } else { t }
 }
 
+/// The token id that a cross-entropy target ignores (PyTorch's `ignore_index`).
+pub const IGNORE: i64 = -100;
+
+/// Cross-entropy of `logits` `[n, classes]` against `targets` (one class id per row, or
+/// [`IGNORE`]), with PyTorch's label smoothing ε: each counted row's loss is
+/// `(1 - ε) · (-log p_target) + ε · mean_c(-log p_c)`, averaged over the counted rows.
+/// Errors when no row is counted or a target is out of range.
+pub fn cross_entropy(logits: Tensor<2>, targets: &[i64], smoothing: f64) -> Result<Tensor<1>> {
+    let [n, classes] = logits.dims();
+    if targets.len() != n {
+        return Err(Error::InvalidInput(format!(
+            "{} targets for {n} rows of logits",
+            targets.len()
+        )));
+    }
+    if let Some(t) = targets
+        .iter()
+        .find(|&&t| t != IGNORE && !(0..classes as i64).contains(&t))
+    {
+        return Err(Error::InvalidInput(format!(
+            "target {t} is outside {classes} classes"
+        )));
+    }
+    let counted = targets.iter().filter(|&&t| t != IGNORE).count();
+    if counted == 0 {
+        return Err(Error::InvalidInput("no target to learn from".into()));
+    }
+    let device = logits.device();
+    // One row of weights per sample: (1 - ε) on its target plus ε / classes everywhere; zero
+    // for ignored rows. The loss is then -Σ weights · log p over counted rows.
+    let eps = smoothing as f32;
+    let mut w = vec![0.0f32; n * classes];
+    for (i, &t) in targets.iter().enumerate() {
+        if t == IGNORE {
+            continue;
+        }
+        for c in 0..classes {
+            w[i * classes + c] = eps / classes as f32;
+        }
+        w[i * classes + t as usize] += 1.0 - eps;
+    }
+    let w = Tensor::<1>::from_floats(w.as_slice(), &device).reshape([n, classes]);
+    Ok(-(log_softmax(logits, 1) * w).sum() / counted as f64)
+}
+
+/// BLIP's language-modelling loss: next-token cross-entropy of `logits` `[b, n, vocab]`
+/// against `labels` `[b][n]` shifted by one (position t predicts label t + 1), [`IGNORE`] for
+/// padding and prompt tokens, with label smoothing (BLIP trains with 0.1).
+pub fn lm_loss(logits: Tensor<3>, labels: &[Vec<i64>], smoothing: f64) -> Result<Tensor<1>> {
+    let [b, n, v] = logits.dims();
+    if labels.len() != b || labels.iter().any(|l| l.len() != n) || n < 2 {
+        return Err(Error::InvalidInput(
+            "labels must be one row of the sequence length (at least 2) per sample".into(),
+        ));
+    }
+    let shifted = logits
+        .slice([0..b, 0..n - 1, 0..v])
+        .reshape([b * (n - 1), v]);
+    let targets: Vec<i64> = labels.iter().flat_map(|l| l[1..].to_vec()).collect();
+    cross_entropy(shifted, &targets, smoothing)
+}
+
+/// BLIP's image-text contrastive loss: the symmetric cross-entropy of `img · txtᵀ / temp` on
+/// unit-length features `[n, d]` (row i of each a pair).
+pub fn itc_loss(image_feat: Tensor<2>, text_feat: Tensor<2>, temp: Tensor<1>) -> Tensor<1> {
+    let n = image_feat.dims()[0];
+    let sim = image_feat.matmul(text_feat.transpose()) / temp.reshape([1, 1]);
+    let eye = soft_targets(&identity_groups(n), &sim.device());
+    (soft_cross_entropy(sim.clone(), eye.clone()) + soft_cross_entropy(sim.transpose(), eye)) / 2.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -815,75 +886,4 @@ mod tests {
             .into_scalar::<f32>();
         assert!((a - b).abs() < 1e-6);
     }
-}
-
-/// The token id that a cross-entropy target ignores (PyTorch's `ignore_index`).
-pub const IGNORE: i64 = -100;
-
-/// Cross-entropy of `logits` `[n, classes]` against `targets` (one class id per row, or
-/// [`IGNORE`]), with PyTorch's label smoothing ε: each counted row's loss is
-/// `(1 - ε) · (-log p_target) + ε · mean_c(-log p_c)`, averaged over the counted rows.
-/// Errors when no row is counted or a target is out of range.
-pub fn cross_entropy(logits: Tensor<2>, targets: &[i64], smoothing: f64) -> Result<Tensor<1>> {
-    let [n, classes] = logits.dims();
-    if targets.len() != n {
-        return Err(Error::InvalidInput(format!(
-            "{} targets for {n} rows of logits",
-            targets.len()
-        )));
-    }
-    if let Some(t) = targets
-        .iter()
-        .find(|&&t| t != IGNORE && !(0..classes as i64).contains(&t))
-    {
-        return Err(Error::InvalidInput(format!(
-            "target {t} is outside {classes} classes"
-        )));
-    }
-    let counted = targets.iter().filter(|&&t| t != IGNORE).count();
-    if counted == 0 {
-        return Err(Error::InvalidInput("no target to learn from".into()));
-    }
-    let device = logits.device();
-    // One row of weights per sample: (1 - ε) on its target plus ε / classes everywhere; zero
-    // for ignored rows. The loss is then -Σ weights · log p over counted rows.
-    let eps = smoothing as f32;
-    let mut w = vec![0.0f32; n * classes];
-    for (i, &t) in targets.iter().enumerate() {
-        if t == IGNORE {
-            continue;
-        }
-        for c in 0..classes {
-            w[i * classes + c] = eps / classes as f32;
-        }
-        w[i * classes + t as usize] += 1.0 - eps;
-    }
-    let w = Tensor::<1>::from_floats(w.as_slice(), &device).reshape([n, classes]);
-    Ok(-(log_softmax(logits, 1) * w).sum() / counted as f64)
-}
-
-/// BLIP's language-modelling loss: next-token cross-entropy of `logits` `[b, n, vocab]`
-/// against `labels` `[b][n]` shifted by one (position t predicts label t + 1), [`IGNORE`] for
-/// padding and prompt tokens, with label smoothing (BLIP trains with 0.1).
-pub fn lm_loss(logits: Tensor<3>, labels: &[Vec<i64>], smoothing: f64) -> Result<Tensor<1>> {
-    let [b, n, v] = logits.dims();
-    if labels.len() != b || labels.iter().any(|l| l.len() != n) || n < 2 {
-        return Err(Error::InvalidInput(
-            "labels must be one row of the sequence length (at least 2) per sample".into(),
-        ));
-    }
-    let shifted = logits
-        .slice([0..b, 0..n - 1, 0..v])
-        .reshape([b * (n - 1), v]);
-    let targets: Vec<i64> = labels.iter().flat_map(|l| l[1..].to_vec()).collect();
-    cross_entropy(shifted, &targets, smoothing)
-}
-
-/// BLIP's image-text contrastive loss: the symmetric cross-entropy of `img · txtᵀ / temp` on
-/// unit-length features `[n, d]` (row i of each a pair).
-pub fn itc_loss(image_feat: Tensor<2>, text_feat: Tensor<2>, temp: Tensor<1>) -> Tensor<1> {
-    let n = image_feat.dims()[0];
-    let sim = image_feat.matmul(text_feat.transpose()) / temp.reshape([1, 1]);
-    let eye = soft_targets(&identity_groups(n), &sim.device());
-    (soft_cross_entropy(sim.clone(), eye.clone()) + soft_cross_entropy(sim.transpose(), eye)) / 2.0
 }

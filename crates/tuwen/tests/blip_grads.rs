@@ -71,7 +71,10 @@ fn compare(
             // A key bias adds one constant to all of a query's scores, which softmax ignores:
             // its gradient is zero, and both sides hold rounding noise only.
             let most = |v: &[f32]| v.iter().map(|x| x.abs()).fold(0.0, f32::max);
-            assert!(most(mine) < 1e-5 && most(&theirs) < 1e-5, "{name} is not zero");
+            assert!(
+                most(mine) < 1e-5 && most(&theirs) < 1e-5,
+                "{name} is not zero"
+            );
             continue;
         }
         let scale = theirs.iter().map(|x| x.abs()).fold(0.0, f32::max).max(1e-3);
