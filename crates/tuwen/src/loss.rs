@@ -7,6 +7,10 @@
 //!   devices: device d holds B/D pairs; in D steps it scores its images against one block of
 //!   texts at a time while text blocks pass around a ring, so no step needs the B x B matrix.
 //!
+//! - [`lm_loss`], [`itc_loss`], [`cross_entropy`]: BLIP's language-modelling loss (label
+//!   smoothing, ignored positions), image-text contrast with a temperature, and the plain
+//!   cross-entropy its matching head trains with.
+//!
 //! The `_grouped` forms take a group id per pair ([`text_groups`]: equal captions share one)
 //! and count every pair of one group as positive, not the diagonal alone: with one caption
 //! template per class, an image's row no longer scores copies of its own caption as negatives.
