@@ -896,6 +896,17 @@ impl BertAttention {
     }
 }
 
+/// The last position's logits `[rows, 1, vocab]` as host rows.
+fn host_rows(logits: Tensor<3>) -> Result<Vec<Vec<f32>>> {
+    let v = logits.dims()[2];
+    let values = logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::InvalidInput(format!("cannot read logits: {e:?}")))?;
+    Ok(values.chunks(v).map(<[f32]>::to_vec).collect())
+}
+
 impl crate::generate::Decoder for Captioner<'_> {
     type State = CaptionState;
 
@@ -953,14 +964,7 @@ impl crate::generate::Decoder for Captioner<'_> {
         state.seen += n;
         let d = x.dims()[2];
         let last = x.slice([0..rows, n - 1..n, 0..d]);
-        let logits = decoder.logits(last);
-        let v = logits.dims()[2];
-        let values = logits
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::InvalidInput(format!("cannot read logits: {e:?}")))?;
-        Ok(values.chunks(v).map(<[f32]>::to_vec).collect())
+        host_rows(decoder.logits(last))
     }
 
     fn select(&self, state: &mut CaptionState, rows: &[usize]) -> Result<()> {
@@ -1018,13 +1022,7 @@ impl crate::generate::Decoder for UncachedCaptioner<'_> {
             .text_decoder
             .forward(ids, None, state.image.clone());
         let v = logits.dims()[2];
-        let last = logits.slice([0..rows, n - 1..n, 0..v]);
-        let values = last
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::InvalidInput(format!("cannot read logits: {e:?}")))?;
-        Ok(values.chunks(v).map(<[f32]>::to_vec).collect())
+        host_rows(logits.slice([0..rows, n - 1..n, 0..v]))
     }
 
     fn select(&self, state: &mut UncachedState, rows: &[usize]) -> Result<()> {
