@@ -134,6 +134,11 @@ def main():
             captions[name] = tok.batch_decode(plain, skip_special_tokens=True)
             captions[f"{name}_prompt"] = tok.batch_decode(with_prompt, skip_special_tokens=True)
 
+        # Decoding options the plain runs do not reach (tests/blip_parity.rs, EXTRA_DECODING).
+        for name, kwargs in EXTRA_DECODING.items():
+            ref[f"{name}_ids"] = pad(cap.generate(pixel_values=pixels, max_new_tokens=12, **kwargs))
+            print(name, ref[f"{name}_ids"].tolist())
+
         enc = tok(TEXTS, padding="longest", return_tensors="pt")
         ref["texts_ids"] = enc["input_ids"].numpy().astype(np.int64)
         ref["texts_mask"] = enc["attention_mask"].numpy().astype(np.int64)
@@ -162,6 +167,11 @@ ITM_IMAGES = [0, 1, 2, 0, 1, 2, 1, 2, 0]
 ITM_TEXTS = [0, 1, 2, 1, 2, 0, 0, 1, 2]
 ITM_LABELS = [1, 1, 1, 0, 0, 0, 0, 0, 0]
 TEMP, SMOOTHING = 0.07, 0.1
+EXTRA_DECODING = {
+    "beam3_lp05_early": dict(num_beams=3, length_penalty=0.5, early_stopping=True),
+    "greedy_rep15_min4": dict(repetition_penalty=1.5, min_new_tokens=4),
+    "beam2_min5_rep13_lp2": dict(num_beams=2, min_new_tokens=5, repetition_penalty=1.3, length_penalty=2.0),
+}
 
 
 def gradients(cap, itm, tok, pixels, cfg):

@@ -100,6 +100,15 @@ fn bad_decoding_flags_are_one_line_errors() {
         (vec!["--sample", "--temperature", "0"], "--temperature"),
         (vec!["--max-new-tokens", "100"], "positions"),
         (
+            vec!["--max-new-tokens", "18446744073709551615"],
+            "positions",
+        ),
+        (vec!["--max-new-tokens", "0"], "--max-new-tokens"),
+        (
+            vec!["--beams", "2", "--length-penalty", "inf"],
+            "length penalty",
+        ),
+        (
             vec!["--min-new-tokens", "5", "--max-new-tokens", "3"],
             "--min-new-tokens",
         ),

@@ -78,6 +78,15 @@ impl Settings {
         if self.num_beams == 0 {
             return bad("--beams must be at least 1".into());
         }
+        if self.max_new_tokens == 0 {
+            return bad("--max-new-tokens must be at least 1".into());
+        }
+        if self.sampling.is_some() && self.num_beams > 1 {
+            return bad("sampling and beam search do not mix: choose one".into());
+        }
+        if !self.length_penalty.is_finite() {
+            return bad("the length penalty must be a finite number".into());
+        }
         if self.min_new_tokens > self.max_new_tokens {
             return bad(format!(
                 "--min-new-tokens {} is more than --max-new-tokens {}",
@@ -166,8 +175,10 @@ fn draw(logits: &mut [f32], w: &Sampling, rng: &mut SplitMix64) -> usize {
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
     let mut keep = order.len();
-    if w.top_k > 0 {
-        keep = keep.min(w.top_k);
+    if w.top_k > 0 && w.top_k < keep {
+        // transformers keeps every token scoring at least the k-th score (ties included).
+        let kth = logits[order[w.top_k - 1]];
+        keep = order.iter().take_while(|&&i| logits[i] >= kth).count();
     }
     let m = logits[order[0]];
     let probs: Vec<f64> = order[..keep]
@@ -285,9 +296,16 @@ fn beam_search<D: Decoder>(
                 let base = item.running[j].1;
                 cands.extend(lp.iter().enumerate().map(|(t, &x)| (x + base, j, t)));
             }
-            // torch.topk's order: by score, ties by index (beam-major, then token).
-            cands.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
-            cands.truncate(2 * k);
+            // torch.topk's order: by score, ties by index (beam-major, then token); only the
+            // best 2k are sorted.
+            let order = |a: &(f32, usize, usize), b: &(f32, usize, usize)| {
+                b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)))
+            };
+            if cands.len() > 2 * k {
+                cands.select_nth_unstable_by(2 * k - 1, order);
+                cands.truncate(2 * k);
+            }
+            cands.sort_by(order);
             let ends = |t: usize| t as i64 == s.eos_token_id || cur + 1 >= max_len;
             all_end &= cands.iter().all(|c| ends(c.2));
             // Finished: the candidates among the first k that end, if the item can improve.
@@ -297,7 +315,8 @@ fn beam_search<D: Decoder>(
                     if rank < k && ends(t) {
                         let mut seq = item.running[j].0.clone();
                         seq.push(t as i64);
-                        let norm = ((cur + 1 - prompt_len) as f32).powf(s.length_penalty as f32);
+                        // transformers: a Python float power, then an f32 division.
+                        let norm = ((cur + 1 - prompt_len) as f64).powf(s.length_penalty) as f32;
                         item.finished.push((seq, score / norm));
                     }
                 }
@@ -320,8 +339,8 @@ fn beam_search<D: Decoder>(
             }
             // transformers' heuristic: stop when the best running beam, normalised by the
             // current length, cannot beat the worst finished one.
-            let len = (cur + 1 - prompt_len) as f32;
-            let best_running = item.running[0].1 / len.powf(s.length_penalty as f32);
+            let len = (cur + 1 - prompt_len) as f64;
+            let best_running = item.running[0].1 / len.powf(s.length_penalty) as f32;
             let worst_finished = if item.finished.len() >= k {
                 item.finished
                     .iter()

@@ -427,26 +427,26 @@ pub fn cross_entropy(logits: Tensor<2>, targets: &[i64], smoothing: f64) -> Resu
             "target {t} is outside {classes} classes"
         )));
     }
+    if !(0.0..=1.0).contains(&smoothing) {
+        return Err(Error::InvalidInput(format!(
+            "label smoothing {smoothing} must be in [0, 1]"
+        )));
+    }
     let counted = targets.iter().filter(|&&t| t != IGNORE).count();
     if counted == 0 {
         return Err(Error::InvalidInput("no target to learn from".into()));
     }
     let device = logits.device();
-    // One row of weights per sample: (1 - ε) on its target plus ε / classes everywhere; zero
-    // for ignored rows. The loss is then -Σ weights · log p over counted rows.
-    let eps = smoothing as f32;
-    let mut w = vec![0.0f32; n * classes];
-    for (i, &t) in targets.iter().enumerate() {
-        if t == IGNORE {
-            continue;
-        }
-        for c in 0..classes {
-            w[i * classes + c] = eps / classes as f32;
-        }
-        w[i * classes + t as usize] += 1.0 - eps;
-    }
-    let w = Tensor::<1>::from_floats(w.as_slice(), &device).reshape([n, classes]);
-    Ok(-(log_softmax(logits, 1) * w).sum() / counted as f64)
+    // Per row: (1 - ε) · log p[target] + ε · mean_c log p[c], zero for ignored rows.
+    let keep: Vec<f32> = targets.iter().map(|&t| f32::from(t != IGNORE)).collect();
+    let keep = Tensor::<1>::from_floats(keep.as_slice(), &device).reshape([n, 1]);
+    let index: Vec<i64> = targets.iter().map(|&t| t.max(0)).collect();
+    let index = Tensor::<1, Int>::from_ints(index.as_slice(), &device).reshape([n, 1]);
+    let logp = log_softmax(logits, 1);
+    let picked = logp.clone().gather(1, index);
+    let mean = logp.mean_dim(1);
+    let per_row = (picked * (1.0 - smoothing) + mean * smoothing) * keep;
+    Ok(-per_row.sum() / counted as f64)
 }
 
 /// BLIP's language-modelling loss: next-token cross-entropy of `logits` `[b, n, vocab]`

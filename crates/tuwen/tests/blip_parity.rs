@@ -306,3 +306,65 @@ fn saved_models_keep_transformers_names_and_outputs() {
     assert_eq!(names(&dir.join("itm")), names(&src));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// python/make_blip_fixtures.py's EXTRA_DECODING: length penalty, early stopping, minimum
+/// length and repetition penalty, in greedy and beam search.
+#[test]
+fn decoding_options_match_transformers() {
+    use tuwen::generate::{Settings, generate};
+    use tuwen::models::blip::Captioner;
+    let device = Device::flex();
+    let r = read_reference("blip_reference.safetensors");
+    let (model, cfg) =
+        BlipForConditionalGeneration::load(&fixtures().join("blip-caption-odd"), &device).unwrap();
+    let image = model.vision_model.forward(pixels(&r, &device));
+    let n = image.dims()[0];
+    let t = &cfg.text_config;
+    let base = Settings {
+        max_new_tokens: 12,
+        eos_token_id: t.sep_token_id,
+        pad_token_id: t.pad_token_id,
+        ..Settings::default()
+    };
+    let cases = [
+        (
+            "beam3_lp05_early",
+            Settings {
+                num_beams: 3,
+                length_penalty: 0.5,
+                early_stopping: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "greedy_rep15_min4",
+            Settings {
+                repetition_penalty: 1.5,
+                min_new_tokens: 4,
+                ..base.clone()
+            },
+        ),
+        (
+            "beam2_min5_rep13_lp2",
+            Settings {
+                num_beams: 2,
+                min_new_tokens: 5,
+                repetition_penalty: 1.3,
+                length_penalty: 2.0,
+                ..base.clone()
+            },
+        ),
+    ];
+    let captioner = Captioner { model: &model };
+    for (name, settings) in cases {
+        let beams = settings.num_beams;
+        let idx: Vec<i64> = (0..n as i64).flat_map(|i| vec![i; beams]).collect();
+        let rows_image = image
+            .clone()
+            .select(0, Tensor::<1, Int>::from_ints(idx.as_slice(), &device));
+        let prompts = vec![vec![t.bos_token_id]; n];
+        let got = generate(&captioner, captioner.start(rows_image), &prompts, &settings).unwrap();
+        let (want, shape) = i64s(&r, &format!("{name}_ids"));
+        assert_eq!(got, rows(&want, &shape), "{name}");
+    }
+}

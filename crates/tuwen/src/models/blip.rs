@@ -896,6 +896,17 @@ impl BertAttention {
     }
 }
 
+/// Refuses a sequence longer than the decoder's position table.
+fn check_positions(decoder: &BlipTextLmHeadModel, n: usize) -> Result<()> {
+    let max = decoder.bert.embeddings.position_embeddings.weight.dims()[0];
+    if n > max {
+        return Err(Error::InvalidInput(format!(
+            "{n} tokens are more than the decoder's {max} positions"
+        )));
+    }
+    Ok(())
+}
+
 /// The last position's logits `[rows, 1, vocab]` as host rows.
 fn host_rows(logits: Tensor<3>) -> Result<Vec<Vec<f32>>> {
     let v = logits.dims()[2];
@@ -915,6 +926,7 @@ impl crate::generate::Decoder for Captioner<'_> {
         let device = decoder.cls.predictions.bias.val().device();
         let (rows, n) = (tokens.len(), tokens.first().map_or(0, Vec::len));
         let past = state.seen;
+        check_positions(decoder, past + n)?;
         let flat: Vec<i64> = tokens.iter().flatten().copied().collect();
         let ids = Tensor::<1, Int>::from_ints(flat.as_slice(), &device).reshape([rows, n]);
         let pos = Tensor::<1, Int>::arange(past as i64..(past + n) as i64, &device).reshape([1, n]);
@@ -1014,7 +1026,8 @@ impl crate::generate::Decoder for UncachedCaptioner<'_> {
             seq.extend(new);
         }
         let device = state.image.device();
-        let (rows, n) = (state.tokens.len(), state.tokens[0].len());
+        let (rows, n) = (state.tokens.len(), state.tokens.first().map_or(0, Vec::len));
+        check_positions(&self.model.text_decoder, n)?;
         let flat: Vec<i64> = state.tokens.iter().flatten().copied().collect();
         let ids = Tensor::<1, Int>::from_ints(flat.as_slice(), &device).reshape([rows, n]);
         let logits = self

@@ -97,7 +97,8 @@ impl ImageCaptioning {
             ..settings.clone()
         };
         let start = self.start_tokens(prompt)?;
-        let positions = start.len() + settings.max_new_tokens;
+        // The last new token is returned, never fed back: it needs no position.
+        let positions = (start.len() - 1).saturating_add(settings.max_new_tokens);
         if positions > t.max_position_embeddings {
             return Err(Error::InvalidInput(format!(
                 "the prompt and --max-new-tokens make {positions} tokens; the model has {} positions",

@@ -126,6 +126,13 @@ impl TextTokenizer {
 
     /// Token ids for `texts`, one row each, padded as the family wants: `(ids, rows, cols)`.
     pub fn encode(&self, texts: &[String]) -> Result<(Vec<i64>, usize, usize)> {
+        let (ids, _, rows, cols) = self.encode_with_mask(texts)?;
+        Ok((ids, rows, cols))
+    }
+
+    /// [`encode`](Self::encode) with the attention mask (1 for a token, 0 for padding), as
+    /// `(ids, mask, rows, cols)`.
+    pub fn encode_with_mask(&self, texts: &[String]) -> Result<(Vec<i64>, Vec<f32>, usize, usize)> {
         let rows: Vec<Vec<u32>> = texts
             .iter()
             .map(|t| {
@@ -147,29 +154,16 @@ impl TextTokenizer {
             Padding::Longest => rows.iter().map(Vec::len).max().unwrap_or(0).max(1),
         };
         let mut ids = Vec::with_capacity(rows.len() * cols);
+        let mut mask = Vec::with_capacity(rows.len() * cols);
         for row in &rows {
             ids.extend(row.iter().map(|&i| i64::from(i)));
             ids.extend(std::iter::repeat_n(
                 i64::from(self.pad_id),
                 cols - row.len(),
             ));
+            mask.extend((0..cols).map(|j| if j < row.len() { 1.0 } else { 0.0 }));
         }
-        Ok((ids, rows.len(), cols))
-    }
-
-    /// [`encode`](Self::encode) with the attention mask (1 for a token, 0 for padding), as
-    /// `(ids, mask, rows, cols)`.
-    pub fn encode_with_mask(&self, texts: &[String]) -> Result<(Vec<i64>, Vec<f32>, usize, usize)> {
-        let lengths: Vec<usize> = texts
-            .iter()
-            .map(|t| self.encode(std::slice::from_ref(t)).map(|(_, _, n)| n))
-            .collect::<Result<_>>()?;
-        let (ids, rows, cols) = self.encode(texts)?;
-        let mask = lengths
-            .iter()
-            .flat_map(|&n| (0..cols).map(move |j| if j < n { 1.0 } else { 0.0 }))
-            .collect();
-        Ok((ids, mask, rows, cols))
+        Ok((ids, mask, rows.len(), cols))
     }
 
     /// The id of a token, if the vocabulary has it.
@@ -249,11 +243,19 @@ pub fn bert_from_vocab(folder: &Path, lowercase: bool) -> Result<Tokenizer> {
             .unwrap_or_default();
         extra.sort_by_key(|e| e.1);
         let tokens: Vec<tokenizers::AddedToken> = extra
-            .into_iter()
-            .map(|(t, _)| tokenizers::AddedToken::from(t, true))
+            .iter()
+            .map(|(t, _)| tokenizers::AddedToken::from(t.clone(), true))
             .collect();
         tok.add_special_tokens(tokens)
             .map_err(|e| bad(e.to_string()))?;
+        for (t, id) in &extra {
+            if tok.token_to_id(t).map(u64::from) != Some(*id) {
+                return Err(Error::config(
+                    &added,
+                    format!("{t} should have id {id}: the added tokens do not follow vocab.txt"),
+                ));
+            }
+        }
     }
     Ok(tok)
 }
