@@ -1049,3 +1049,113 @@ impl crate::generate::Decoder for UncachedCaptioner<'_> {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pre-training: one text side used three ways.
+
+/// BLIP as the paper pre-trains it: the image encoder; one text encoder (embeddings,
+/// cross-attention and MLPs) shared by the matching encoder and the caption decoder, which has
+/// its own causal self-attention per layer and the prediction head; the contrastive
+/// projections, the matching head and a learned temperature. It saves as both transformers
+/// models ([`BlipPretrain::captioner`], [`BlipPretrain::retrieval`]).
+#[derive(Module, Debug)]
+pub struct BlipPretrain {
+    /// The image encoder.
+    pub vision_model: BlipVisionModel,
+    /// The shared text side (bidirectional self-attention is the encoder's).
+    pub text_encoder: BlipTextModel,
+    /// The decoder's causal self-attention, one per layer.
+    pub decoder_self_attention: Vec<BertAttention>,
+    /// The decoder's prediction head (tied to the shared word embeddings).
+    pub cls: BlipCls,
+    /// Image class token to the contrastive space.
+    pub vision_proj: Linear,
+    /// Text class token to the contrastive space.
+    pub text_proj: Linear,
+    /// Match / no match.
+    pub itm_head: Linear,
+    /// Contrastive temperature (BLIP: 0.07, kept in [0.001, 0.5]).
+    pub temp: Param<Tensor<1>>,
+}
+
+impl BlipPretrain {
+    /// From a retrieval model (encoder, projections, matching head) and a captioner (its
+    /// self-attention and prediction head; its other text weights give way to the encoder's).
+    pub fn from_parts(
+        retrieval: BlipForImageTextRetrieval,
+        captioner: BlipForConditionalGeneration,
+        temp: f32,
+    ) -> Self {
+        let device = retrieval.itm_head.weight.val().device();
+        let decoder = captioner.text_decoder;
+        BlipPretrain {
+            vision_model: retrieval.vision_model,
+            text_encoder: retrieval.text_encoder,
+            decoder_self_attention: decoder
+                .bert
+                .encoder
+                .layer
+                .into_iter()
+                .map(|l| l.attention)
+                .collect(),
+            cls: decoder.cls,
+            vision_proj: retrieval.vision_proj,
+            text_proj: retrieval.text_proj,
+            itm_head: retrieval.itm_head,
+            temp: Param::from_tensor(Tensor::from_floats([temp], &device)),
+        }
+    }
+
+    /// A randomly initialised model.
+    pub fn new(cfg: &BlipConfig, device: &Device) -> Self {
+        Self::from_parts(
+            BlipForImageTextRetrieval::new(cfg, device),
+            BlipForConditionalGeneration::new(cfg, device),
+            0.07,
+        )
+    }
+
+    /// The captioner this model is: shared embeddings, cross-attention and MLPs, the
+    /// decoder's own self-attention and head.
+    pub fn captioner(&self) -> BlipForConditionalGeneration {
+        let enc = &self.text_encoder;
+        BlipForConditionalGeneration {
+            vision_model: self.vision_model.clone(),
+            text_decoder: BlipTextLmHeadModel {
+                bert: BlipTextModel {
+                    embeddings: enc.embeddings.clone(),
+                    encoder: BertEncoder {
+                        layer: enc
+                            .encoder
+                            .layer
+                            .iter()
+                            .zip(&self.decoder_self_attention)
+                            .map(|(l, sa)| BertLayer {
+                                attention: sa.clone(),
+                                ..l.clone()
+                            })
+                            .collect(),
+                    },
+                },
+                cls: self.cls.clone(),
+            },
+        }
+    }
+
+    /// The retrieval model this model is.
+    pub fn retrieval(&self) -> BlipForImageTextRetrieval {
+        BlipForImageTextRetrieval {
+            vision_model: self.vision_model.clone(),
+            text_encoder: self.text_encoder.clone(),
+            vision_proj: self.vision_proj.clone(),
+            text_proj: self.text_proj.clone(),
+            itm_head: self.itm_head.clone(),
+        }
+    }
+
+    /// Writes `folder/captioning` and `folder/retrieval`, each a transformers checkpoint.
+    pub fn save(&self, cfg: &BlipConfig, folder: &Path) -> Result<()> {
+        self.captioner().save(cfg, &folder.join("captioning"))?;
+        self.retrieval().save(cfg, &folder.join("retrieval"))
+    }
+}

@@ -1,6 +1,7 @@
 //! Training: the pieces shared by every family's training loop.
 
 pub mod bench;
+pub mod blip;
 pub mod checkpoint;
 pub mod classifier;
 pub mod contrastive;
