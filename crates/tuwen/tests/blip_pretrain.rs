@@ -102,3 +102,99 @@ fn pretraining_model_shares_the_text_side_and_saves_both_models() {
     assert!(d < 1e-5, "saved retrieval model differs by {d}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn pretraining_lowers_all_three_losses_and_saves_usable_models() {
+    use tuwen::data::captions::Sample;
+    use tuwen::generate::Settings;
+    use tuwen::pipeline::blip::ImageCaptioning;
+    use tuwen::text::{Padding, TextTokenizer};
+    use tuwen::train::blip::{BlipTrainConfig, load_pretrain, train};
+    let device = Device::flex().autodiff();
+    let cap_dir = fixtures().join("blip-caption-odd");
+    let (itm, cfg) =
+        BlipForImageTextRetrieval::load(&fixtures().join("blip-itm-odd"), &device).unwrap();
+    let (cap, _) = BlipForConditionalGeneration::load(&cap_dir, &device).unwrap();
+    let model = BlipPretrain::from_parts(itm, cap, 0.07);
+    let processor = tuwen::pipeline::image_processor(&cap_dir, "BlipImageProcessor").unwrap();
+    let tokenizer = TextTokenizer::load(&cap_dir, 40, Padding::Longest, Some(0)).unwrap();
+    // Six photos, each with its own caption from the fixture's words.
+    let pairs = [
+        ("astronaut.png", "an astronaut in space"),
+        ("coffee.bmp", "a cup of coffee"),
+        ("camera_gray.png", "a black camera"),
+        ("rocket.webp", "a red rocket in the sky"),
+        ("chelsea.jpg", "a small cat"),
+        ("hubble.gif", "space"),
+    ];
+    let samples: Vec<Sample> = pairs
+        .iter()
+        .map(|(f, c)| Sample {
+            image: fixtures().join("images").join(f),
+            caption: c.to_string(),
+            extra: Default::default(),
+        })
+        .collect();
+    let out = std::env::temp_dir().join(format!("tuwen-blip-train-{}", std::process::id()));
+    let cfg_run = BlipTrainConfig {
+        steps: 40,
+        batch_size: 6,
+        lr: 1e-3,
+        warmup: 5,
+        checkpoint_every: 0,
+        checkpoint_dir: Some(out.join("checkpoint")),
+        ..BlipTrainConfig::default()
+    };
+    let mut parts: Vec<(f64, f64, f64)> = Vec::new();
+    let (model, report) = train(
+        model,
+        &cfg,
+        &processor,
+        &tokenizer,
+        Some(&cap_dir),
+        tuwen::train::data::TrainData::Samples(&samples),
+        &cfg_run,
+        |s| {
+            let m = &s.metrics;
+            parts.push((
+                m["itc"].as_f64().unwrap(),
+                m["itm"].as_f64().unwrap(),
+                m["lm"].as_f64().unwrap(),
+            ));
+            true
+        },
+    )
+    .unwrap();
+    assert_eq!(report.losses.len(), 40);
+    let mean = |v: &[(f64, f64, f64)], k: usize| {
+        v.iter().map(|p| [p.0, p.1, p.2][k]).sum::<f64>() / v.len() as f64
+    };
+    for (k, name) in ["itc", "itm", "lm"].iter().enumerate() {
+        let (first, last) = (mean(&parts[..5], k), mean(&parts[35..], k));
+        assert!(last < 0.8 * first, "{name}: {first:.3} -> {last:.3}");
+    }
+    // The checkpoint holds both transformers models, with preprocessing and tokenizer; it
+    // loads back for more training, and its captioner captions.
+    let ckpt = tuwen::train::checkpoint::find(&out.join("checkpoint")).unwrap();
+    let (again, _) = load_pretrain(&ckpt, &Device::flex()).unwrap();
+    let temp_before: f32 = model.temp.val().into_scalar();
+    let temp_after: f32 = again.temp.val().into_scalar();
+    assert!((temp_before - temp_after).abs() < 1e-6);
+    let captioner =
+        ImageCaptioning::load_folder(&ckpt.join("captioning"), &Device::flex()).unwrap();
+    let settings = Settings {
+        max_new_tokens: 8,
+        ..Settings::default()
+    };
+    let c = captioner
+        .caption(
+            &[fixtures().join("images/astronaut.png")],
+            Some("a picture of"),
+            &settings,
+            1,
+        )
+        .unwrap();
+    eprintln!("after training: {:?}", c.captions);
+    assert!(c.captions[0].starts_with("a picture of"));
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -51,7 +51,8 @@ fn draw(weights: &[f32], avoid: usize, rng: &mut SplitMix64) -> usize {
 }
 
 /// For each row, a hard negative: drawn with probability `softmax(sim row)` over the other
-/// columns (BLIP's sampling; a column with the row's own caption is not a negative).
+/// columns (BLIP's sampling; a column with the row's own caption is not a negative, unless
+/// every column has it: then any other column).
 fn hard_negatives(sim: Tensor<2>, groups: &[usize], rng: &mut SplitMix64) -> Result<Vec<usize>> {
     let [n, _] = sim.dims();
     let probs = crate::pipeline::to_vec(softmax(sim.detach(), 1))?;
@@ -84,11 +85,6 @@ pub fn pretrain_losses(
     if b < 2 || groups.len() != b || text.mask.len() != b {
         return Err(Error::InvalidInput(
             "BLIP pre-training needs at least 2 pairs, with one group and mask per pair".into(),
-        ));
-    }
-    if groups.iter().all(|&g| g == groups[0]) {
-        return Err(Error::InvalidInput(
-            "every caption of the batch is the same: no negatives to learn from".into(),
         ));
     }
     let device = pixels.device();
@@ -187,4 +183,273 @@ pub fn pretrain_losses(
     let logits = captioner.text_decoder.forward(dec_ids, Some(mask), image);
     let lm = lm_loss(logits, &lm_labels, smoothing)?;
     Ok(BlipLosses { itc, itm, lm })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The family on the shared trainer.
+
+use std::path::{Path, PathBuf};
+
+use burn::optim::GradientsParams;
+use serde_json::json;
+
+use super::data::TrainData;
+use super::engine::{self, Batch, Optim, RunConfig, RunReport, StepContext, StepOutput, TrainStep};
+use crate::data::ImageProcessor;
+use crate::data::augment::Augment;
+use crate::data::processor::batch_tensor;
+use crate::models::blip::{BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval};
+use crate::text::TextTokenizer;
+
+/// The file beside the two saved models that holds the contrastive temperature.
+pub const TEMP_FILE: &str = "blip_temperature.json";
+
+/// How to pre-train BLIP.
+#[derive(Clone, Debug)]
+pub struct BlipTrainConfig {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Pairs per step (at least 2: the in-batch negatives).
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warmup steps.
+    pub warmup: usize,
+    /// AdamW weight decay (BLIP: 0.05).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0: none).
+    pub max_grad_norm: f64,
+    /// Label smoothing of the captioning loss (BLIP: 0.1).
+    pub label_smoothing: f64,
+    /// Text before every caption that the captioning loss does not predict (BLIP:
+    /// "a picture of ").
+    pub prompt: String,
+    /// Seed of the data order, augmentation and hard negatives.
+    pub seed: u64,
+    /// Crops and flips.
+    pub augment: Augment,
+    /// Checkpoint every N steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Where checkpoints go.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from this checkpoint.
+    pub resume_from: Option<PathBuf>,
+    /// metrics.jsonl.
+    pub metrics: Option<PathBuf>,
+    /// Set to stop after the current step (Ctrl-C).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Default for BlipTrainConfig {
+    fn default() -> Self {
+        BlipTrainConfig {
+            steps: 500,
+            batch_size: 32,
+            lr: 1e-4,
+            warmup: 50,
+            weight_decay: 0.05,
+            max_grad_norm: 1.0,
+            label_smoothing: 0.1,
+            prompt: "a picture of ".into(),
+            seed: 0,
+            augment: Augment::default(),
+            checkpoint_every: 100,
+            checkpoint_dir: None,
+            resume_from: None,
+            metrics: None,
+            stop: None,
+        }
+    }
+}
+
+/// BLIP's step: the three losses on one batch, summed, one optimiser over everything.
+struct BlipFamily<'a> {
+    config: &'a BlipConfig,
+    processor: &'a ImageProcessor,
+    tokenizer: &'a TextTokenizer,
+    cfg: &'a BlipTrainConfig,
+    prompt_len: usize,
+    tokenizer_from: Option<&'a Path>,
+}
+
+impl TrainStep for BlipFamily<'_> {
+    type Models = BlipPretrain;
+
+    fn settings(&self) -> serde_json::Value {
+        let c = self.cfg;
+        json!({"steps": c.steps, "batch_size": c.batch_size, "lr": c.lr, "warmup": c.warmup,
+            "weight_decay": c.weight_decay, "max_grad_norm": c.max_grad_norm,
+            "label_smoothing": c.label_smoothing, "prompt": c.prompt,
+            "crop_scale": c.augment.min_scale, "hflip": c.augment.hflip})
+    }
+
+    fn optimizers(&self, model: &BlipPretrain) -> Vec<Optim> {
+        vec![Optim::new(
+            "model",
+            super::adamw(model, self.cfg.weight_decay),
+            self.cfg.lr,
+        )]
+    }
+
+    fn device(&self, model: &BlipPretrain) -> Device {
+        model.temp.val().device()
+    }
+
+    fn processor(&self) -> &ImageProcessor {
+        self.processor
+    }
+
+    fn device_draws(&self, _model: &BlipPretrain) -> bool {
+        let t = &self.config.text_config;
+        t.hidden_dropout_prob > 0.0
+            || t.attention_probs_dropout_prob > 0.0
+            || self.config.vision_config.attention_dropout > 0.0
+    }
+
+    fn min_batch(&self) -> usize {
+        2
+    }
+
+    fn step(
+        &mut self,
+        model: BlipPretrain,
+        batch: Batch,
+        ctx: &mut StepContext,
+    ) -> Result<(BlipPretrain, StepOutput)> {
+        let captions: Vec<String> = batch
+            .texts
+            .iter()
+            .map(|c| format!("{}{c}", self.cfg.prompt))
+            .collect();
+        let groups = crate::loss::text_groups(&batch.texts);
+        let (ids, mask, rows, cols) = self.tokenizer.encode_with_mask(&captions)?;
+        let text = TextBatch {
+            ids: ids.chunks(cols).map(<[i64]>::to_vec).collect(),
+            mask: mask.chunks(cols).map(<[f32]>::to_vec).collect(),
+            prompt_len: self.prompt_len,
+        };
+        debug_assert_eq!(rows, captions.len());
+        let pixels = batch_tensor(batch.images, ctx.device)?;
+        let l = pretrain_losses(
+            &model,
+            pixels,
+            &text,
+            &groups,
+            self.config.text_config.bos_token_id,
+            self.cfg.label_smoothing,
+            ctx.seed(0),
+        )?;
+        let scalar = |t: &Tensor<1>| -> f32 { t.clone().into_scalar() };
+        let (itc, itm, lm) = (scalar(&l.itc), scalar(&l.itm), scalar(&l.lm));
+        let total = l.itc + l.itm + l.lm;
+        let grads = GradientsParams::from_grads(total.backward(), &model);
+        let model = ctx.update("model", model, grads)?;
+        let mut out = StepOutput::loss(itc + itm + lm);
+        for (k, v) in [("itc", itc), ("itm", itm), ("lm", lm)] {
+            out.metrics.insert(k.into(), json!(v));
+        }
+        Ok((model, out))
+    }
+
+    fn save(&self, model: &BlipPretrain, dir: &Path) -> Result<()> {
+        save_pretrain(model, self.config, self.processor, self.tokenizer_from, dir)
+    }
+}
+
+/// Writes `dir/captioning` and `dir/retrieval` (transformers checkpoints with the
+/// preprocessing, and the tokenizer files of `tokenizer_from` when given) and the temperature.
+pub fn save_pretrain(
+    model: &BlipPretrain,
+    config: &BlipConfig,
+    processor: &ImageProcessor,
+    tokenizer_from: Option<&Path>,
+    dir: &Path,
+) -> Result<()> {
+    let plain = model.valid();
+    plain.save(config, dir)?;
+    for sub in ["captioning", "retrieval"] {
+        let to = dir.join(sub);
+        processor.save(&to)?;
+        if let Some(src) = tokenizer_from {
+            for name in crate::hub::SIDE_FILES {
+                let from = src.join(name);
+                if from.is_file() && *name != "preprocessor_config.json" {
+                    let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+                    crate::hub::write_atomic(&to.join(name), &bytes)?;
+                }
+            }
+        }
+    }
+    let temp: f32 = plain.temp.val().into_scalar();
+    crate::hub::write_atomic(
+        &dir.join(TEMP_FILE),
+        json!({ "temp": temp }).to_string().as_bytes(),
+    )
+}
+
+/// Loads what [`save_pretrain`] wrote.
+pub fn load_pretrain(dir: &Path, device: &Device) -> Result<(BlipPretrain, BlipConfig)> {
+    let (retrieval, config) = BlipForImageTextRetrieval::load(&dir.join("retrieval"), device)?;
+    let (captioner, _) = BlipForConditionalGeneration::load(&dir.join("captioning"), device)?;
+    let temp_path = dir.join(TEMP_FILE);
+    let temp = if temp_path.exists() {
+        crate::hub::read_json(&temp_path)?["temp"]
+            .as_f64()
+            .unwrap_or(0.07) as f32
+    } else {
+        0.07
+    };
+    Ok((BlipPretrain::from_parts(retrieval, captioner, temp), config))
+}
+
+/// Pre-trains `model` (on an autodiff device) on captioned images; the run is the shared
+/// engine's (checkpoints, resume, metrics, Ctrl-C). Checkpoints carry the tokenizer files of
+/// `tokenizer_from`.
+#[allow(clippy::too_many_arguments)]
+pub fn train<'a>(
+    model: BlipPretrain,
+    config: &BlipConfig,
+    processor: &ImageProcessor,
+    tokenizer: &TextTokenizer,
+    tokenizer_from: Option<&Path>,
+    data: impl Into<TrainData<'a>>,
+    cfg: &BlipTrainConfig,
+    mut on_step: impl FnMut(&engine::StepReport) -> bool,
+) -> Result<(BlipPretrain, RunReport)> {
+    if cfg.batch_size < 2 {
+        return Err(Error::InvalidInput(
+            "--batch-size must be at least 2 (the pairs are each other's negatives)".into(),
+        ));
+    }
+    // The prompt's tokens: [CLS] and the prompt's words (its final [SEP] is not part of it).
+    let prompt_len = if cfg.prompt.trim().is_empty() {
+        1
+    } else {
+        tokenizer.encode(&[cfg.prompt.trim().to_string()])?.2 - 1
+    };
+    let mut family = BlipFamily {
+        config,
+        processor,
+        tokenizer,
+        cfg,
+        prompt_len,
+        tokenizer_from,
+    };
+    let model = super::stable_param_ids(model);
+    let run = RunConfig {
+        steps: cfg.steps,
+        batch_size: cfg.batch_size,
+        warmup: cfg.warmup,
+        max_grad_norm: cfg.max_grad_norm,
+        accumulate: 1,
+        seed: cfg.seed,
+        augment: cfg.augment,
+        checkpoint_every: cfg.checkpoint_every,
+        checkpoint_dir: cfg.checkpoint_dir.clone(),
+        resume_from: cfg.resume_from.clone(),
+        metrics: cfg.metrics.clone(),
+        stop: cfg.stop.clone(),
+        ..RunConfig::default()
+    };
+    engine::run(&mut family, model, data, &run, |s, _| on_step(s))
 }
