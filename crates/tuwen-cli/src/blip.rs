@@ -277,3 +277,154 @@ pub fn bench_caption(a: BenchCaptionArgs, device: &Device) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub struct TrainBlipArgs {
+    /// Captioned images: a CSV/TSV (filepath,caption), a folder with .txt sidecars, or class
+    /// subfolders.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder: captioning/ and retrieval/ (transformers checkpoints), metrics.jsonl,
+    /// curves.png, checkpoint/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue pre-training a folder this command wrote (captioning/ and retrieval/).
+    #[arg(long, conflicts_with_all = ["captioner", "retrieval"])]
+    init: Option<PathBuf>,
+    /// Start from a BLIP captioning checkpoint (its decoder's self-attention and head) ...
+    #[arg(long, requires = "retrieval")]
+    captioner: Option<String>,
+    /// ... and a BLIP retrieval checkpoint (image encoder, text encoder, projections, ITM head).
+    #[arg(long, requires = "captioner")]
+    retrieval: Option<String>,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 500)]
+    steps: usize,
+    /// Pairs per step (the in-batch negatives).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 50)]
+    warmup: usize,
+    /// Text before every caption that the captioning loss does not predict.
+    #[arg(long, default_value = "a picture of ")]
+    prompt: String,
+    /// Caption template for class-subfolder data.
+    #[arg(long, default_value = "a photo of a {}.")]
+    caption_template: String,
+    /// Seed of data order, augmentation and hard negatives.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save a checkpoint every N steps; one is always saved at the end.
+    #[arg(long, default_value_t = 100)]
+    save_every: usize,
+    /// Continue the run saved in OUT/checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// `tuwen train blip`: ITC, ITM with hard negatives and captioning on the shared trainer.
+pub fn train_blip(a: TrainBlipArgs, device: &Device) -> Result<()> {
+    use tuwen::data::captions::{CsvSpec, open};
+    use tuwen::text::{Padding, TextTokenizer};
+    use tuwen::train::blip::{BlipTrainConfig, load_pretrain, save_pretrain, train};
+    use tuwen::train::data::TrainData;
+    let samples = open(&a.data, &CsvSpec::default(), &a.caption_template)?;
+    eprintln!(
+        "{} captioned images from {}",
+        samples.len(),
+        a.data.display()
+    );
+    let device = device.clone().autodiff();
+    let ckpt_dir = a.out.join("checkpoint");
+    let resume_from = if a.resume {
+        Some(crate::train::resume_dir(&ckpt_dir)?)
+    } else {
+        None
+    };
+    // Where the model (and its tokenizer) come from.
+    let (model, config, tok_dir) = match (&resume_from, &a.init, &a.captioner, &a.retrieval) {
+        (Some(dir), _, _, _) => {
+            let (m, c) = load_pretrain(dir, &device)?;
+            (m, c, dir.join("captioning"))
+        }
+        (None, Some(dir), _, _) => {
+            crate::train::refuse_input_as_out(&a.out, &[&a.data], Some(dir))?;
+            let (m, c) = load_pretrain(dir, &device)?;
+            (m, c, dir.join("captioning"))
+        }
+        (None, None, Some(cap), Some(ret)) => {
+            let (cap, ret) = (tuwen::hub::resolve(cap)?, tuwen::hub::resolve(ret)?);
+            crate::train::refuse_input_as_out(&a.out, &[&a.data], Some(&cap))?;
+            crate::train::refuse_input_as_out(&a.out, &[&a.data], Some(&ret))?;
+            use tuwen::models::blip::{
+                BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipPretrain,
+            };
+            let (r, c) = BlipForImageTextRetrieval::load(&ret, &device)?;
+            let (g, _) = BlipForConditionalGeneration::load(&cap, &device)?;
+            (BlipPretrain::from_parts(r, g, 0.07), c, cap)
+        }
+        _ => bail!(
+            "give --init DIR (a folder this command wrote) or --captioner M --retrieval M \
+             (training from scratch is not there yet)"
+        ),
+    };
+    let t = &config.text_config;
+    let tokenizer = TextTokenizer::load(
+        &tok_dir,
+        t.max_position_embeddings,
+        Padding::Longest,
+        Some(t.pad_token_id),
+    )?;
+    let processor = tuwen::pipeline::image_processor(&tok_dir, "BlipImageProcessor")?;
+    let mut progress = crate::train::Progress::start(a.steps, resume_from.as_deref())?;
+    let cfg = BlipTrainConfig {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        warmup: a.warmup,
+        prompt: a.prompt.clone(),
+        seed: a.seed,
+        checkpoint_every: a.save_every,
+        checkpoint_dir: Some(ckpt_dir),
+        resume_from: resume_from.clone(),
+        metrics: Some(a.out.join("metrics.jsonl")),
+        stop: Some(progress.stop_flag()),
+        ..BlipTrainConfig::default()
+    };
+    let (model, report) = train(
+        model,
+        &config,
+        &processor,
+        &tokenizer,
+        Some(&tok_dir),
+        TrainData::Samples(&samples),
+        &cfg,
+        |s| progress.step(s),
+    )?;
+    progress.finish();
+    save_pretrain(&model, &config, &processor, Some(&tok_dir), &a.out)?;
+    if report.losses.len() >= 2 {
+        tuwen::train::plot::loss_curve_png(&report.losses, &a.out.join("curves.png"))?;
+    }
+    if report.stopped {
+        eprintln!(
+            "interrupted after {} steps; saved the model to {} (continue with --resume)",
+            report.losses.len(),
+            a.out.display()
+        );
+    }
+    let last = report.losses.last().map_or(f32::NAN, |l| l.1);
+    eprintln!(
+        "trained {} steps: final loss (ITC + ITM + LM) {last:.3}; {} unreadable images skipped; \
+         models in {}/captioning and {}/retrieval",
+        report.losses.len(),
+        report.skipped,
+        a.out.display(),
+        a.out.display()
+    );
+    Ok(())
+}

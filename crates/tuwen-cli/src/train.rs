@@ -63,6 +63,8 @@ pub enum TrainCommand {
     Mae(Box<crate::mae::MaeArgs>),
     /// A ViT image classifier: from scratch, fine-tuned, or a linear probe (--linear-probe).
     Classifier(Box<crate::classifier::ClassifierArgs>),
+    /// BLIP pre-training: image-text contrast, matching on hard negatives, captioning.
+    Blip(Box<crate::blip::TrainBlipArgs>),
 }
 
 pub fn run(cmd: TrainCommand, device: &Device) -> Result<()> {
@@ -77,6 +79,7 @@ pub fn run(cmd: TrainCommand, device: &Device) -> Result<()> {
         }
         TrainCommand::Mae(a) => crate::mae::run(*a, device),
         TrainCommand::Classifier(a) => crate::classifier::run(*a, device),
+        TrainCommand::Blip(a) => crate::blip::train_blip(*a, device),
     }
 }
 

@@ -122,3 +122,136 @@ fn bad_decoding_flags_are_one_line_errors() {
         assert!(err.contains(needle), "{err} lacks {needle}");
     }
 }
+
+/// `tuwen train blip` from the two fixture checkpoints: an interrupted run resumed equals an
+/// uninterrupted one, and what it saves captions and matches.
+#[test]
+fn train_blip_resumes_exactly_and_saves_both_models() {
+    let dir = std::env::temp_dir().join(format!("tuwen-train-blip-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pairs = [
+        ("astronaut.png", "an astronaut in space"),
+        ("coffee.bmp", "a cup of coffee"),
+        ("camera_gray.png", "a black camera"),
+        ("rocket.webp", "a red rocket in the sky"),
+        ("chelsea.jpg", "a small cat"),
+        ("hubble.gif", "space"),
+    ];
+    let mut csv = String::from("filepath,caption\n");
+    for (f, c) in pairs {
+        let path = fixtures().join("images").join(f);
+        csv.push_str(&format!("{},{c}\n", path.display()));
+    }
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    let args = |out: &std::path::Path| -> Vec<String> {
+        let f = |n: &str| fixtures().join(n).to_str().unwrap().to_string();
+        let d = dir.join("d.csv");
+        [
+            "train",
+            "blip",
+            "--data",
+            d.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--captioner",
+            &f("blip-caption-odd"),
+            "--retrieval",
+            &f("blip-itm-odd"),
+            "--steps",
+            "80",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--warmup",
+            "5",
+            "--save-every",
+            "1000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let losses = |out: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{} {} {} {}", v["step"], v["itc"], v["itm"], v["lm"])
+            })
+            .collect()
+    };
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let o = Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(args(&a))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = losses(&a);
+    assert_eq!(whole.len(), 80);
+
+    let child = Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(args(&b))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(b.join("metrics.jsonl"))
+        .map(|m| m.lines().count() < 10)
+        .unwrap_or(true)
+    {
+        assert!(t0.elapsed().as_secs() < 120, "the run did not start");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("--resume"), "{err}");
+    assert!(
+        losses(&b).len() < 80,
+        "the interrupt came too late to test anything"
+    );
+    let mut resumed = args(&b);
+    resumed.push("--resume".into());
+    let o = Command::new(env!("CARGO_BIN_EXE_tuwen"))
+        .args(&resumed)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(losses(&b), whole, "the resumed run differs");
+
+    // Both saved models work from the command line.
+    let img = fixtures().join("images/astronaut.png");
+    let cap = b.join("captioning");
+    let v = json(&tuwen(&[
+        "caption",
+        "--model",
+        cap.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(v["captions"].as_array().unwrap().len(), 1);
+    let ret = b.join("retrieval");
+    let v = json(&tuwen(&[
+        "match",
+        "--model",
+        ret.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--text",
+        "an astronaut in space",
+        "--text",
+        "a small cat",
+        "--json",
+    ]));
+    let itc: Vec<Vec<f32>> = serde_json::from_value(v["itc_scores"].clone()).unwrap();
+    assert!(
+        itc[0][0] > itc[0][1],
+        "training did not teach the astronaut's caption: {itc:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
