@@ -428,3 +428,190 @@ pub fn train_blip(a: TrainBlipArgs, device: &Device) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args)]
+pub struct CapFiltArgs {
+    /// The captioner (a BLIP captioning checkpoint).
+    #[arg(long)]
+    captioner: String,
+    /// The filter (a BLIP retrieval checkpoint: its ITM head judges each caption).
+    #[arg(long)]
+    filter: String,
+    /// Noisy captioned images: a CSV/TSV (filepath,caption) or a folder with .txt sidecars.
+    #[arg(long)]
+    data: PathBuf,
+    /// The bootstrapped set: a CSV of the kept (image, caption) pairs; a report
+    /// (`*_report.json`) and examples (`*_examples.png`) go beside it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Keep a caption when its match probability reaches this.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f32,
+    /// Synthetic captions per image.
+    #[arg(long, default_value_t = 1)]
+    captions_per_image: usize,
+    /// Nucleus sampling of the synthetic captions.
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f64,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Tokens per synthetic caption at most.
+    #[arg(long, default_value_t = 20)]
+    max_new_tokens: usize,
+    /// Tokens per synthetic caption at least.
+    #[arg(long, default_value_t = 5)]
+    min_new_tokens: usize,
+    /// The captioner's prompt (removed from the synthetic captions).
+    #[arg(long, default_value = "a picture of ")]
+    prompt: String,
+}
+
+/// `tuwen capfilt`: synthetic captions and ITM filtering of a noisy set.
+pub fn capfilt(a: CapFiltArgs, device: &Device) -> Result<()> {
+    use tuwen::data::captions::{CsvSpec, open};
+    use tuwen::pipeline::blip::{CapFiltSettings, capfilt};
+    let samples = open(&a.data, &CsvSpec::default(), "{}")?;
+    let inputs: Vec<&std::path::Path> = std::iter::once(a.data.as_path())
+        .chain(samples.iter().map(|s| s.image.as_path()))
+        .collect();
+    tuwen::data::files::refuse_overwrite("--out", &a.out, &inputs, &[])?;
+    let stem = a.out.with_extension("");
+    let report_path = PathBuf::from(format!("{}_report.json", stem.display()));
+    let png_path = PathBuf::from(format!("{}_examples.png", stem.display()));
+    let captioner = ImageCaptioning::load(&a.captioner, device)?;
+    let filter = ImageTextMatching::load(&a.filter, device)?;
+    let settings = CapFiltSettings {
+        captions_per_image: a.captions_per_image,
+        threshold: a.threshold,
+        sampling: Sampling {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        max_new_tokens: a.max_new_tokens,
+        min_new_tokens: a.min_new_tokens,
+        prompt: a.prompt.clone(),
+    };
+    let pairs: Vec<(PathBuf, String)> = samples
+        .iter()
+        .map(|s| (s.image.clone(), s.caption.clone()))
+        .collect();
+    let bar = ProgressBar::new(pairs.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images {elapsed}<{eta}")
+            .expect("valid template"),
+    );
+    let rows = capfilt(
+        &captioner,
+        &filter,
+        &pairs,
+        &settings,
+        |p, e| bar.suspend(|| eprintln!("warning: skipping {}: {e}", p.display())),
+        || bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    if rows.is_empty() {
+        bail!("none of the {} images could be read", pairs.len());
+    }
+    // The bootstrapped set.
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["filepath", "caption", "source", "itm"])?;
+    let (mut ok, mut od, mut sk, mut sd) = (0, 0, 0, 0);
+    for r in &rows {
+        let path = r.image.display().to_string();
+        if r.original.2 {
+            ok += 1;
+            w.write_record([
+                &path,
+                &r.original.0,
+                "original",
+                &format!("{:.4}", r.original.1),
+            ])?;
+        } else {
+            od += 1;
+        }
+        for (c, p, keep) in &r.synthetic {
+            if *keep {
+                sk += 1;
+                w.write_record([&path, c, "synthetic", &format!("{p:.4}")])?;
+            } else {
+                sd += 1;
+            }
+        }
+    }
+    tuwen::hub::write_atomic(&a.out, &w.into_inner()?)?;
+    let report = json!({
+        "images": rows.len(), "skipped": pairs.len() - rows.len(), "threshold": a.threshold,
+        "original_kept": ok, "original_dropped": od,
+        "synthetic_kept": sk, "synthetic_dropped": sd,
+        "examples": rows.iter().take(20).collect::<Vec<_>>(),
+    });
+    tuwen::hub::write_atomic(
+        &report_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    examples_png(&rows, &png_path)?;
+    println!(
+        "{} images: kept {ok} of {} original and {sk} of {} synthetic captions (ITM >= {}); \
+         {} pairs in {}; report {}, examples {}",
+        rows.len(),
+        ok + od,
+        sk + sd,
+        a.threshold,
+        ok + sk,
+        a.out.display(),
+        report_path.display(),
+        png_path.display()
+    );
+    Ok(())
+}
+
+/// A picture of the first rows: each image with its captions, green kept, red dropped.
+fn examples_png(rows: &[tuwen::pipeline::blip::CapFiltRow], path: &std::path::Path) -> Result<()> {
+    use tuwen::draw;
+    use tuwen::image::{Rgb, RgbImage};
+    const CELL: u32 = 64;
+    const PAD: u32 = 6;
+    let rows = &rows[..rows.len().min(8)];
+    let line = |(c, p, _): &(String, f32, bool), tag: &str| format!("{tag} {p:.2} {c}");
+    let width = rows
+        .iter()
+        .flat_map(|r| {
+            std::iter::once(line(&r.original, "orig"))
+                .chain(r.synthetic.iter().map(|s| line(s, "synth")))
+        })
+        .map(|l| draw::text_width(&l, 1))
+        .max()
+        .unwrap_or(0)
+        + CELL
+        + 3 * PAD;
+    let height = rows.len() as u32 * (CELL + PAD) + PAD;
+    let mut img = RgbImage::from_pixel(width, height, Rgb([255, 255, 255]));
+    for (i, r) in rows.iter().enumerate() {
+        let y = PAD + i as u32 * (CELL + PAD);
+        if let Ok(tile) = tuwen::data::open_rgb(&r.image) {
+            draw::paste_fit(&mut img, &tile, PAD, y, CELL);
+        }
+        let lines = std::iter::once((line(&r.original, "orig"), r.original.2))
+            .chain(r.synthetic.iter().map(|s| (line(s, "synth"), s.2)));
+        for (j, (l, keep)) in lines.enumerate() {
+            let color = if keep { [20, 140, 40] } else { [200, 30, 30] };
+            draw::text(
+                &mut img,
+                (CELL + 2 * PAD) as i64,
+                (y + 2 + 10 * j as u32) as i64,
+                &l,
+                1,
+                color,
+            );
+        }
+    }
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        tuwen::image::ImageFormat::Png,
+    )?;
+    tuwen::hub::write_atomic(path, &bytes)?;
+    Ok(())
+}

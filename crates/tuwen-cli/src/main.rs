@@ -55,6 +55,8 @@ enum Command {
     Caption(blip::CaptionArgs),
     /// How well texts match images, with a BLIP retrieval model (ITM probability, ITC cosine).
     Match(blip::MatchArgs),
+    /// CapFilt: synthetic captions for a noisy captioned set, and ITM filtering of all of them.
+    Capfilt(blip::CapFiltArgs),
     /// Parameter count and compute of a checkpoint or a standard architecture.
     Info(info::InfoArgs),
     /// Train a model: CLIP or SigLIP (image-text), MAE (masked-autoencoder pre-training).
@@ -136,6 +138,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => info::run(args),
         Command::Caption(args) => blip::caption(args, &device()?),
         Command::Match(args) => blip::matching(args, &device()?),
+        Command::Capfilt(args) => blip::capfilt(args, &device()?),
         Command::Embed(args) => embed::run(args, &device()?),
         Command::Similarity(args) => embed::similarity(args, &device()?),
         Command::Convert(args) => {

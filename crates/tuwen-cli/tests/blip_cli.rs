@@ -255,3 +255,101 @@ fn train_blip_resumes_exactly_and_saves_both_models() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `tuwen capfilt`: every kept caption reaches the threshold and every dropped one does not,
+/// the original captions' scores are `tuwen match`'s (transformers' ITM), and the report,
+/// the CSV and the picture agree.
+#[test]
+fn capfilt_keeps_exactly_the_captions_the_filter_accepts() {
+    let dir = std::env::temp_dir().join(format!("tuwen-capfilt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pairs = [
+        ("astronaut.png", "an astronaut in space"),
+        ("coffee_rgba.png", "a cup of coffee"),
+        ("camera_gray.png", "a photo of a cat"),
+    ];
+    let mut csv = String::from("filepath,caption\n");
+    for (f, c) in pairs {
+        csv.push_str(&format!(
+            "{},{c}\n",
+            fixtures().join("images").join(f).display()
+        ));
+    }
+    std::fs::write(dir.join("noisy.csv"), csv).unwrap();
+    let out = dir.join("clean.csv");
+    let f = |n: &str| fixtures().join(n).to_str().unwrap().to_string();
+    let o = tuwen(&[
+        "capfilt",
+        "--captioner",
+        &f("blip-caption-odd"),
+        "--filter",
+        &f("blip-itm-odd"),
+        "--data",
+        dir.join("noisy.csv").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--captions-per-image",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--threshold",
+        "0.6",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("clean_report.json")).unwrap())
+            .unwrap();
+    let mut kept_rows = 0;
+    for (row, (file, caption)) in report["examples"].as_array().unwrap().iter().zip(pairs) {
+        let orig = &row["original"];
+        assert_eq!(orig[0], caption);
+        // The filter's score of the original caption is `tuwen match`'s ITM.
+        let img = fixtures().join("images").join(file);
+        let v = json(&tuwen(&[
+            "match",
+            "--model",
+            &f("blip-itm-odd"),
+            "--image",
+            img.to_str().unwrap(),
+            "--text",
+            caption,
+            "--json",
+        ]));
+        let itm = v["itm_probs"][0][0].as_f64().unwrap();
+        assert!((orig[1].as_f64().unwrap() - itm).abs() < 1e-4);
+        for judged in std::iter::once(orig).chain(row["synthetic"].as_array().unwrap()) {
+            let (p, keep) = (judged[1].as_f64().unwrap(), judged[2].as_bool().unwrap());
+            assert_eq!(
+                keep,
+                p >= 0.6 && !judged[0].as_str().unwrap().is_empty(),
+                "{judged}"
+            );
+            kept_rows += usize::from(keep);
+        }
+    }
+    let total =
+        report["original_kept"].as_u64().unwrap() + report["synthetic_kept"].as_u64().unwrap();
+    assert_eq!(total as usize, kept_rows);
+    let lines = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert_eq!(
+        lines,
+        kept_rows + 1,
+        "the CSV holds the kept pairs and a header"
+    );
+    assert!(dir.join("clean_examples.png").is_file());
+    // The output may not replace the input.
+    let o = tuwen(&[
+        "capfilt",
+        "--captioner",
+        &f("blip-caption-odd"),
+        "--filter",
+        &f("blip-itm-odd"),
+        "--data",
+        dir.join("noisy.csv").to_str().unwrap(),
+        "--out",
+        dir.join("noisy.csv").to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("would replace the input"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
