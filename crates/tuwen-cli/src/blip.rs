@@ -381,19 +381,23 @@ pub fn train_blip(a: TrainBlipArgs, device: &Device) -> Result<()> {
     )?;
     let processor = tuwen::pipeline::image_processor(&tok_dir, "BlipImageProcessor")?;
     let mut progress = crate::train::Progress::start(a.steps, resume_from.as_deref())?;
+    let defaults = BlipTrainConfig::default();
     let cfg = BlipTrainConfig {
-        steps: a.steps,
-        batch_size: a.batch_size,
+        run: tuwen::train::RunConfig {
+            steps: a.steps,
+            batch_size: a.batch_size,
+            warmup: a.warmup,
+            seed: a.seed,
+            checkpoint_every: a.save_every,
+            checkpoint_dir: Some(ckpt_dir),
+            resume_from: resume_from.clone(),
+            metrics: Some(a.out.join("metrics.jsonl")),
+            stop: Some(progress.stop_flag()),
+            ..defaults.run.clone()
+        },
         lr: a.lr,
-        warmup: a.warmup,
         prompt: a.prompt.clone(),
-        seed: a.seed,
-        checkpoint_every: a.save_every,
-        checkpoint_dir: Some(ckpt_dir),
-        resume_from: resume_from.clone(),
-        metrics: Some(a.out.join("metrics.jsonl")),
-        stop: Some(progress.stop_flag()),
-        ..BlipTrainConfig::default()
+        ..defaults
     };
     let (model, report) = train(
         model,

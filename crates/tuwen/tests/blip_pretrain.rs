@@ -136,14 +136,18 @@ fn pretraining_lowers_all_three_losses_and_saves_usable_models() {
         })
         .collect();
     let out = std::env::temp_dir().join(format!("tuwen-blip-train-{}", std::process::id()));
+    let defaults = BlipTrainConfig::default();
     let cfg_run = BlipTrainConfig {
-        steps: 40,
-        batch_size: 6,
+        run: tuwen::train::RunConfig {
+            steps: 40,
+            batch_size: 6,
+            warmup: 5,
+            checkpoint_every: 0,
+            checkpoint_dir: Some(out.join("checkpoint")),
+            ..defaults.run.clone()
+        },
         lr: 1e-3,
-        warmup: 5,
-        checkpoint_every: 0,
-        checkpoint_dir: Some(out.join("checkpoint")),
-        ..BlipTrainConfig::default()
+        ..defaults
     };
     let mut parts: Vec<(f64, f64, f64)> = Vec::new();
     let (model, report) = train(

@@ -188,7 +188,7 @@ pub fn pretrain_losses(
 // ---------------------------------------------------------------------------------------------
 // The family on the shared trainer.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::optim::GradientsParams;
 use serde_json::json;
@@ -196,7 +196,6 @@ use serde_json::json;
 use super::data::TrainData;
 use super::engine::{self, Batch, Optim, RunConfig, RunReport, StepContext, StepOutput, TrainStep};
 use crate::data::ImageProcessor;
-use crate::data::augment::Augment;
 use crate::data::processor::batch_tensor;
 use crate::models::blip::{BlipConfig, BlipForConditionalGeneration, BlipForImageTextRetrieval};
 use crate::text::TextTokenizer;
@@ -204,60 +203,37 @@ use crate::text::TextTokenizer;
 /// The file beside the two saved models that holds the contrastive temperature.
 pub const TEMP_FILE: &str = "blip_temperature.json";
 
-/// How to pre-train BLIP.
+/// How to pre-train BLIP: the engine's run settings and BLIP's own.
 #[derive(Clone, Debug)]
 pub struct BlipTrainConfig {
-    /// Optimiser steps.
-    pub steps: usize,
-    /// Pairs per step (at least 2: the in-batch negatives).
-    pub batch_size: usize,
+    /// Steps, batch size, warmup, clipping, seed, augmentation, checkpoints, metrics, stop.
+    pub run: RunConfig,
     /// Peak learning rate.
     pub lr: f64,
-    /// Warmup steps.
-    pub warmup: usize,
     /// AdamW weight decay (BLIP: 0.05).
     pub weight_decay: f64,
-    /// Global gradient-norm clip (0: none).
-    pub max_grad_norm: f64,
     /// Label smoothing of the captioning loss (BLIP: 0.1).
     pub label_smoothing: f64,
     /// Text before every caption that the captioning loss does not predict (BLIP:
     /// "a picture of ").
     pub prompt: String,
-    /// Seed of the data order, augmentation and hard negatives.
-    pub seed: u64,
-    /// Crops and flips.
-    pub augment: Augment,
-    /// Checkpoint every N steps (0: only at the end).
-    pub checkpoint_every: usize,
-    /// Where checkpoints go.
-    pub checkpoint_dir: Option<PathBuf>,
-    /// Continue from this checkpoint.
-    pub resume_from: Option<PathBuf>,
-    /// metrics.jsonl.
-    pub metrics: Option<PathBuf>,
-    /// Set to stop after the current step (Ctrl-C).
-    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for BlipTrainConfig {
     fn default() -> Self {
         BlipTrainConfig {
-            steps: 500,
-            batch_size: 32,
+            run: RunConfig {
+                steps: 500,
+                batch_size: 32,
+                warmup: 50,
+                max_grad_norm: 1.0,
+                checkpoint_every: 100,
+                ..RunConfig::default()
+            },
             lr: 1e-4,
-            warmup: 50,
             weight_decay: 0.05,
-            max_grad_norm: 1.0,
             label_smoothing: 0.1,
             prompt: "a picture of ".into(),
-            seed: 0,
-            augment: Augment::default(),
-            checkpoint_every: 100,
-            checkpoint_dir: None,
-            resume_from: None,
-            metrics: None,
-            stop: None,
         }
     }
 }
@@ -276,11 +252,11 @@ impl TrainStep for BlipFamily<'_> {
     type Models = BlipPretrain;
 
     fn settings(&self) -> serde_json::Value {
-        let c = self.cfg;
-        json!({"steps": c.steps, "batch_size": c.batch_size, "lr": c.lr, "warmup": c.warmup,
-            "weight_decay": c.weight_decay, "max_grad_norm": c.max_grad_norm,
+        let (c, r) = (self.cfg, &self.cfg.run);
+        json!({"steps": r.steps, "batch_size": r.batch_size, "lr": c.lr, "warmup": r.warmup,
+            "weight_decay": c.weight_decay, "max_grad_norm": r.max_grad_norm,
             "label_smoothing": c.label_smoothing, "prompt": c.prompt,
-            "crop_scale": c.augment.min_scale, "hflip": c.augment.hflip})
+            "crop_scale": r.augment.min_scale, "hflip": r.augment.hflip})
     }
 
     fn optimizers(&self, model: &BlipPretrain) -> Vec<Optim> {
@@ -416,7 +392,7 @@ pub fn train<'a>(
     cfg: &BlipTrainConfig,
     mut on_step: impl FnMut(&engine::StepReport) -> bool,
 ) -> Result<(BlipPretrain, RunReport)> {
-    if cfg.batch_size < 2 {
+    if cfg.run.batch_size < 2 {
         return Err(Error::InvalidInput(
             "--batch-size must be at least 2 (the pairs are each other's negatives)".into(),
         ));
@@ -436,20 +412,5 @@ pub fn train<'a>(
         tokenizer_from,
     };
     let model = super::stable_param_ids(model);
-    let run = RunConfig {
-        steps: cfg.steps,
-        batch_size: cfg.batch_size,
-        warmup: cfg.warmup,
-        max_grad_norm: cfg.max_grad_norm,
-        accumulate: 1,
-        seed: cfg.seed,
-        augment: cfg.augment,
-        checkpoint_every: cfg.checkpoint_every,
-        checkpoint_dir: cfg.checkpoint_dir.clone(),
-        resume_from: cfg.resume_from.clone(),
-        metrics: cfg.metrics.clone(),
-        stop: cfg.stop.clone(),
-        ..RunConfig::default()
-    };
-    engine::run(&mut family, model, data, &run, |s, _| on_step(s))
+    engine::run(&mut family, model, data, &cfg.run, |s, _| on_step(s))
 }
