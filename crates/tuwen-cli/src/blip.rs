@@ -297,6 +297,13 @@ pub struct TrainBlipArgs {
     /// ... and a BLIP retrieval checkpoint (image encoder, text encoder, projections, ITM head).
     #[arg(long, requires = "captioner")]
     retrieval: Option<String>,
+    /// Train from scratch: tiny (32 px), small (64 px) or base (the paper's, 384 px); the
+    /// tokenizer learns the captions' words.
+    #[arg(long, conflicts_with_all = ["init", "captioner", "retrieval"])]
+    arch: Option<String>,
+    /// Image side of a model trained from scratch (default: the architecture's).
+    #[arg(long, requires = "arch")]
+    image_size: Option<usize>,
     /// Optimiser steps.
     #[arg(long, default_value_t = 500)]
     steps: usize,
@@ -345,7 +352,8 @@ pub fn train_blip(a: TrainBlipArgs, device: &Device) -> Result<()> {
     } else {
         None
     };
-    // Where the model (and its tokenizer) come from.
+    // Where the model (and its tokenizer) come from; a new one is made in a scratch folder.
+    let staging = tuwen::hub::scratch_dir(&a.out)?;
     let (model, config, tok_dir) = match (&resume_from, &a.init, &a.captioner, &a.retrieval) {
         (Some(dir), _, _, _) => {
             let (m, c) = load_pretrain(dir, &device)?;
@@ -367,10 +375,30 @@ pub fn train_blip(a: TrainBlipArgs, device: &Device) -> Result<()> {
             let (g, _) = BlipForConditionalGeneration::load(&cap, &device)?;
             (BlipPretrain::from_parts(r, g, 0.07), c, cap)
         }
-        _ => bail!(
-            "give --init DIR (a folder this command wrote) or --captioner M --retrieval M \
-             (training from scratch is not there yet)"
-        ),
+        (None, None, None, None) => {
+            crate::train::refuse_input_as_out(&a.out, &[&a.data], None)?;
+            let Some(arch) = &a.arch else {
+                bail!(
+                    "give --arch NAME (from scratch), --init DIR (a folder this command wrote) \
+                     or --captioner M --retrieval M"
+                );
+            };
+            // The tokenizer learns the words of the captions as training sees them.
+            let texts: Vec<String> = samples
+                .iter()
+                .map(|s| format!("{}{}", a.prompt, s.caption))
+                .collect();
+            let (m, c) = tuwen::train::blip::init_arch(
+                arch,
+                a.image_size,
+                &texts,
+                staging.path(),
+                a.seed,
+                &device,
+            )?;
+            (m, c, staging.path().to_path_buf())
+        }
+        _ => bail!("give --captioner and --retrieval together"),
     };
     let t = &config.text_config;
     let tokenizer = TextTokenizer::load(

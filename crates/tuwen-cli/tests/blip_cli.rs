@@ -353,3 +353,72 @@ fn capfilt_keeps_exactly_the_captions_the_filter_accepts() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("would replace the input"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A tiny BLIP from scratch (`--arch tiny`, its tokenizer learnt from the captions) learns six
+/// captioned photos well enough to caption each with its own caption.
+#[test]
+fn train_blip_from_scratch_learns_to_caption() {
+    let dir = std::env::temp_dir().join(format!("tuwen-blip-scratch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pairs = [
+        ("astronaut.png", "an astronaut in space"),
+        ("coffee.bmp", "a cup of coffee"),
+        ("camera_gray.png", "a black camera"),
+        ("rocket.webp", "a red rocket in the sky"),
+        ("chelsea.jpg", "a small cat"),
+        ("hubble.gif", "space"),
+    ];
+    let mut csv = String::from("filepath,caption\n");
+    for (f, c) in pairs {
+        csv.push_str(&format!(
+            "{},{c}\n",
+            fixtures().join("images").join(f).display()
+        ));
+    }
+    let data = dir.join("d.csv");
+    std::fs::write(&data, csv).unwrap();
+    let out = dir.join("run");
+    let o = tuwen(&[
+        "train",
+        "blip",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--arch",
+        "tiny",
+        "--steps",
+        "150",
+        "--batch-size",
+        "6",
+        "--lr",
+        "2e-3",
+        "--warmup",
+        "10",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut args = vec![
+        "caption".to_string(),
+        "--model".into(),
+        out.join("captioning").display().to_string(),
+        "--prompt".into(),
+        "a picture of".into(),
+        "--json".into(),
+        "--image".into(),
+    ];
+    args.extend(
+        pairs
+            .iter()
+            .map(|(f, _)| fixtures().join("images").join(f).display().to_string()),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let v = json(&tuwen(&args));
+    let want: Vec<String> = pairs
+        .iter()
+        .map(|(_, c)| format!("a picture of {c}"))
+        .collect();
+    let got: Vec<String> = serde_json::from_value(v["captions"].clone()).unwrap();
+    assert_eq!(got, want);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

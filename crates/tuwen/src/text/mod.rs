@@ -376,3 +376,49 @@ pub fn train_word_tokenizer(
     tok.with_post_processor(Some(post));
     Ok((tok, specials))
 }
+
+/// A word-level tokenizer learnt from `captions` in BERT's layout, for a BLIP trained from
+/// scratch: `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]` first (ids 0 to 4), the words, then
+/// `[DEC]`; lower case, words and punctuation split; `[CLS] text [SEP]`.
+pub fn train_bert_word_tokenizer(captions: &[String], vocab_size: usize) -> Result<Tokenizer> {
+    use tokenizers::AddedToken;
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
+    use tokenizers::normalizers::Lowercase;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+    use tokenizers::processors::template::TemplateProcessing;
+    let fail =
+        |e: tokenizers::Error| Error::InvalidInput(format!("tokenizer training failed: {e}"));
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let mut trainer: TrainerWrapper = WordLevelTrainer::builder()
+        .vocab_size(vocab_size)
+        .show_progress(false)
+        .special_tokens(
+            specials
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect(),
+        )
+        .build()
+        .map_err(|e| Error::InvalidInput(e.to_string()))?
+        .into();
+    let model = WordLevel::builder()
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(fail)?;
+    let mut tok = Tokenizer::new(model);
+    tok.with_normalizer(Some(Lowercase)).map_err(fail)?;
+    tok.with_pre_tokenizer(Some(Whitespace {}));
+    tok.train(&mut trainer, captions.iter()).map_err(fail)?;
+    tok.add_special_tokens(vec![AddedToken::from("[DEC]", true)])
+        .map_err(fail)?;
+    let id = |t: &str| tok.token_to_id(t).expect("special token in vocabulary");
+    let post = TemplateProcessing::builder()
+        .try_single("[CLS] $A [SEP]")
+        .map_err(|e| Error::InvalidInput(e.to_string()))?
+        .special_tokens(vec![("[CLS]", id("[CLS]")), ("[SEP]", id("[SEP]"))])
+        .build()
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    tok.with_post_processor(Some(post));
+    Ok(tok)
+}

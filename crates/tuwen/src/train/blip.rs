@@ -414,3 +414,95 @@ pub fn train<'a>(
     let model = super::stable_param_ids(model);
     engine::run(&mut family, model, data, &cfg.run, |s, _| on_step(s))
 }
+
+// ---------------------------------------------------------------------------------------------
+// From scratch.
+
+/// The architecture names [`init_arch`] knows.
+pub const ARCHS: &[&str] = &["tiny", "small", "base"];
+
+/// A new BLIP of a named size, with a word-level tokenizer learnt from `captions` (BERT's
+/// specials and `[DEC]`), written into `folder` (tokenizer and preprocessing files) and
+/// initialised from `seed`. `tiny` (32 px) and `small` (64 px) train on a laptop; `base` is
+/// the paper's ViT-B/16 at 384 px with BERT-base.
+pub fn init_arch(
+    name: &str,
+    image_size: Option<usize>,
+    captions: &[String],
+    folder: &Path,
+    seed: u64,
+    device: &Device,
+) -> Result<(BlipPretrain, BlipConfig)> {
+    use crate::models::blip::{BlipTextConfig, BlipVisionConfig};
+    // (hidden, layers, heads, mlp, patch or positions, default size)
+    let (v, t, e, size) = match name {
+        "tiny" => ((64, 3, 4, 256, 8), (64, 2, 4, 256, 40), 64, 32),
+        "small" => ((192, 6, 3, 768, 16), (192, 4, 4, 768, 64), 128, 64),
+        "base" => ((768, 12, 12, 3072, 16), (768, 12, 12, 3072, 512), 256, 384),
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "unknown --arch {other:?} (known: {})",
+                ARCHS.join(", ")
+            )));
+        }
+    };
+    let size = image_size.unwrap_or(size);
+    if size < v.4 || !size.is_multiple_of(v.4) {
+        return Err(Error::InvalidInput(format!(
+            "--image-size {size} must be a multiple of the patch size {}",
+            v.4
+        )));
+    }
+    let tok = crate::text::train_bert_word_tokenizer(captions, 30_000)?;
+    let id = |t: &str| tok.token_to_id(t).map(i64::from).expect("special token");
+    let config = BlipConfig {
+        vision_config: BlipVisionConfig {
+            hidden_size: v.0,
+            num_hidden_layers: v.1,
+            num_attention_heads: v.2,
+            intermediate_size: v.3,
+            patch_size: v.4,
+            image_size: size,
+            ..BlipVisionConfig::default()
+        },
+        text_config: BlipTextConfig {
+            vocab_size: tok.get_vocab_size(true),
+            hidden_size: t.0,
+            encoder_hidden_size: v.0,
+            num_hidden_layers: t.1,
+            num_attention_heads: t.2,
+            intermediate_size: t.3,
+            max_position_embeddings: t.4,
+            bos_token_id: id("[DEC]"),
+            eos_token_id: id("[SEP]"),
+            sep_token_id: id("[SEP]"),
+            pad_token_id: id("[PAD]"),
+            ..BlipTextConfig::default()
+        },
+        image_text_hidden_size: e,
+        ..BlipConfig::default()
+    };
+    config
+        .validate()
+        .map_err(|m| Error::InvalidInput(format!("--arch {name}: {m}")))?;
+    std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+    let json = tok
+        .to_string(true)
+        .map_err(|e| Error::InvalidInput(format!("cannot serialise the tokenizer: {e}")))?;
+    crate::hub::write_atomic(&folder.join("tokenizer.json"), json.as_bytes())?;
+    let tcfg = json!({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": t.4,
+        "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+        "mask_token": "[MASK]", "bos_token": "[DEC]"});
+    crate::hub::write_atomic(
+        &folder.join("tokenizer_config.json"),
+        tcfg.to_string().as_bytes(),
+    )?;
+    let pcfg = json!({"image_processor_type": "BlipImageProcessor",
+        "size": {"height": size, "width": size}});
+    crate::hub::write_atomic(
+        &folder.join("preprocessor_config.json"),
+        pcfg.to_string().as_bytes(),
+    )?;
+    let model = engine::init_seeded(device, seed, |d| BlipPretrain::new(&config, d));
+    Ok((model, config))
+}
