@@ -577,7 +577,7 @@ pub fn capfilt(a: CapFiltArgs, device: &Device) -> Result<()> {
         "images": rows.len(), "skipped": pairs.len() - rows.len(), "threshold": a.threshold,
         "original_kept": ok, "original_dropped": od,
         "synthetic_kept": sk, "synthetic_dropped": sd,
-        "examples": rows.iter().take(20).collect::<Vec<_>>(),
+        "decisions": rows,
     });
     tuwen::hub::write_atomic(
         &report_path,

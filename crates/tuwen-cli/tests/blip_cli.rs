@@ -301,7 +301,7 @@ fn capfilt_keeps_exactly_the_captions_the_filter_accepts() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("clean_report.json")).unwrap())
             .unwrap();
     let mut kept_rows = 0;
-    for (row, (file, caption)) in report["examples"].as_array().unwrap().iter().zip(pairs) {
+    for (row, (file, caption)) in report["decisions"].as_array().unwrap().iter().zip(pairs) {
         let orig = &row["original"];
         assert_eq!(orig[0], caption);
         // The filter's score of the original caption is `tuwen match`'s ITM.
