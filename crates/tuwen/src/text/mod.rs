@@ -305,41 +305,15 @@ pub fn train_word_tokenizer(
     clip_style: bool,
     vocab_size: usize,
 ) -> Result<(Tokenizer, Specials)> {
-    use tokenizers::AddedToken;
-    use tokenizers::models::TrainerWrapper;
-    use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
-    use tokenizers::normalizers::Lowercase;
-    use tokenizers::pre_tokenizers::whitespace::Whitespace;
     use tokenizers::processors::template::TemplateProcessing;
 
-    let fail =
-        |e: tokenizers::Error| Error::InvalidInput(format!("tokenizer training failed: {e}"));
     // CLIP: end token first (id 0, so never the legacy id 2), pad = end as in OpenAI's CLIP.
     let specials: Vec<&str> = if clip_style {
         vec!["<|endoftext|>", "<|startoftext|>", "<unk>"]
     } else {
         vec!["<pad>", "</s>", "<unk>"]
     };
-    let mut trainer: TrainerWrapper = WordLevelTrainer::builder()
-        .vocab_size(vocab_size)
-        .show_progress(false)
-        .special_tokens(
-            specials
-                .iter()
-                .map(|s| AddedToken::from(*s, true))
-                .collect(),
-        )
-        .build()
-        .map_err(|e| Error::InvalidInput(e.to_string()))?
-        .into();
-    let model = WordLevel::builder()
-        .unk_token("<unk>".into())
-        .build()
-        .map_err(fail)?;
-    let mut tok = Tokenizer::new(model);
-    tok.with_normalizer(Some(Lowercase)).map_err(fail)?;
-    tok.with_pre_tokenizer(Some(Whitespace {}));
-    tok.train(&mut trainer, captions.iter()).map_err(fail)?;
+    let mut tok = word_level(captions, &specials, "<unk>", vocab_size)?;
     let id = |t: &str| tok.token_to_id(t).expect("special token in vocabulary");
     let (single, tokens, specials) = if clip_style {
         let (bos, eos) = (id("<|startoftext|>"), id("<|endoftext|>"));
@@ -377,19 +351,21 @@ pub fn train_word_tokenizer(
     Ok((tok, specials))
 }
 
-/// A word-level tokenizer learnt from `captions` in BERT's layout, for a BLIP trained from
-/// scratch: `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]` first (ids 0 to 4), the words, then
-/// `[DEC]`; lower case, words and punctuation split; `[CLS] text [SEP]`.
-pub fn train_bert_word_tokenizer(captions: &[String], vocab_size: usize) -> Result<Tokenizer> {
+/// A lower-cased word-level tokenizer (words and punctuation split) learnt from `captions`,
+/// with `specials` first.
+fn word_level(
+    captions: &[String],
+    specials: &[&str],
+    unk: &str,
+    vocab_size: usize,
+) -> Result<Tokenizer> {
     use tokenizers::AddedToken;
     use tokenizers::models::TrainerWrapper;
     use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
     use tokenizers::normalizers::Lowercase;
     use tokenizers::pre_tokenizers::whitespace::Whitespace;
-    use tokenizers::processors::template::TemplateProcessing;
     let fail =
         |e: tokenizers::Error| Error::InvalidInput(format!("tokenizer training failed: {e}"));
-    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
     let mut trainer: TrainerWrapper = WordLevelTrainer::builder()
         .vocab_size(vocab_size)
         .show_progress(false)
@@ -403,13 +379,26 @@ pub fn train_bert_word_tokenizer(captions: &[String], vocab_size: usize) -> Resu
         .map_err(|e| Error::InvalidInput(e.to_string()))?
         .into();
     let model = WordLevel::builder()
-        .unk_token("[UNK]".into())
+        .unk_token(unk.into())
         .build()
         .map_err(fail)?;
     let mut tok = Tokenizer::new(model);
     tok.with_normalizer(Some(Lowercase)).map_err(fail)?;
     tok.with_pre_tokenizer(Some(Whitespace {}));
     tok.train(&mut trainer, captions.iter()).map_err(fail)?;
+    Ok(tok)
+}
+
+/// A word-level tokenizer learnt from `captions` in BERT's layout, for a BLIP trained from
+/// scratch: `[PAD]`, `[UNK]`, `[CLS]`, `[SEP]`, `[MASK]` first (ids 0 to 4), the words, then
+/// `[DEC]`; lower case, words and punctuation split; `[CLS] text [SEP]`.
+pub fn train_bert_word_tokenizer(captions: &[String], vocab_size: usize) -> Result<Tokenizer> {
+    use tokenizers::AddedToken;
+    use tokenizers::processors::template::TemplateProcessing;
+    let fail =
+        |e: tokenizers::Error| Error::InvalidInput(format!("tokenizer training failed: {e}"));
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let mut tok = word_level(captions, &specials, "[UNK]", vocab_size)?;
     tok.add_special_tokens(vec![AddedToken::from("[DEC]", true)])
         .map_err(fail)?;
     let id = |t: &str| tok.token_to_id(t).expect("special token in vocabulary");
