@@ -340,6 +340,7 @@ pub fn load_weights<M: Module>(
                 ScalarAdapter { to_scalar: vec![] },
             ))
             .allow_partial(true)
+            .skip_enum_variants(true)
             .validate(true);
         for (from, to) in renames {
             store = store.with_key_remapping(from, *to);

@@ -11,6 +11,9 @@
 //!   smoothing, ignored positions), image-text contrast with a temperature, and the plain
 //!   cross-entropy its matching head trains with.
 //!
+//! - [`discriminator_loss`], [`generator_loss`], [`gradient_penalty`], [`r1_penalty`]: the
+//!   GAN objectives (minimax, non-saturating, hinge, Wasserstein) and the Lipschitz penalties.
+//!
 //! The `_grouped` forms take a group id per pair ([`text_groups`]: equal captions share one)
 //! and count every pair of one group as positive, not the diagonal alone: with one caption
 //! template per class, an image's row no longer scores copies of its own caption as negatives.
@@ -473,6 +476,67 @@ pub fn itc_loss(image_feat: Tensor<2>, text_feat: Tensor<2>, temp: Tensor<1>) ->
     let sim = image_feat.matmul(text_feat.transpose()) / temp.reshape([1, 1]);
     let eye = soft_targets(&identity_groups(n), &sim.device());
     (soft_cross_entropy(sim.clone(), eye.clone()) + soft_cross_entropy(sim.transpose(), eye)) / 2.0
+}
+
+/// A GAN's objective: how the critic's raw outputs (no sigmoid) on real and generated samples
+/// become the two players' losses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GanObjective {
+    /// Goodfellow et al.'s minimax game: the discriminator's binary cross-entropy, and the
+    /// generator minimises `log(1 − σ(D(G(z))))`, which saturates early in training.
+    Minimax,
+    /// The same discriminator; the generator maximises `log σ(D(G(z)))` instead (the paper's
+    /// practical fix).
+    NonSaturating,
+    /// Hinge: `relu(1 − D(x)) + relu(1 + D(G(z)))` for the critic, `−D(G(z))` for the generator.
+    Hinge,
+    /// Wasserstein: the critic maximises `D(x) − D(G(z))` (the Kantorovich-Rubinstein dual of
+    /// W1 over 1-Lipschitz critics), the generator minimises `−D(G(z))`.
+    Wasserstein,
+}
+
+/// The critic's (discriminator's) loss from its outputs `[n, 1]` on real and generated samples.
+pub fn discriminator_loss(kind: GanObjective, real: Tensor<2>, fake: Tensor<2>) -> Tensor<1> {
+    use burn::tensor::activation::{relu, softplus};
+    match kind {
+        // −log σ(r) − log(1 − σ(f)) = softplus(−r) + softplus(f).
+        GanObjective::Minimax | GanObjective::NonSaturating => {
+            softplus(real.neg(), 1.0).mean() + softplus(fake, 1.0).mean()
+        }
+        GanObjective::Hinge => {
+            relu(real.neg().add_scalar(1.0)).mean() + relu(fake.add_scalar(1.0)).mean()
+        }
+        GanObjective::Wasserstein => fake.mean() - real.mean(),
+    }
+}
+
+/// The generator's loss from the critic's outputs `[n, 1]` on generated samples.
+pub fn generator_loss(kind: GanObjective, fake: Tensor<2>) -> Tensor<1> {
+    use burn::tensor::activation::softplus;
+    match kind {
+        // log(1 − σ(f)) = −softplus(f).
+        GanObjective::Minimax => softplus(fake, 1.0).mean().neg(),
+        // −log σ(f) = softplus(−f).
+        GanObjective::NonSaturating => softplus(fake.neg(), 1.0).mean(),
+        GanObjective::Hinge | GanObjective::Wasserstein => fake.mean().neg(),
+    }
+}
+
+/// Each row's L2 norm `[n]` (the per-sample input-gradient norm).
+fn row_norms(grad: Tensor<2>) -> Tensor<1> {
+    let n = grad.dims()[0];
+    grad.powi_scalar(2).sum_dim(1).reshape([n]).sqrt()
+}
+
+/// WGAN-GP's penalty without its λ: `mean((‖∇ₓD(x̂)‖₂ − 1)²)` over the rows of the input
+/// gradient `[n, features]` (see [`crate::models::gan::Critic::input_grad`]).
+pub fn gradient_penalty(grad: Tensor<2>) -> Tensor<1> {
+    row_norms(grad).sub_scalar(1.0).powi_scalar(2).mean()
+}
+
+/// R1 (Mescheder et al.) without its γ/2: `mean(‖∇ₓD(x)‖₂²)` on real samples.
+pub fn r1_penalty(grad: Tensor<2>) -> Tensor<1> {
+    grad.powi_scalar(2).sum_dim(1).mean()
 }
 
 #[cfg(test)]

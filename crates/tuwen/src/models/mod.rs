@@ -4,6 +4,7 @@
 pub mod blip;
 pub mod clip;
 pub mod efficientnet;
+pub mod gan;
 pub mod siglip;
 pub mod vit;
 pub mod vit_mae;
