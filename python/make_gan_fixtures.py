@@ -10,6 +10,8 @@ tensors under tuwen's names) and tests/fixtures/gan_gp_reference.safetensors:
 `.penalty` (mean((‖∇ₓD‖₂ − 1)²)), `.r1` (mean(‖∇ₓD‖₂²)), `.grad.<tensor>` (d penalty / d tensor)
 and `.loss_grad.<tensor>` for the whole WGAN-GP critic loss
 `mean D(fake) − mean D(real) + 10 · penalty` with `.real`, `.fake`, `.eps` (the interpolation).
+Also tests/fixtures/fid_reference.safetensors: two feature sets `a`, `b` and their Fréchet
+distance `fid` by scipy.linalg.sqrtm, as pytorch-fid computes it.
 """
 
 import json
@@ -164,5 +166,26 @@ def main():
     print("penalties", out["mlp.penalty"].item(), out["conv.penalty"].item())
 
 
+def fid_reference():
+    """Two feature sets with different means and covariances, and their Fréchet distance as
+    pytorch-fid computes it (scipy.linalg.sqrtm of the covariance product)."""
+    import numpy as np
+    from scipy import linalg
+
+    rng = np.random.default_rng(5)
+    a = (rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))).astype(np.float32)
+    b = (rng.standard_normal((150, 6)) @ rng.standard_normal((6, 6)) + 0.7).astype(np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    m1, m2 = a64.mean(0), b64.mean(0)
+    s1, s2 = np.cov(a64, rowvar=False), np.cov(b64, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    fid = ((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    save_file({"a": torch.from_numpy(a), "b": torch.from_numpy(b),
+               "fid": torch.tensor([fid], dtype=torch.float32)},
+              os.path.join(FIX, "fid_reference.safetensors"))
+    print("fid", fid)
+
+
 if __name__ == "__main__":
     main()
+    fid_reference()

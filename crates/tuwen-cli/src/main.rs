@@ -12,6 +12,7 @@ mod blip;
 mod classifier;
 mod classify;
 mod embed;
+mod gan;
 mod info;
 mod mae;
 mod quickstart;
@@ -57,6 +58,8 @@ enum Command {
     Match(blip::MatchArgs),
     /// CapFilt: synthetic captions for a noisy captioned set, and ITM filtering of all of them.
     Capfilt(blip::CapFiltArgs),
+    /// Samples of a trained GAN: a grid or plot (.png), or the raw values (.npy).
+    Sample(gan::SampleArgs),
     /// Parameter count and compute of a checkpoint or a standard architecture.
     Info(info::InfoArgs),
     /// Train a model: CLIP or SigLIP (image-text), MAE (masked-autoencoder pre-training).
@@ -147,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Water(args) => water(args),
+        Command::Sample(args) => gan::sample(args, &device()?),
         Command::Train(cmd) => train::run(cmd, &device()?),
         Command::Quickstart(args) => quickstart::run(args, &device()?),
         Command::Reconstruct(args) => reconstruct::run(args, &device()?),

@@ -65,6 +65,8 @@ pub enum TrainCommand {
     Classifier(Box<crate::classifier::ClassifierArgs>),
     /// BLIP pre-training: image-text contrast, matching on hard negatives, captioning.
     Blip(Box<crate::blip::TrainBlipArgs>),
+    /// A GAN (minimax, non-saturating, hinge, WGAN, WGAN-GP): MLPs for points, DCGAN for images.
+    Gan(Box<crate::gan::TrainGanArgs>),
 }
 
 pub fn run(cmd: TrainCommand, device: &Device) -> Result<()> {
@@ -80,6 +82,7 @@ pub fn run(cmd: TrainCommand, device: &Device) -> Result<()> {
         TrainCommand::Mae(a) => crate::mae::run(*a, device),
         TrainCommand::Classifier(a) => crate::classifier::run(*a, device),
         TrainCommand::Blip(a) => crate::blip::train_blip(*a, device),
+        TrainCommand::Gan(a) => crate::gan::train_gan(*a, device),
     }
 }
 

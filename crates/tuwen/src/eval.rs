@@ -395,6 +395,53 @@ pub fn confusion_png(labels: &[String], confusion: &[Vec<usize>], path: &Path) -
     hub::write_atomic(path, &bytes)
 }
 
+
+/// Mean and covariance (divided by n − 1, as numpy's `cov`) of `n` rows of `dims` values.
+fn gaussian_fit(x: &[f32], dims: usize) -> (nalgebra::DVector<f64>, nalgebra::DMatrix<f64>) {
+    let n = x.len() / dims;
+    let m = nalgebra::DMatrix::from_row_iterator(n, dims, x.iter().map(|&v| f64::from(v)));
+    let mean = m.row_mean().transpose();
+    let mut centred = m;
+    for mut row in centred.row_iter_mut() {
+        row -= mean.transpose();
+    }
+    let cov = centred.transpose() * &centred / (n.max(2) - 1) as f64;
+    (mean, cov)
+}
+
+/// The Fréchet distance between Gaussians fitted to two sets of feature rows (FID's formula,
+/// `‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½)`), on whatever features the caller gives (FID proper
+/// uses Inception-v3's; tuwen uses a classifier it trained, so values are comparable only
+/// between runs that use the same classifier). `Tr((Σ₁Σ₂)^½)` is computed as the trace of the
+/// square root of the symmetric `Σ₁^½ Σ₂ Σ₁^½`, whose eigenvalues are those of `Σ₁Σ₂`.
+pub fn frechet_distance(a: &[f32], b: &[f32], dims: usize) -> Result<f64> {
+    if dims == 0 || !a.len().is_multiple_of(dims) || !b.len().is_multiple_of(dims) {
+        return Err(Error::InvalidInput("feature rows of different widths".into()));
+    }
+    if a.len() / dims < 2 || b.len() / dims < 2 {
+        return Err(Error::InvalidInput(
+            "a Fréchet distance needs at least two samples a side".into(),
+        ));
+    }
+    if a.iter().chain(b).any(|v| !v.is_finite()) {
+        return Err(Error::InvalidInput("features hold NaN or infinity".into()));
+    }
+    let (m1, s1) = gaussian_fit(a, dims);
+    let (m2, s2) = gaussian_fit(b, dims);
+    let e1 = nalgebra::SymmetricEigen::new(s1.clone());
+    let root = &e1.eigenvectors
+        * nalgebra::DMatrix::from_diagonal(&e1.eigenvalues.map(|l| l.max(0.0).sqrt()))
+        * e1.eigenvectors.transpose();
+    let inner = &root * &s2 * &root;
+    let inner = (&inner + inner.transpose()) * 0.5;
+    let tr_sqrt: f64 = nalgebra::SymmetricEigen::new(inner)
+        .eigenvalues
+        .iter()
+        .map(|l| l.max(0.0).sqrt())
+        .sum();
+    Ok((m1 - m2).norm_squared() + s1.trace() + s2.trace() - 2.0 * tr_sqrt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

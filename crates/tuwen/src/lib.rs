@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod text;
 pub mod train;
 pub mod water;
+pub mod wdist;
 
 pub use burn;
 pub use error::{Error, Result};

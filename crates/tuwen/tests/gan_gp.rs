@@ -20,7 +20,7 @@ fn tensor2(r: &BTreeMap<String, Array>, key: &str, device: &Device) -> Tensor<2>
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }
 
 /// `ours` against `theirs` relative to the larger of theirs' largest magnitude and `floor`.
@@ -150,4 +150,23 @@ fn batch_norm_critic_refuses_an_input_gradient() {
     let x = Tensor::<2>::zeros([2, cfg.features()], &device);
     let err = gan.discriminator.input_grad(&cfg, x).unwrap_err();
     assert!(err.to_string().contains("batch norm"), "{err}");
+}
+
+/// The Fréchet distance of two feature sets against pytorch-fid's formula with
+/// scipy.linalg.sqrtm (python/make_gan_fixtures.py).
+#[test]
+fn frechet_distance_matches_scipy() {
+    let r = read_reference("fid_reference.safetensors");
+    let (a, sa) = f32s(&r, "a");
+    let (b, _) = f32s(&r, "b");
+    let want = f64::from(f32s(&r, "fid").0[0]);
+    let got = tuwen::eval::frechet_distance(&a, &b, sa[1]).unwrap();
+    assert!(
+        (got - want).abs() <= 1e-5 * want.abs(),
+        "Fréchet distance {got} vs scipy {want}"
+    );
+    // A set against itself: zero (up to rounding).
+    let same = tuwen::eval::frechet_distance(&a, &a, sa[1]).unwrap();
+    assert!(same.abs() < 1e-6 * want, "{same}");
+    assert!(tuwen::eval::frechet_distance(&a, &b[..5], sa[1]).is_err());
 }

@@ -567,10 +567,14 @@ impl ViTForImageClassification {
 
     /// `[b, c, h, w]` pixel values to `[b, num_labels]` logits.
     pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
+        self.classifier.forward(self.features(pixel_values))
+    }
+
+    /// What the classifier head sees: the final class token `[b, hidden]`.
+    pub fn features(&self, pixel_values: Tensor<4>) -> Tensor<2> {
         let x = self.vit.forward(pixel_values).last_hidden_state;
         let [b, _, d] = x.dims();
-        self.classifier
-            .forward(x.slice(s![.., 0..1, ..]).reshape([b, d]))
+        x.slice(s![.., 0..1, ..]).reshape([b, d])
     }
 }
 

@@ -2,6 +2,7 @@
 //! programs and for the CLI.
 
 pub mod blip;
+pub mod gan;
 pub mod image_text;
 pub mod mae;
 
@@ -128,6 +129,20 @@ impl ImageClassification {
             Classifier::Vit(m) => m.forward(pixel_values),
             Classifier::EfficientNet(m) => m.forward(pixel_values),
         }
+    }
+
+    /// What the classification head sees `[n, features]`: ViT's final class token,
+    /// EfficientNet's pooled features (the features of a Fréchet distance).
+    pub fn features(&self, pixel_values: Tensor<4>) -> Tensor<2> {
+        match &self.model {
+            Classifier::Vit(m) => m.features(pixel_values),
+            Classifier::EfficientNet(m) => m.efficientnet.forward(pixel_values).1,
+        }
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// [`logits`](Self::logits) that skips unreadable images: the indices of the images kept

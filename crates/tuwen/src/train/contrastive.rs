@@ -127,6 +127,7 @@ impl TrainConfig {
             val_every: self.val_every,
             metrics: self.metrics.clone(),
             stop: self.stop.clone(),
+            constant_lr: false,
         }
     }
 }

@@ -22,6 +22,16 @@ pub enum TrainData<'a> {
     Samples(&'a [Sample]),
     /// WebDataset shards, streamed through a shuffle buffer.
     Shards(ShardStream),
+    /// Rows of numbers (e.g. points in the plane), `dims` per row, reshuffled each epoch.
+    Rows {
+        /// Row-major values.
+        data: &'a [f32],
+        /// Values per row.
+        dims: usize,
+    },
+    /// Nothing stored: each step draws its own samples (e.g. from a known distribution) with
+    /// the step's seeds; a batch only says how many.
+    Drawn,
 }
 
 impl<'a> From<&'a [Sample]> for TrainData<'a> {
@@ -84,7 +94,7 @@ impl TrainData<'_> {
     pub fn position(&self) -> serde_json::Value {
         match self {
             TrainData::Shards(s) => s.position(),
-            TrainData::Samples(_) => serde_json::Value::Null,
+            _ => serde_json::Value::Null,
         }
     }
 
@@ -92,7 +102,7 @@ impl TrainData<'_> {
     pub fn seek(&mut self, position: &serde_json::Value) -> Result<()> {
         match self {
             TrainData::Shards(s) => s.seek(position),
-            TrainData::Samples(_) => Ok(()),
+            _ => Ok(()),
         }
     }
 
@@ -100,13 +110,24 @@ impl TrainData<'_> {
     pub fn stream_skipped(&self) -> usize {
         match self {
             TrainData::Shards(s) => s.skipped,
-            TrainData::Samples(_) => 0,
+            _ => 0,
         }
     }
 }
 
-/// The images (preprocessed, augmented with draws from the step's seed) and captions of step
-/// `step`; `None` for an image that could not be read.
+/// The rows of batch number `draw` from row-major `data` (`dims` values a row), in the same
+/// seeded epoch order as images.
+pub fn row_batch(data: &[f32], dims: usize, draw: usize, batch: usize, seed: u64) -> Vec<Vec<f32>> {
+    let n = data.len() / dims.max(1);
+    batch_indices(n, batch, draw, seed)
+        .into_iter()
+        .map(|i| data[i * dims..(i + 1) * dims].to_vec())
+        .collect()
+}
+
+/// The images (preprocessed, augmented with draws from the step's seed) and captions of batch
+/// number `step` (the step's index when a step takes one batch); `None` for an image that
+/// could not be read. Rows and drawn data hold no images: an empty list.
 pub fn next_batch(
     data: &mut TrainData,
     step: usize,
@@ -127,6 +148,7 @@ pub fn next_batch(
                     .map(|s| (Encoded::Bytes(s.image), s.caption))
             })
             .collect::<Result<_>>()?,
+        TrainData::Rows { .. } | TrainData::Drawn => Vec::new(),
     };
     Ok(encoded
         .into_par_iter()

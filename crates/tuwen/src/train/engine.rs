@@ -55,6 +55,8 @@ pub struct RunConfig {
     pub metrics: Option<PathBuf>,
     /// Set (e.g. by a Ctrl-C handler) to save a checkpoint and stop after the current step.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Keep every optimiser at its peak learning rate (no warmup, no decay), as GANs train.
+    pub constant_lr: bool,
 }
 
 /// A named optimiser of a run and its peak learning rate.
@@ -85,17 +87,21 @@ pub struct Batch {
     pub images: Vec<Pixels>,
     /// The text of each image.
     pub texts: Vec<String>,
+    /// Rows of numbers ([`TrainData::Rows`]).
+    pub rows: Vec<Vec<f32>>,
+    /// Samples the step draws itself ([`TrainData::Drawn`]).
+    pub drawn: usize,
 }
 
 impl Batch {
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.images.len()
+        self.images.len() + self.rows.len() + self.drawn
     }
 
     /// Whether it holds no sample.
     pub fn is_empty(&self) -> bool {
-        self.images.is_empty()
+        self.len() == 0
     }
 }
 
@@ -139,6 +145,12 @@ pub trait TrainStep {
     }
     /// The smallest batch a step can use: smaller ones are skipped.
     fn min_batch(&self) -> usize {
+        1
+    }
+    /// How many batches step `step` takes (e.g. a critic's several updates per generator
+    /// update): the engine hands them over as one batch of `k · batch_size` samples, read in
+    /// order, and the order of the data follows the batches drawn, not the steps.
+    fn batches(&self, _step: usize) -> usize {
         1
     }
     /// A lower bound on the bytes a step on `batch` samples needs: parameters, gradients and
@@ -352,10 +364,18 @@ pub fn run<'a, S: TrainStep>(
             cfg.batch_size
         )));
     }
-    if let TrainData::Samples(samples) = &data
-        && samples.is_empty()
-    {
+    let empty = match &data {
+        TrainData::Samples(samples) => samples.is_empty(),
+        TrainData::Rows { data, dims } => *dims == 0 || data.len() < *dims,
+        _ => false,
+    };
+    if empty {
         return Err(Error::InvalidInput("no training samples".into()));
+    }
+    if cfg.accumulate > 1 && (0..cfg.steps.min(1000)).any(|s| family.batches(s) > 1) {
+        return Err(Error::InvalidInput(
+            "micro-batches are not supported by a run whose steps take several batches".into(),
+        ));
     }
     let micro = cfg.batch_size.div_ceil(accumulate);
     crate::memory::check(
@@ -384,8 +404,10 @@ pub fn run<'a, S: TrainStep>(
     let mut metrics: Option<std::fs::File> = None;
     // A stream resumes where the run stood: at its saved position, or (a checkpoint without
     // one) by reading past what it already used.
+    // Batches drawn before this run's first step: the data order follows them.
+    let mut draws: usize = (0..state.step).map(|s| family.batches(s)).sum();
     if state.data.is_null() {
-        data.skip(state.step * cfg.batch_size)?;
+        data.skip(draws * cfg.batch_size)?;
     } else {
         data.seek(&state.data)?;
     }
@@ -396,17 +418,37 @@ pub fn run<'a, S: TrainStep>(
     while state.step < cfg.steps {
         let step = state.step;
         let t0 = Instant::now();
-        let loaded = next_batch(
-            &mut data,
-            step,
-            cfg.batch_size,
-            cfg.seed,
-            &cfg.augment,
-            family.processor(),
-        )?;
-        state.skipped += loaded.iter().filter(|l| l.is_none()).count();
-        let (images, texts): (Vec<Pixels>, Vec<String>) = loaded.into_iter().flatten().unzip();
-        let n = images.len();
+        let mut batch = Batch {
+            images: Vec::new(),
+            texts: Vec::new(),
+            rows: Vec::new(),
+            drawn: 0,
+        };
+        for _ in 0..family.batches(step).max(1) {
+            match &data {
+                TrainData::Rows { data: rows, dims } => batch.rows.extend(
+                    super::data::row_batch(rows, *dims, draws, cfg.batch_size, cfg.seed),
+                ),
+                TrainData::Drawn => batch.drawn += cfg.batch_size,
+                _ => {
+                    let loaded = next_batch(
+                        &mut data,
+                        draws,
+                        cfg.batch_size,
+                        cfg.seed,
+                        &cfg.augment,
+                        family.processor(),
+                    )?;
+                    state.skipped += loaded.iter().filter(|l| l.is_none()).count();
+                    for (image, text) in loaded.into_iter().flatten() {
+                        batch.images.push(image);
+                        batch.texts.push(text);
+                    }
+                }
+            }
+            draws += 1;
+        }
+        let n = batch.len();
         let mut go_on = true;
         if n < family.min_batch().max(accumulate) {
             // Too few readable samples for a step: it is skipped and counted.
@@ -417,7 +459,7 @@ pub fn run<'a, S: TrainStep>(
                 family,
                 models,
                 &mut optims,
-                (images, texts),
+                batch,
                 step,
                 cfg,
                 &device,
@@ -499,14 +541,18 @@ fn one_step<S: TrainStep>(
     family: &mut S,
     mut models: S::Models,
     optims: &mut [Optim],
-    (mut images, mut texts): (Vec<Pixels>, Vec<String>),
+    mut all: Batch,
     step: usize,
     cfg: &RunConfig,
     device: &Device,
 ) -> Result<(S::Models, StepReport)> {
-    let n = images.len();
+    let n = all.len();
     let accumulate = cfg.accumulate.max(1);
-    let factor = super::warmup_cosine(step, 1.0, cfg.warmup, cfg.steps);
+    let factor = if cfg.constant_lr {
+        1.0
+    } else {
+        super::warmup_cosine(step, 1.0, cfg.warmup, cfg.steps)
+    };
     let mut ctx = StepContext {
         step,
         micro: 0,
@@ -531,9 +577,27 @@ fn one_step<S: TrainStep>(
         });
         for j in 0..accumulate {
             let take = n / accumulate + usize::from(j < n % accumulate);
-            let batch = Batch {
-                images: images.drain(..take).collect(),
-                texts: texts.drain(..take).collect(),
+            let batch = if accumulate == 1 {
+                std::mem::replace(
+                    &mut all,
+                    Batch {
+                        images: Vec::new(),
+                        texts: Vec::new(),
+                        rows: Vec::new(),
+                        drawn: 0,
+                    },
+                )
+            } else {
+                let rows = all.rows.len().min(take);
+                let drawn = all.drawn.min(take);
+                all.drawn -= drawn;
+                let images = all.images.len().min(take);
+                Batch {
+                    images: all.images.drain(..images).collect(),
+                    texts: all.texts.drain(..images.min(all.texts.len())).collect(),
+                    rows: all.rows.drain(..rows).collect(),
+                    drawn,
+                }
             };
             ctx.micro = j;
             ctx.weight = take as f32 / n as f32;

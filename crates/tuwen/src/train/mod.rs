@@ -7,6 +7,7 @@ pub mod classifier;
 pub mod contrastive;
 pub mod data;
 pub mod engine;
+pub mod gan;
 pub mod grads;
 pub mod mae;
 pub mod optim;

@@ -179,6 +179,62 @@ pub fn bar_chart_png(
     write_atomic(path, &png)
 }
 
+/// Several curves `(label, points (step, value), colour)` on shared axes, with a legend and a
+/// title, written to `path` atomically (e.g. the critic's W estimate against the exact W1).
+pub fn series_png(title: &str, series: &[(&str, &[(usize, f32)], [u8; 3])], path: &Path) -> Result<()> {
+    let finite: Vec<(usize, f32)> = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|p| p.1.is_finite())
+        .collect();
+    if finite.len() < 2 {
+        return Err(Error::InvalidInput("need at least two finite points to plot".into()));
+    }
+    let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
+    let (lo, hi) = finite
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let lo = lo.min(0.0);
+    let span = (hi - lo).max(1e-6);
+    let last = finite.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f32;
+    let (pw, ph) = ((W - LEFT - MARGIN) as f32, (H - 3 * MARGIN) as f32);
+    let top = 2 * MARGIN;
+    let at = |step: usize, v: f32| {
+        (
+            LEFT as f32 + step as f32 / last * pw,
+            top as f32 + (hi - v) / span * ph,
+        )
+    };
+    let axis = [90, 90, 90];
+    line(&mut img, at(0, lo), at(last as usize, lo), axis);
+    line(&mut img, at(0, lo), at(0, hi), axis);
+    let ink = [40, 40, 40];
+    crate::draw::text(&mut img, LEFT as i64, 6, title, 1, ink);
+    for (k, (label, points, color)) in series.iter().enumerate() {
+        let pts: Vec<(usize, f32)> = points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        for w in pts.windows(2) {
+            let (a, b) = (at(w[0].0, w[0].1), at(w[1].0, w[1].1));
+            line(&mut img, a, b, *color);
+            line(&mut img, (a.0, a.1 + 1.0), (b.0, b.1 + 1.0), *color);
+        }
+        let y = 22 + 12 * k as i64;
+        for d in 0..16 {
+            img.put_pixel(LEFT + d, y as u32 + 3, Rgb(*color));
+        }
+        crate::draw::text(&mut img, LEFT as i64 + 22, y, label, 1, *color);
+    }
+    let (t, b) = (at(0, hi), at(0, lo));
+    crate::draw::text(&mut img, 4, t.1 as i64 - 4, &format!("{hi:.3}"), 1, ink);
+    crate::draw::text(&mut img, 4, b.1 as i64 - 4, &format!("{lo:.3}"), 1, ink);
+    let end = format!("step {}", last as usize);
+    let end_x = (W - MARGIN) as i64 - crate::draw::text_width(&end, 1) as i64;
+    crate::draw::text(&mut img, end_x, b.1 as i64 + 6, &end, 1, ink);
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::InvalidInput(format!("cannot encode PNG: {e}")))?;
+    write_atomic(path, &png)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

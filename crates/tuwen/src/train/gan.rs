@@ -1,0 +1,468 @@
+//! Adversarial training on the shared engine: a critic (discriminator) and a generator, two
+//! optimisers, alternating updates.
+//!
+//! Each engine step is one generator update preceded by `n_critic` critic updates, each on a
+//! fresh real batch (the engine hands the step `n_critic` batches). The objectives:
+//!
+//! - `minimax`, `nonsaturating`, `hinge`: Adam 2e-4, β = (0.5, 0.999) (DCGAN's), one critic
+//!   update per generator update.
+//! - `wgan` exactly as Arjovsky et al.: no sigmoid, every critic parameter clipped to
+//!   [−0.01, 0.01] after each update, RMSProp 5e-5, n_critic = 5, and 100 critic updates for
+//!   the first 25 generator updates and every 500th.
+//! - `wgan-gp` as Gulrajani et al.: the penalty λ·E[(‖∇D(x̂)‖₂ − 1)²] on random interpolates
+//!   x̂ = εx + (1 − ε)G(z), ε ~ U[0, 1] per sample, Adam 1e-4, β = (0.5, 0.9), n_critic = 5.
+//!
+//! Spectral normalisation (a config option of the critic) and R1 on real samples are options
+//! for every objective. The critic's estimate of W1, mean D(x) − mean D(G(z)), is logged every
+//! step (`w_estimate`); validation compares it with the exact (or sliced) W1 between held-out
+//! real and generated samples: the Kantorovich-Rubinstein duality, seen in training.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, RmsPropConfig};
+use burn::prelude::*;
+use serde_json::{Value, json};
+
+use super::engine::{self, Batch, Optim, RunConfig, RunReport, StepContext, StepOutput, TrainStep};
+use crate::data::arrays::Points;
+use crate::data::processor::ImageProcessor;
+use crate::data::shapes::SplitMix64;
+use crate::data::toy::Toy;
+use crate::loss::{self, GanObjective};
+use crate::models::gan::{Critic, Gan, GanConfig, Generator, noise};
+use crate::{Error, Result};
+
+/// The objectives `--loss` names.
+pub const LOSSES: &[&str] = &["minimax", "nonsaturating", "hinge", "wgan", "wgan-gp"];
+
+/// Settings of a GAN run.
+#[derive(Clone, Debug)]
+pub struct GanTrainConfig {
+    /// Steps (generator updates), batch size, seed, checkpoints: the engine's settings.
+    pub run: RunConfig,
+    /// `--loss`: one of [`LOSSES`].
+    pub loss: String,
+    /// Critic updates per generator update.
+    pub n_critic: usize,
+    /// WGAN's schedule: 100 critic updates for the first 25 generator updates and every
+    /// 500th.
+    pub wgan_schedule: bool,
+    /// Learning rate of both optimisers.
+    pub lr: f64,
+    /// Adam's β₁, β₂ (ignored by RMSProp).
+    pub betas: (f32, f32),
+    /// RMSProp instead of Adam.
+    pub rmsprop: bool,
+    /// Clip every critic parameter to [−c, c] after each update (0: no clipping).
+    pub clip: f64,
+    /// Weight λ of the gradient penalty (0: none).
+    pub gp_lambda: f64,
+    /// Weight γ of R1 (the penalty is γ/2 · E‖∇D(x)‖²; 0: none).
+    pub r1_gamma: f64,
+    /// Samples of each validation (exact W1 up to 1024 per side, sliced beyond).
+    pub val_samples: usize,
+}
+
+impl GanTrainConfig {
+    /// The paper's settings of `loss` (see the module's documentation) on top of `run`;
+    /// `toy` data takes WGAN-GP's toy λ = 0.1 instead of the images' 10.
+    pub fn for_loss(loss: &str, run: RunConfig, toy: bool) -> Result<Self> {
+        let base = GanTrainConfig {
+            run: RunConfig {
+                constant_lr: true,
+                ..run
+            },
+            loss: loss.to_string(),
+            n_critic: 1,
+            wgan_schedule: false,
+            lr: 2e-4,
+            betas: (0.5, 0.999),
+            rmsprop: false,
+            clip: 0.0,
+            gp_lambda: 0.0,
+            r1_gamma: 0.0,
+            val_samples: 512,
+        };
+        Ok(match loss {
+            "minimax" | "nonsaturating" | "hinge" => base,
+            "wgan" => GanTrainConfig {
+                n_critic: 5,
+                wgan_schedule: true,
+                lr: 5e-5,
+                rmsprop: true,
+                clip: 0.01,
+                ..base
+            },
+            "wgan-gp" => GanTrainConfig {
+                n_critic: 5,
+                lr: 1e-4,
+                betas: (0.5, 0.9),
+                gp_lambda: if toy { 0.1 } else { 10.0 },
+                ..base
+            },
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown --loss {loss:?}; choose one of {}",
+                    LOSSES.join(", ")
+                )));
+            }
+        })
+    }
+
+    /// The objective of the losses.
+    pub fn objective(&self) -> GanObjective {
+        match self.loss.as_str() {
+            "minimax" => GanObjective::Minimax,
+            "nonsaturating" => GanObjective::NonSaturating,
+            "hinge" => GanObjective::Hinge,
+            _ => GanObjective::Wasserstein,
+        }
+    }
+
+    /// Critic updates before generator update `step`.
+    pub fn critic_updates(&self, step: usize) -> usize {
+        if self.wgan_schedule && (step < 25 || step.is_multiple_of(500)) {
+            100
+        } else {
+            self.n_critic.max(1)
+        }
+    }
+}
+
+/// Where real samples come from.
+pub enum RealData<'a> {
+    /// Images (the engine reads and preprocesses them to [-1, 1]).
+    Images,
+    /// Rows of numbers.
+    Rows(&'a [f32]),
+    /// A toy distribution, drawn afresh each step.
+    Toy(Toy),
+}
+
+struct GanFamily<'a> {
+    cfg: &'a GanTrainConfig,
+    model: &'a GanConfig,
+    processor: &'a ImageProcessor,
+    /// Held-out real samples for validation `[val_samples, features]`.
+    val_real: Vec<f32>,
+    toy: Option<Toy>,
+}
+
+fn tensor(values: Vec<f32>, features: usize, device: &Device) -> Tensor<2> {
+    let n = values.len() / features;
+    Tensor::<1>::from_floats(values.as_slice(), device).reshape([n, features])
+}
+
+/// A real batch as flat rows: images to the model's channels (grey images are the mean of
+/// the three), rows as they are, toy samples drawn with `seed`.
+fn real_rows(
+    batch: &mut Batch,
+    take: usize,
+    model: &GanConfig,
+    toy: Option<Toy>,
+    seed: u64,
+) -> Result<Vec<f32>> {
+    let features = model.features();
+    if let Some(toy) = toy {
+        batch.drawn -= take.min(batch.drawn);
+        return Ok(toy.draw(take, &mut SplitMix64::new(seed)));
+    }
+    if !batch.rows.is_empty() {
+        let k = take.min(batch.rows.len());
+        return Ok(batch.rows.drain(..k).flatten().collect());
+    }
+    let k = take.min(batch.images.len());
+    let mut out = Vec::with_capacity(k * features);
+    for (pixels, [c, h, w]) in batch.images.drain(..k) {
+        let [mc, mh, mw] = model.image_shape().expect("images need an image model");
+        if (h, w) != (mh, mw) {
+            return Err(Error::InvalidInput(format!(
+                "an image came out {h}x{w}, the model makes {mh}x{mw}"
+            )));
+        }
+        match (c, mc) {
+            (a, b) if a == b => out.extend_from_slice(&pixels),
+            (3, 1) => {
+                let plane = h * w;
+                out.extend((0..plane).map(|i| {
+                    (pixels[i] + pixels[plane + i] + pixels[2 * plane + i]) / 3.0
+                }));
+            }
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "images have {c} channels, the model {mc}"
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl TrainStep for GanFamily<'_> {
+    type Models = Gan;
+
+    fn settings(&self) -> Value {
+        let c = self.cfg;
+        json!({"batch_size": c.run.batch_size, "loss": c.loss, "n_critic": c.n_critic,
+            "wgan_schedule": c.wgan_schedule, "lr": c.lr, "betas": [c.betas.0, c.betas.1],
+            "rmsprop": c.rmsprop, "clip": c.clip, "gp_lambda": c.gp_lambda,
+            "r1_gamma": c.r1_gamma})
+    }
+
+    fn optimizers(&self, _gan: &Gan) -> Vec<Optim> {
+        let c = self.cfg;
+        let make = || {
+            if c.rmsprop {
+                // PyTorch's RMSprop defaults, as the WGAN code uses them: no momentum.
+                RmsPropConfig::new()
+                    .with_alpha(0.99)
+                    .with_momentum(0.0)
+                    .with_epsilon(1e-8)
+                    .init()
+            } else {
+                AdamConfig::new()
+                    .with_beta_1(c.betas.0)
+                    .with_beta_2(c.betas.1)
+                    .with_epsilon(1e-8)
+                    .init()
+            }
+        };
+        vec![
+            Optim::new("generator", make(), c.lr),
+            Optim::new("critic", make(), c.lr),
+        ]
+    }
+
+    fn device(&self, gan: &Gan) -> Device {
+        match &gan.generator {
+            Generator::Mlp(g) => g.head.weight.device(),
+            Generator::Dcgan(g) => g.project.weight.device(),
+        }
+    }
+
+    fn processor(&self) -> &ImageProcessor {
+        self.processor
+    }
+
+    fn device_draws(&self, _gan: &Gan) -> bool {
+        // Noise, interpolation weights and toy data are drawn on the CPU from the step's
+        // seeds.
+        false
+    }
+
+    fn batches(&self, step: usize) -> usize {
+        self.cfg.critic_updates(step)
+    }
+
+    fn step_bytes(&self, gan: &Gan, batch: usize) -> u128 {
+        // Parameters, gradients and two moments; the activations of a few passes of the
+        // critic and the generator on the batch (a rough lower bound).
+        let features = self.model.features() as u128;
+        engine::params_bytes(gan.num_params()) + 4 * 8 * features * batch as u128
+    }
+
+    fn step(&mut self, gan: Gan, mut batch: Batch, ctx: &mut StepContext) -> Result<(Gan, StepOutput)> {
+        let c = self.cfg;
+        let model = self.model;
+        let objective = c.objective();
+        let features = model.features();
+        let latent = model.latent_dim();
+        let updates = c.critic_updates(ctx.step);
+        let per = (batch.len() / updates).max(1);
+        let Gan {
+            mut generator,
+            discriminator: mut critic,
+        } = gan;
+        let device = ctx.device.clone();
+        let mut figures = serde_json::Map::new();
+        let (mut d_loss, mut w_estimate, mut penalty) = (0.0f32, 0.0f32, 0.0f32);
+        for j in 0..updates {
+            let real = real_rows(&mut batch, per, model, self.toy, ctx.seed(3 * j + 2))?;
+            let n = real.len() / features;
+            if n == 0 {
+                break;
+            }
+            let real = tensor(real, features, &device);
+            let z = noise(n, latent, ctx.seed(3 * j), &device);
+            let fake = generator.forward(z).detach();
+            let d_real = critic.forward(model, real.clone());
+            let d_fake = critic.forward(model, fake.clone());
+            let w = (d_real.clone().mean() - d_fake.clone().mean()).into_scalar::<f32>();
+            let mut loss = loss::discriminator_loss(objective, d_real, d_fake);
+            if c.gp_lambda > 0.0 {
+                let mut rng = SplitMix64::new(ctx.seed(3 * j + 1));
+                let eps: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+                let eps = Tensor::<1>::from_floats(eps.as_slice(), &device).reshape([n, 1]);
+                let mixed = real.clone() * eps.clone() + fake * (eps.ones_like() - eps);
+                let (_, grad) = critic.input_grad(model, mixed)?;
+                let gp = loss::gradient_penalty(grad);
+                penalty = gp.clone().into_scalar::<f32>();
+                loss = loss + gp * c.gp_lambda;
+            }
+            if c.r1_gamma > 0.0 {
+                let (_, grad) = critic.input_grad(model, real)?;
+                let r1 = loss::r1_penalty(grad);
+                penalty = r1.clone().into_scalar::<f32>();
+                loss = loss + r1 * (c.r1_gamma / 2.0);
+            }
+            d_loss = loss.clone().into_scalar::<f32>();
+            w_estimate = w;
+            let grads = GradientsParams::from_grads(loss.backward(), &critic);
+            critic = ctx.update("critic", critic, grads)?;
+            if c.clip > 0.0 {
+                critic = critic.clip_weights(c.clip);
+            }
+        }
+        // The generator's update, through a critic that takes no gradient.
+        let z = noise(per, latent, ctx.seed(999), &device);
+        let frozen: Critic = critic.clone().no_grad();
+        let g_loss = loss::generator_loss(objective, frozen.forward(model, generator.forward(z)));
+        let g = g_loss.clone().into_scalar::<f32>();
+        let grads = GradientsParams::from_grads(g_loss.backward(), &generator);
+        generator = ctx.update("generator", generator, grads)?;
+        figures.insert("d_loss".into(), json!(d_loss));
+        figures.insert("g_loss".into(), json!(g));
+        figures.insert("w_estimate".into(), json!(w_estimate));
+        figures.insert("critic_updates".into(), json!(updates));
+        if c.gp_lambda > 0.0 || c.r1_gamma > 0.0 {
+            figures.insert("penalty".into(), json!(penalty));
+        }
+        let gan = Gan {
+            generator,
+            discriminator: critic,
+        };
+        Ok((
+            gan,
+            StepOutput {
+                loss: d_loss,
+                metrics: figures,
+            },
+        ))
+    }
+
+    fn validate(&mut self, gan: &Gan) -> Result<Option<Value>> {
+        if self.val_real.is_empty() {
+            return Ok(None);
+        }
+        let features = self.model.features();
+        let n = self.val_real.len() / features;
+        let inner = gan.valid();
+        let device = match &inner.generator {
+            Generator::Mlp(g) => g.head.weight.device(),
+            Generator::Dcgan(g) => g.project.weight.device(),
+        };
+        let fake = inner.sample(self.model, n, 0x5eed_0f_7a1);
+        let real = tensor(self.val_real.clone(), features, &device);
+        let critic_w = (inner.discriminator.forward(self.model, real).mean()
+            - inner.discriminator.forward(self.model, fake.clone()).mean())
+        .into_scalar::<f32>();
+        let fake: Vec<f32> = fake.into_data().convert::<f32>().try_into_vec().map_err(|e| {
+            Error::InvalidInput(format!("cannot read the samples: {e:?}"))
+        })?;
+        let points = |v: &[f32]| Points {
+            data: v.iter().map(|&x| f64::from(x)).collect(),
+            rows: n,
+            dims: features,
+        };
+        let sliced = (features > 1 && (n > 1024 || features > 64)).then_some(256);
+        let report = crate::wdist::distance(&points(&self.val_real), &points(&fake), sliced, 7)?;
+        let mut v = json!({"critic_w": critic_w, "w1": report.w1, "w1_method": report.method});
+        if let Some((modes, sigma)) = self.toy.and_then(Toy::modes) {
+            let cov = crate::data::toy::mode_coverage(&fake, &modes, sigma);
+            v["modes_covered"] = json!(cov.modes_covered);
+            v["high_quality"] = json!(cov.high_quality);
+        }
+        Ok(Some(v))
+    }
+
+    fn save(&self, gan: &Gan, dir: &Path) -> Result<()> {
+        gan.save(self.model, dir)
+    }
+}
+
+/// The preprocessing of a DCGAN's training images: resized to its size (bilinear), scaled to
+/// [-1, 1].
+pub fn image_processor(image_size: usize) -> ImageProcessor {
+    let json = json!({"image_processor_type": "ViTImageProcessor", "do_resize": true,
+        "size": {"height": image_size, "width": image_size}, "resample": 2,
+        "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]});
+    ImageProcessor::from_json(&json.to_string()).expect("a valid processor")
+}
+
+/// Trains `gan` (on an autodiff device) on `data` (images go in `images`, see
+/// [`crate::train::data::TrainData`]); `on_step` hears every step with the networks and may
+/// stop the run. `val_real` are held-out real samples (row-major) for the validation of
+/// `cfg.run.val_every`.
+pub fn train<'a>(
+    gan: Gan,
+    model: &GanConfig,
+    data: RealData<'a>,
+    images: Option<super::data::TrainData<'a>>,
+    val_real: Vec<f32>,
+    cfg: &GanTrainConfig,
+    on_step: impl FnMut(&engine::StepReport, &Gan) -> bool,
+) -> Result<(Gan, RunReport)> {
+    use super::data::TrainData;
+    let c = cfg;
+    if !(c.lr.is_finite() && c.lr > 0.0) {
+        return Err(Error::InvalidInput(format!("--lr {} must be positive", c.lr)));
+    }
+    for (name, v) in [("--clip", c.clip), ("--gp-lambda", c.gp_lambda), ("--r1-gamma", c.r1_gamma)] {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(Error::InvalidInput(format!("{name} {v} must be non-negative")));
+        }
+    }
+    if c.n_critic == 0 || c.n_critic > 1000 {
+        return Err(Error::InvalidInput("--n-critic must be between 1 and 1000".into()));
+    }
+    if (c.gp_lambda > 0.0 || c.r1_gamma > 0.0) && model.critic_norm() == crate::models::gan::CriticNorm::Batch {
+        return Err(Error::InvalidInput(
+            "a gradient penalty needs a critic without batch norm (--critic-norm layer or none)"
+                .into(),
+        ));
+    }
+    let processor = image_processor(model.image_shape().map_or(16, |s| s[1]));
+    let (train_data, toy) = match data {
+        RealData::Images => (
+            images.ok_or_else(|| Error::InvalidInput("no images".into()))?,
+            None,
+        ),
+        RealData::Rows(rows) => {
+            if !rows.len().is_multiple_of(model.features()) {
+                return Err(Error::InvalidInput(format!(
+                    "the data's rows do not have {} values",
+                    model.features()
+                )));
+            }
+            (
+                TrainData::Rows {
+                    data: rows,
+                    dims: model.features(),
+                },
+                None,
+            )
+        }
+        RealData::Toy(t) => {
+            if t.dims() != model.features() {
+                return Err(Error::InvalidInput(format!(
+                    "toy:{} has {} dimensions, the model {}",
+                    t.name(),
+                    t.dims(),
+                    model.features()
+                )));
+            }
+            (TrainData::Drawn, Some(t))
+        }
+    };
+    let mut family = GanFamily {
+        cfg,
+        model,
+        processor: &processor,
+        val_real,
+        toy,
+    };
+    let gan = super::stable_param_ids(gan);
+    engine::run(&mut family, gan, train_data, &cfg.run, on_step)
+}
