@@ -186,22 +186,8 @@ fn held_out(source: &Source, cfg: &GanConfig) -> Result<Vec<f32>> {
         Source::Toy(t) => t.draw(512, &mut SplitMix64::new(0xda7a)),
         Source::Rows(rows, dims) => rows[..rows.len().min(512 * dims)].to_vec(),
         Source::Images(samples) => {
-            let processor = tuwen::train::gan::image_processor(cfg.image_shape().unwrap()[1]);
-            let [c, h, w] = cfg.image_shape().unwrap();
-            let mut out = Vec::new();
-            for s in samples.iter().take(256) {
-                let Ok(img) = tuwen::data::open_rgb(&s.image) else {
-                    continue;
-                };
-                let (px, _) = processor.preprocess(&img);
-                if c == 1 {
-                    let plane = h * w;
-                    out.extend((0..plane).map(|i| (px[i] + px[plane + i] + px[2 * plane + i]) / 3.0));
-                } else {
-                    out.extend(px);
-                }
-            }
-            out
+            let paths: Vec<PathBuf> = samples.iter().take(256).map(|s| s.image.clone()).collect();
+            tuwen::pipeline::gan::image_rows(&paths, cfg)?.0
         }
     })
 }
@@ -302,7 +288,7 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
     if let Some(e) = failed {
         return Err(e);
     }
-    gan.save(&model, &a.out)?;
+    tuwen::burn::module::Module::valid(&gan).save(&model, &a.out)?;
     let title = format!("{} after {} steps", a.loss, report.losses.len());
     picture(&gan, "final.png", &title)?;
     let plot = tuwen::train::plot::series_png;
@@ -428,5 +414,75 @@ pub fn sample(a: SampleArgs, device: &Device) -> Result<()> {
         samples_png(&sampler.config, &[], &s, &title, &a.out)?;
     }
     eprintln!("wrote {} samples to {}", a.n, a.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalGanArgs {
+    /// A DCGAN folder (`tuwen train gan` on images).
+    #[arg(long)]
+    model: String,
+    /// An image classifier trained on the same kind of images (`tuwen train classifier`):
+    /// its features are the space of the Fréchet distance.
+    #[arg(long)]
+    classifier: String,
+    /// Real images: a folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// Generated samples to score.
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Seed of the samples and of the untrained generator.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the scores as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A Fréchet distance on a tuwen-trained classifier's features (FID's formula, not FID's
+/// Inception network) for the trained generator, an untrained one of the same architecture,
+/// and two halves of the real images (the floor that the sample size leaves).
+pub fn eval_gan(a: EvalGanArgs, device: &Device) -> Result<()> {
+    let folder = tuwen::hub::resolve(&a.model)?;
+    let sampler = GanSampler::load(&folder, device)?;
+    let shape = sampler
+        .config
+        .image_shape()
+        .context("eval gan scores image GANs; for points use tuwen sample and tuwen wdist")?;
+    let classifier = tuwen::pipeline::ImageClassification::load(&a.classifier, device)?;
+    let paths = tuwen::data::files::walk_images(&a.data)?;
+    let (real, skipped) = tuwen::pipeline::gan::image_rows(&paths, &sampler.config)?;
+    let per = shape.iter().product::<usize>();
+    let n_real = real.len() / per;
+    if n_real < 4 {
+        bail!("{}: too few readable images ({n_real})", a.data.display());
+    }
+    let (f_real, dims) = tuwen::eval::classifier_features(&classifier, &real, shape)?;
+    let fid_of = |rows: &[f32]| -> Result<f64> {
+        let (f, _) = tuwen::eval::classifier_features(&classifier, rows, shape)?;
+        Ok(tuwen::eval::frechet_distance(&f_real, &f, dims)?)
+    };
+    let trained = fid_of(&sampler.sample(a.n, a.seed)?)?;
+    let untrained = GanSampler {
+        gan: tuwen::train::engine::init_seeded(device, a.seed, |d| Gan::new(&sampler.config, d)),
+        config: sampler.config.clone(),
+    };
+    let fid_untrained = fid_of(&untrained.sample(a.n, a.seed)?)?;
+    let half = n_real / 2;
+    let (f_a, _) = tuwen::eval::classifier_features(&classifier, &real[..half * per], shape)?;
+    let (f_b, _) = tuwen::eval::classifier_features(&classifier, &real[half * per..], shape)?;
+    let floor = tuwen::eval::frechet_distance(&f_a, &f_b, dims)?;
+    let out = json!({"fid": trained, "fid_untrained": fid_untrained, "fid_real_halves": floor,
+        "n": a.n, "real": n_real, "skipped": skipped, "features": dims,
+        "feature_space": format!("{} (a tuwen-trained classifier, not Inception-v3)", a.classifier)});
+    if a.json {
+        println!("{out}");
+    } else {
+        println!(
+            "Fréchet distance on {}'s {dims} features ({} generated vs {n_real} real images):\n  trained generator   {trained:.3}\n  untrained generator {fid_untrained:.3}\n  real half vs half   {floor:.3}",
+            a.classifier, a.n
+        );
+    }
     Ok(())
 }

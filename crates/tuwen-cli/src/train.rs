@@ -490,6 +490,8 @@ pub enum EvalCommand {
     Retrieval(RetrievalArgs),
     /// A classifier's top-1 accuracy, per class, and its confusion matrix as a PNG.
     Classify(EvalClassifyArgs),
+    /// An image GAN's Fréchet distance to real images on a tuwen-trained classifier's features.
+    Gan(crate::gan::EvalGanArgs),
 }
 
 #[derive(Args)]
@@ -585,6 +587,7 @@ pub struct ZeroShotArgs {
 pub fn run_eval(cmd: EvalCommand, device: &Device) -> Result<()> {
     let args = match cmd {
         EvalCommand::Classify(a) => return eval_classify(a, device),
+        EvalCommand::Gan(a) => return crate::gan::eval_gan(a, device),
         EvalCommand::ZeroShot(args) => args,
         EvalCommand::Retrieval(args) => {
             let model = ImageText::load(&args.model, device)?;

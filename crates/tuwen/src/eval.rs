@@ -396,6 +396,49 @@ pub fn confusion_png(labels: &[String], confusion: &[Vec<usize>], path: &Path) -
 }
 
 
+/// Features of a classifier (see [`crate::pipeline::ImageClassification::features`]) for images
+/// given as rows `[n, c·h·w]` with values in [-1, 1] (a GAN's samples; grey images are fed
+/// as RGB): each becomes an 8-bit picture, then goes through the classifier's own
+/// preprocessing, so real and generated images take the same path.
+pub fn classifier_features(
+    classifier: &crate::pipeline::ImageClassification,
+    rows: &[f32],
+    [c, h, w]: [usize; 3],
+) -> Result<(Vec<f32>, usize)> {
+    let per = c * h * w;
+    if per == 0 || !rows.len().is_multiple_of(per) || !(c == 1 || c == 3) {
+        return Err(Error::InvalidInput(format!(
+            "images of {c}x{h}x{w} cannot be read from {} values",
+            rows.len()
+        )));
+    }
+    let byte = |v: f32| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+    let mut feats = Vec::new();
+    let mut dims = 0;
+    for chunk in rows.chunks(64 * per) {
+        let items: Vec<(Vec<f32>, [usize; 3])> = chunk
+            .chunks_exact(per)
+            .map(|s| {
+                let img = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                    let at = |ch: usize| s[ch * h * w + y as usize * w + x as usize];
+                    if c == 1 {
+                        let g = byte(at(0));
+                        Rgb([g, g, g])
+                    } else {
+                        Rgb([byte(at(0)), byte(at(1)), byte(at(2))])
+                    }
+                });
+                classifier.processor.preprocess(&img)
+            })
+            .collect();
+        let x = crate::data::processor::batch_tensor(items, classifier.device())?;
+        let f = classifier.features(x);
+        dims = f.dims()[1];
+        feats.extend(crate::pipeline::to_vec(f)?);
+    }
+    Ok((feats, dims))
+}
+
 /// Mean and covariance (divided by n − 1, as numpy's `cov`) of `n` rows of `dims` values.
 fn gaussian_fit(x: &[f32], dims: usize) -> (nalgebra::DVector<f64>, nalgebra::DMatrix<f64>) {
     let n = x.len() / dims;

@@ -330,8 +330,18 @@ fn linear(i: usize, o: usize, dcgan: bool, device: &Device) -> Linear {
     cfg.init(device)
 }
 
+/// A parameter value that stays trainable: burn marks a mapped parameter trainable only when
+/// the new tensor requires a gradient, which a fresh `zeros_like` or `random` does not.
+fn trainable<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    if t.device().is_autodiff() {
+        t.require_grad()
+    } else {
+        t
+    }
+}
+
 fn bias_zero(mut l: Linear) -> Linear {
-    l.bias = l.bias.map(|b| b.map(|t| t.zeros_like()));
+    l.bias = l.bias.map(|b| b.map(|t| trainable(t.zeros_like())));
     l
 }
 
@@ -343,7 +353,7 @@ fn bn(c: usize, eps: f64, device: &Device) -> BatchNorm {
     // DCGAN draws the scale from N(1, 0.02²).
     b.gamma = b
         .gamma
-        .map(|g| Tensor::random(g.shape(), Distribution::Normal(1.0, 0.02), &g.device()));
+        .map(|g| trainable(Tensor::random(g.shape(), Distribution::Normal(1.0, 0.02), &g.device())));
     b
 }
 
@@ -441,7 +451,9 @@ impl SpectralState {
     fn normalise(&self, w: Tensor<2>, training: bool) -> Tensor<2> {
         let device = w.device();
         let wd = w.clone().detach();
-        let u = self.u.value().to_device(&device).detach();
+        // `value_sync`: the last update, not the one before (which `value` may return), so
+        // that a run resumed from a checkpoint reads what the uninterrupted run reads.
+        let u = self.u.value_sync().to_device(&device).detach();
         let (u, v) = if training {
             let [rows, cols] = wd.dims();
             let v = u.clone().reshape([1, rows]).matmul(wd.clone()).reshape([cols]);
@@ -556,7 +568,7 @@ impl DcganGenerator {
             blocks,
             to_image: {
                 let mut t = up(c.generator_width, c.num_channels, true, device);
-                t.bias = t.bias.map(|b| b.map(|t| t.zeros_like()));
+                t.bias = t.bias.map(|b| b.map(|t| trainable(t.zeros_like())));
                 t
             },
         }
@@ -714,7 +726,7 @@ impl DcganCritic {
                 })
                 .init(device);
             let mut conv = conv;
-            conv.bias = conv.bias.map(|b| b.map(|t| t.zeros_like()));
+            conv.bias = conv.bias.map(|b| b.map(|t| trainable(t.zeros_like())));
             let first = k == 0;
             blocks.push(DownBlock {
                 conv,
@@ -919,7 +931,8 @@ impl Critic {
                 p: burn::module::Param<Tensor<D>>,
             ) -> burn::module::Param<Tensor<D>> {
                 let c = self.0;
-                p.map(|t| t.clamp(-c, c))
+                // A fresh leaf: the clamp must not join the next step's graph.
+                p.map(|t| trainable(t.clamp(-c, c).detach()))
             }
         }
         self.map(&mut Clip(c))

@@ -65,6 +65,32 @@ impl GanSampler {
     }
 }
 
+/// Images as a GAN of `config` sees its real samples: resized to its size, scaled to [-1, 1],
+/// grey as the mean of the three channels when the model is grey; rows `[n, c·h·w]`.
+/// Unreadable files are skipped (their count is returned).
+pub fn image_rows(paths: &[std::path::PathBuf], config: &GanConfig) -> Result<(Vec<f32>, usize)> {
+    let [c, h, w] = config
+        .image_shape()
+        .ok_or_else(|| Error::InvalidInput("the model makes points, not images".into()))?;
+    let processor = gan_processor(h);
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for p in paths {
+        let Ok(img) = crate::data::open_rgb(p) else {
+            skipped += 1;
+            continue;
+        };
+        let (px, _) = processor.preprocess(&img);
+        if c == 1 {
+            let plane = h * w;
+            out.extend((0..plane).map(|i| (px[i] + px[plane + i] + px[2 * plane + i]) / 3.0));
+        } else {
+            out.extend(px);
+        }
+    }
+    Ok((out, skipped))
+}
+
 fn encode(img: &RgbImage, path: &Path) -> Result<()> {
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -107,6 +133,15 @@ pub fn grid_png(samples: &[f32], [c, h, w]: [usize; 3], cols: usize, scale: u32,
         }
     }
     encode(&img, path)
+}
+
+/// The preprocessing of a GAN's real images: resized to `size` (bilinear), scaled to [-1, 1].
+pub fn gan_processor(size: usize) -> crate::data::ImageProcessor {
+    let json = serde_json::json!({"image_processor_type": "ViTImageProcessor", "do_resize": true,
+        "size": {"height": size, "width": size}, "resample": 2,
+        "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]});
+    crate::data::ImageProcessor::from_json(&json.to_string()).expect("a valid processor")
 }
 
 const SIDE: u32 = 480;

@@ -377,18 +377,17 @@ impl TrainStep for GanFamily<'_> {
     }
 
     fn save(&self, gan: &Gan, dir: &Path) -> Result<()> {
-        gan.save(self.model, dir)
+        // `valid()` folds the running statistics' last update into their value (saving reads
+        // the value, which may trail by one update), so that a resumed run starts from what
+        // the uninterrupted one has.
+        gan.valid().save(self.model, dir)
     }
 }
 
 /// The preprocessing of a DCGAN's training images: resized to its size (bilinear), scaled to
 /// [-1, 1].
 pub fn image_processor(image_size: usize) -> ImageProcessor {
-    let json = json!({"image_processor_type": "ViTImageProcessor", "do_resize": true,
-        "size": {"height": image_size, "width": image_size}, "resample": 2,
-        "do_rescale": true, "rescale_factor": 1.0 / 255.0, "do_normalize": true,
-        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]});
-    ImageProcessor::from_json(&json.to_string()).expect("a valid processor")
+    crate::pipeline::gan::gan_processor(image_size)
 }
 
 /// Trains `gan` (on an autodiff device) on `data` (images go in `images`, see
