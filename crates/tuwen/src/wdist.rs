@@ -792,7 +792,7 @@ mod tests {
 
         #[test]
         fn transport_with_ties_matches_brute_force(
-            (n, m) in prop::sample::select(vec![(2, 3), (3, 2), (2, 6), (3, 6), (6, 4), (4, 2)]),
+            (n, m) in prop::sample::select(vec![(2, 3), (3, 2), (2, 6), (3, 6), (6, 3), (4, 2)]),
             seed in any::<u64>(),
         ) {
             // Points on a 3×3 grid: many equal costs, so many degenerate pivots.

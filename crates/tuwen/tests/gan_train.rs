@@ -168,3 +168,37 @@ fn a_resumed_gan_run_equals_the_uninterrupted_one() {
     assert_eq!(sample(&rest), sample(&whole));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The Kantorovich-Rubinstein duality: a critic trained alone with a gradient penalty
+/// estimates W1 between two 1-D sets (N(0, 1) and N(1.5, 0.5²) samples; the exact W1 from the
+/// sorted samples) within 10% (measured: 1.605 against 1.491, 7.6% over: the penalty is soft).
+#[test]
+fn a_gradient_penalty_critic_estimates_w1_in_one_dimension() {
+    let mut rng = SplitMix64::new(21);
+    let a: Vec<f64> = tuwen::models::gan::normals(&mut rng, 3000)
+        .iter()
+        .map(|&z| f64::from(z))
+        .collect();
+    let b: Vec<f64> = tuwen::models::gan::normals(&mut rng, 2000)
+        .iter()
+        .map(|&z| 1.5 + 0.5 * f64::from(z))
+        .collect();
+    let exact = tuwen::wdist::w1_1d(&a, None, &b, None).unwrap();
+    let pa = tuwen::data::arrays::Points::new(a, 3000, 1).unwrap();
+    let pb = tuwen::data::arrays::Points::new(b, 2000, 1).unwrap();
+    let device = Device::flex();
+    let dual = tuwen::train::gan::kr_dual(
+        &pb,
+        &pa,
+        tuwen::train::gan::Lipschitz::GradientPenalty,
+        600,
+        0,
+        &device,
+    )
+    .unwrap();
+    eprintln!("exact W1 {exact:.4}, dual estimate {dual:.4}");
+    assert!(
+        (dual - exact).abs() < 0.1 * exact,
+        "dual {dual} vs exact {exact}"
+    );
+}
