@@ -126,8 +126,16 @@ fn read_source(data: &str) -> Result<Source> {
             p.dims
         );
     }
-    eprintln!("{} points of {} dimensions in {}", p.rows, p.dims, path.display());
-    Ok(Source::Rows(p.data.iter().map(|&x| x as f32).collect(), p.dims))
+    eprintln!(
+        "{} points of {} dimensions in {}",
+        p.rows,
+        p.dims,
+        path.display()
+    );
+    Ok(Source::Rows(
+        p.data.iter().map(|&x| x as f32).collect(),
+        p.dims,
+    ))
 }
 
 fn parse_norm(s: &str) -> Result<CriticNorm> {
@@ -194,7 +202,11 @@ fn held_out(source: &Source, cfg: &GanConfig) -> Result<Vec<f32>> {
 
 pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
     if !LOSSES.contains(&a.loss.as_str()) {
-        bail!("unknown --loss {:?}; choose one of {}", a.loss, LOSSES.join(", "));
+        bail!(
+            "unknown --loss {:?}; choose one of {}",
+            a.loss,
+            LOSSES.join(", ")
+        );
     }
     let source = read_source(&a.data)?;
     let is_images = matches!(source, Source::Images(_));
@@ -266,24 +278,41 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
         };
         let n = if is_images { 64 } else { 1000 };
         let s = sampler.sample(n, 1234)?;
-        samples_png(&model, &val_real, &s, title, &a.out.join("samples").join(name))?;
+        samples_png(
+            &model,
+            &val_real,
+            &s,
+            title,
+            &a.out.join("samples").join(name),
+        )?;
         Ok(())
     };
     let mut kr: Vec<(usize, f32, f32)> = Vec::new();
     let mut failed = None;
-    let (gan, report) = train(gan, &model, data, images, val_real.clone(), &cfg, |s, gan| {
-        let done = s.step + 1;
-        if let (Some(c), Some(w)) = (s.metrics["val_critic_w"].as_f64(), s.metrics["val_w1"].as_f64()) {
-            kr.push((done, c as f32, w as f32));
-        }
-        if a.sample_every > 0 && done.is_multiple_of(a.sample_every) && failed.is_none() {
-            let title = format!("{} step {done}", a.loss);
-            if let Err(e) = picture(gan, &format!("step-{done:06}.png"), &title) {
-                failed = Some(e);
+    let (gan, report) = train(
+        gan,
+        &model,
+        data,
+        images,
+        val_real.clone(),
+        &cfg,
+        |s, gan| {
+            let done = s.step + 1;
+            if let (Some(c), Some(w)) = (
+                s.metrics["val_critic_w"].as_f64(),
+                s.metrics["val_w1"].as_f64(),
+            ) {
+                kr.push((done, c as f32, w as f32));
             }
-        }
-        progress.step(s)
-    })?;
+            if a.sample_every > 0 && done.is_multiple_of(a.sample_every) && failed.is_none() {
+                let title = format!("{} step {done}", a.loss);
+                if let Err(e) = picture(gan, &format!("step-{done:06}.png"), &title) {
+                    failed = Some(e);
+                }
+            }
+            progress.step(s)
+        },
+    )?;
     progress.finish();
     if let Some(e) = failed {
         return Err(e);
@@ -305,7 +334,11 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
         plot(
             "critic's W estimate vs measured W1 (held-out samples)",
             &[
-                ("critic: mean D(real) - mean D(fake)", &critic, [200, 60, 50]),
+                (
+                    "critic: mean D(real) - mean D(fake)",
+                    &critic,
+                    [200, 60, 50],
+                ),
                 ("W1 between real and generated", &w1, [20, 60, 160]),
             ],
             &a.out.join("kr.png"),
@@ -371,9 +404,9 @@ fn read_kr(path: &Path) -> Option<Vec<(usize, f32, f32)>> {
 fn all_kr_last(path: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("val_w1").is_some())
-        .last()
+        .find(|v| v.get("val_w1").is_some())
 }
 
 #[derive(Args)]

@@ -18,6 +18,7 @@ mod mae;
 mod quickstart;
 mod reconstruct;
 mod train;
+mod wdist;
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +59,9 @@ enum Command {
     Match(blip::MatchArgs),
     /// CapFilt: synthetic captions for a noisy captioned set, and ITM filtering of all of them.
     Capfilt(blip::CapFiltArgs),
+    /// The Wasserstein-1 distance between two sample sets (.npy/.csv): exact in 1-D, exact
+    /// optimal transport, or sliced; --dual adds a critic's Kantorovich-Rubinstein estimate.
+    Wdist(wdist::WdistArgs),
     /// Samples of a trained GAN: a grid or plot (.png), or the raw values (.npy).
     Sample(gan::SampleArgs),
     /// Parameter count and compute of a checkpoint or a standard architecture.
@@ -151,6 +155,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Water(args) => water(args),
         Command::Sample(args) => gan::sample(args, &device()?),
+        Command::Wdist(args) => wdist::run(args, &device()?),
         Command::Train(cmd) => train::run(cmd, &device()?),
         Command::Quickstart(args) => quickstart::run(args, &device()?),
         Command::Reconstruct(args) => reconstruct::run(args, &device()?),

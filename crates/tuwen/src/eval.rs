@@ -395,7 +395,6 @@ pub fn confusion_png(labels: &[String], confusion: &[Vec<usize>], path: &Path) -
     hub::write_atomic(path, &bytes)
 }
 
-
 /// Features of a classifier (see [`crate::pipeline::ImageClassification::features`]) for images
 /// given as rows `[n, c·h·w]` with values in [-1, 1] (a GAN's samples; grey images are fed
 /// as RGB): each becomes an 8-bit picture, then goes through the classifier's own
@@ -459,7 +458,9 @@ fn gaussian_fit(x: &[f32], dims: usize) -> (nalgebra::DVector<f64>, nalgebra::DM
 /// square root of the symmetric `Σ₁^½ Σ₂ Σ₁^½`, whose eigenvalues are those of `Σ₁Σ₂`.
 pub fn frechet_distance(a: &[f32], b: &[f32], dims: usize) -> Result<f64> {
     if dims == 0 || !a.len().is_multiple_of(dims) || !b.len().is_multiple_of(dims) {
-        return Err(Error::InvalidInput("feature rows of different widths".into()));
+        return Err(Error::InvalidInput(
+            "feature rows of different widths".into(),
+        ));
     }
     if a.len() / dims < 2 || b.len() / dims < 2 {
         return Err(Error::InvalidInput(

@@ -90,7 +90,10 @@ fn sorted_cumulative(
         return bad("no values".into());
     }
     if let Some(k) = values.iter().position(|v| !v.is_finite()) {
-        return bad(format!("value {k} is {} (values must be finite)", values[k]));
+        return bad(format!(
+            "value {k} is {} (values must be finite)",
+            values[k]
+        ));
     }
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|&i, &j| values[i].total_cmp(&values[j]));
@@ -127,10 +130,7 @@ fn sorted_cumulative(
 /// When `cost.len() != n * n` or a cost is not finite.
 pub fn assignment(cost: &[f64], n: usize) -> Vec<usize> {
     assert_eq!(cost.len(), n * n, "the cost matrix must be n x n");
-    assert!(
-        cost.iter().all(|c| c.is_finite()),
-        "costs must be finite"
-    );
+    assert!(cost.iter().all(|c| c.is_finite()), "costs must be finite");
     hungarian(n, |i, j| cost[i * n + j])
 }
 
@@ -318,7 +318,13 @@ impl Tree {
             root,
             parent: vec![root; root + 1],
             children: (0..=root)
-                .map(|x| if x == root { (0..root).collect() } else { Vec::new() })
+                .map(|x| {
+                    if x == root {
+                        (0..root).collect()
+                    } else {
+                        Vec::new()
+                    }
+                })
                 .collect(),
             up: (0..=root).map(|x| x < n).collect(),
             flow: (0..=root)
@@ -404,7 +410,13 @@ impl Tree {
             if let Some(at) = siblings.iter().position(|&x| x == y) {
                 siblings.swap_remove(at);
             }
-            let before = (y, !self.up[y], self.flow[y], self.cost[y], self.artificial[y]);
+            let before = (
+                y,
+                !self.up[y],
+                self.flow[y],
+                self.cost[y],
+                self.artificial[y],
+            );
             (
                 self.parent[y],
                 self.up[y],
@@ -514,7 +526,7 @@ mod tests {
             }
             for i in 0..k {
                 go(k - 1, p, out);
-                let swap = if k % 2 == 0 { i } else { 0 };
+                let swap = if k.is_multiple_of(2) { i } else { 0 };
                 p.swap(swap, k - 1);
             }
         }
@@ -614,7 +626,14 @@ mod tests {
     #[test]
     fn exact_ot_unequal_vs_brute_force() {
         let mut rng = SplitMix64::new(7);
-        for (n, m, dims) in [(2, 3, 2), (3, 2, 2), (2, 4, 3), (4, 8, 2), (1, 5, 2), (6, 3, 1)] {
+        for (n, m, dims) in [
+            (2, 3, 2),
+            (3, 2, 2),
+            (2, 4, 3),
+            (4, 8, 2),
+            (1, 5, 2),
+            (6, 3, 1),
+        ] {
             for _ in 0..5 {
                 let mut draw = |k: usize| -> Points {
                     let data = (0..k * dims).map(|_| f64::from(rng.unit()) * 4.0).collect();
@@ -665,10 +684,7 @@ mod tests {
         // A shift by t: W1 = |t| exactly; the sliced distance is E|<θ, t>| = 2|t|/π.
         let mut rng = SplitMix64::new(5);
         let a: Vec<f64> = (0..200).map(|_| f64::from(rng.unit())).collect();
-        let b: Vec<f64> = a
-            .chunks(2)
-            .flat_map(|p| [p[0] + 3.0, p[1] - 4.0])
-            .collect();
+        let b: Vec<f64> = a.chunks(2).flat_map(|p| [p[0] + 3.0, p[1] - 4.0]).collect();
         let (a, b) = (pts(&a, 2), pts(&b, 2));
         let exact = exact_ot(&a, &b).unwrap();
         assert!(close(exact, 5.0, 1e-9), "{exact}");
@@ -744,7 +760,12 @@ mod tests {
         let e = distance(&a, &b, None, 0).unwrap_err().to_string();
         assert!(e.contains("--sliced"), "{e}");
         assert_eq!(distance(&a, &b, Some(4), 0).unwrap().method, "sliced");
-        assert!(exact_ot(&a, &a).unwrap_err().to_string().contains("--sliced"));
+        assert!(
+            exact_ot(&a, &a)
+                .unwrap_err()
+                .to_string()
+                .contains("--sliced")
+        );
     }
 
     proptest! {

@@ -20,12 +20,19 @@ fn tensor2(r: &BTreeMap<String, Array>, key: &str, device: &Device) -> Tensor<2>
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 /// `ours` against `theirs` relative to the larger of theirs' largest magnitude and `floor`.
 fn close(what: &str, ours: &[f32], theirs: &[f32], floor: f32) -> f32 {
-    let scale = theirs.iter().map(|x| x.abs()).fold(0.0, f32::max).max(floor);
+    let scale = theirs
+        .iter()
+        .map(|x| x.abs())
+        .fold(0.0, f32::max)
+        .max(floor);
     let rel = max_abs_diff(ours, theirs) / scale;
     assert!(rel < 1e-4, "{what}: relative difference {rel}");
     rel
@@ -36,7 +43,13 @@ fn strip_variant(
     g: BTreeMap<String, (Vec<f32>, Vec<usize>)>,
 ) -> BTreeMap<String, (Vec<f32>, Vec<usize>)> {
     g.into_iter()
-        .map(|(k, v)| (k.split_once('.').map_or(k.clone(), |(_, rest)| rest.to_string()), v))
+        .map(|(k, v)| {
+            (
+                k.split_once('.')
+                    .map_or(k.clone(), |(_, rest)| rest.to_string()),
+                v,
+            )
+        })
         .collect()
 }
 
@@ -46,8 +59,8 @@ fn check(prefix: &str, folder: &str) {
     let path = fixtures().join(folder);
     let cfg = read_config(&path).unwrap();
     // The fixture holds the critic only; the generator stays as initialised.
-    let gan = tuwen::hub::load_weights(Gan::new(&cfg, &device), &path, &[], &["generator"])
-        .unwrap();
+    let gan =
+        tuwen::hub::load_weights(Gan::new(&cfg, &device), &path, &[], &["generator"]).unwrap();
     let critic = gan.discriminator;
     let x = tensor2(&r, &format!("{prefix}.x"), &device).require_grad();
 
@@ -85,7 +98,11 @@ fn check(prefix: &str, folder: &str) {
             .collect()
     };
     let theirs = grads_of("grad");
-    assert!(theirs.len() >= 8, "{prefix}: only {} gradients", theirs.len());
+    assert!(
+        theirs.len() >= 8,
+        "{prefix}: only {} gradients",
+        theirs.len()
+    );
     let mut worst = 0.0f32;
     for (name, want) in &theirs {
         let got = match ours.get(name) {
@@ -95,7 +112,12 @@ fn check(prefix: &str, folder: &str) {
             None if name.ends_with("bias") => vec![0.0; want.len()],
             None => panic!("{prefix}: no gradient for {name} (have {:?})", ours.keys()),
         };
-        worst = worst.max(close(&format!("{prefix} d penalty / d {name}"), &got, want, 1e-3));
+        worst = worst.max(close(
+            &format!("{prefix} d penalty / d {name}"),
+            &got,
+            want,
+            1e-3,
+        ));
     }
     eprintln!(
         "{prefix}: penalty and {} parameter gradients, worst relative difference {worst:.1e}",

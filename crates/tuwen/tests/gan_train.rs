@@ -9,9 +9,7 @@ use burn::prelude::*;
 use tuwen::burn;
 use tuwen::data::shapes::SplitMix64;
 use tuwen::data::toy::Toy;
-use tuwen::models::gan::{
-    Activation, CriticNorm, DcganConfig, Gan, GanConfig, MlpGanConfig,
-};
+use tuwen::models::gan::{Activation, CriticNorm, DcganConfig, Gan, GanConfig, MlpGanConfig};
 use tuwen::pipeline::gan::GanSampler;
 use tuwen::train::RunConfig;
 use tuwen::train::engine::init_seeded;
@@ -37,7 +35,12 @@ fn w1_to_data(gan: &Gan, cfg: &GanConfig, toy: Toy) -> f64 {
         gan: burn::module::Module::valid(gan),
         config: cfg.clone(),
     };
-    let fake: Vec<f64> = sampler.sample(2000, 5).unwrap().iter().map(|&x| f64::from(x)).collect();
+    let fake: Vec<f64> = sampler
+        .sample(2000, 5)
+        .unwrap()
+        .iter()
+        .map(|&x| f64::from(x))
+        .collect();
     let real: Vec<f64> = toy
         .draw(2000, &mut SplitMix64::new(11))
         .iter()
@@ -61,8 +64,16 @@ fn wgan_gp_learns_a_one_dimensional_mixture() {
     };
     let mut cfg = GanTrainConfig::for_loss("wgan-gp", run, true).unwrap();
     cfg.lr = 1e-3;
-    let (gan, report) =
-        train(gan, &model, RealData::Toy(toy), None, Vec::new(), &cfg, |_, _| true).unwrap();
+    let (gan, report) = train(
+        gan,
+        &model,
+        RealData::Toy(toy),
+        None,
+        Vec::new(),
+        &cfg,
+        |_, _| true,
+    )
+    .unwrap();
     assert_eq!(report.losses.len(), 800);
     let after = w1_to_data(&gan, &model, toy);
     eprintln!("W1 to the data: {before:.3} before, {after:.3} after 800 steps");
@@ -108,7 +119,11 @@ fn wgan_clips_every_critic_weight_and_follows_the_paper_schedule() {
     }
     let mut m = Max(0.0);
     burn::module::Module::visit(&gan.discriminator, &mut m);
-    assert!(m.0 <= 0.01 + 1e-7 && m.0 > 0.005, "largest critic weight {}", m.0);
+    assert!(
+        m.0 <= 0.01 + 1e-7 && m.0 > 0.005,
+        "largest critic weight {}",
+        m.0
+    );
     assert!(GanTrainConfig::for_loss("wasserstein", RunConfig::default(), true).is_err());
 }
 
@@ -147,9 +162,15 @@ fn a_resumed_gan_run_equals_the_uninterrupted_one() {
             Some(d) => Gan::load(d, &device).unwrap().0,
             None => init_seeded(&device, 3, |d| Gan::new(&model, d)),
         };
-        train(gan, &model, RealData::Rows(&rows), None, Vec::new(), &cfg, |s, _| {
-            stop_at.is_none_or(|k| s.step + 1 < k)
-        })
+        train(
+            gan,
+            &model,
+            RealData::Rows(&rows),
+            None,
+            Vec::new(),
+            &cfg,
+            |s, _| stop_at.is_none_or(|k| s.step + 1 < k),
+        )
         .unwrap()
     };
     let (whole, whole_report) = run(6, "a", None, None);

@@ -44,7 +44,11 @@ fn every_pair_matches_scipy() {
             continue; // every_weighted_pair_matches_scipy
         }
         let report = distance(&points(a), &points(b), None, 0).unwrap();
-        assert_eq!(report.method, pair["method"].as_str().unwrap(), "{a} vs {b}");
+        assert_eq!(
+            report.method,
+            pair["method"].as_str().unwrap(),
+            "{a} vs {b}"
+        );
         assert!(
             agrees(report.w1, want),
             "{a} vs {b}: tuwen {} scipy {want}",
@@ -92,7 +96,11 @@ fn sets_have_the_expected_shapes() {
         ("b2_45.npy", 45, 2),
     ] {
         let p = points(name);
-        assert_eq!((p.rows, p.dims, p.data.len()), (rows, dims, rows * dims), "{name}");
+        assert_eq!(
+            (p.rows, p.dims, p.data.len()),
+            (rows, dims, rows * dims),
+            "{name}"
+        );
     }
 }
 

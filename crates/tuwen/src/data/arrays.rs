@@ -78,9 +78,10 @@ pub fn read_points(path: &Path) -> Result<Points> {
         Some("npy") => {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             let (data, shape) = parse_npy(&bytes).map_err(|e| in_file(path, e))?;
-            let rows = shape.first().copied().ok_or_else(|| {
-                in_file(path, "a 0-d array (a scalar) has no sample axis".into())
-            })?;
+            let rows = shape
+                .first()
+                .copied()
+                .ok_or_else(|| in_file(path, "a 0-d array (a scalar) has no sample axis".into()))?;
             let dims = shape[1..].iter().product();
             Points { data, rows, dims }
         }
@@ -92,7 +93,9 @@ pub fn read_points(path: &Path) -> Result<Points> {
             )));
         }
     };
-    points.validate().map_err(|e| in_file(path, e.to_string()))?;
+    points
+        .validate()
+        .map_err(|e| in_file(path, e.to_string()))?;
     Ok(points)
 }
 
@@ -122,7 +125,11 @@ fn read_csv(path: &Path) -> Result<Points> {
         if let Some(c) = parsed.iter().position(Option::is_none) {
             return Err(in_file(
                 path,
-                format!("line {line}, column {}: {:?} is not a number", c + 1, fields[c]),
+                format!(
+                    "line {line}, column {}: {:?} is not a number",
+                    c + 1,
+                    fields[c]
+                ),
             ));
         }
         if rows == 0 {
@@ -251,7 +258,11 @@ pub fn npy_bytes(data: &[f32], shape: &[usize]) -> Result<Vec<u8>> {
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
     // The preamble, the header and its newline end on a multiple of 64 bytes.
-    let preamble = if header.len() + 11 <= usize::from(u16::MAX) { 10 } else { 12 };
+    let preamble = if header.len() + 11 <= usize::from(u16::MAX) {
+        10
+    } else {
+        12
+    };
     let pad = (64 - (preamble + header.len() + 1) % 64) % 64;
     header.extend(std::iter::repeat_n(' ', pad));
     header.push('\n');
@@ -351,9 +362,17 @@ mod tests {
         assert!(err(&p).contains("dtype"), "{}", err(&p));
         let p = write(d, "f.npy", &npy_f64(&[1.0; 4], "(2, 2)", "<f8", "True"));
         assert!(err(&p).contains("Fortran"), "{}", err(&p));
-        let p = write(d, "n.npy", &npy_f64(&[1.0, f64::NAN], "(2,)", "<f8", "False"));
+        let p = write(
+            d,
+            "n.npy",
+            &npy_f64(&[1.0, f64::NAN], "(2,)", "<f8", "False"),
+        );
         assert!(err(&p).contains("NaN"), "{}", err(&p));
-        let p = write(d, "inf.npy", &npy_f64(&[f64::INFINITY], "(1,)", "<f8", "False"));
+        let p = write(
+            d,
+            "inf.npy",
+            &npy_f64(&[f64::INFINITY], "(1,)", "<f8", "False"),
+        );
         assert!(err(&p).contains("inf"), "{}", err(&p));
         let p = write(d, "e.npy", &npy_f64(&[], "(0, 3)", "<f8", "False"));
         assert!(err(&p).contains("empty"), "{}", err(&p));

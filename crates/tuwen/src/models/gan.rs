@@ -351,9 +351,13 @@ fn bn(c: usize, eps: f64, device: &Device) -> BatchNorm {
         .with_momentum(0.1)
         .init(device);
     // DCGAN draws the scale from N(1, 0.02²).
-    b.gamma = b
-        .gamma
-        .map(|g| trainable(Tensor::random(g.shape(), Distribution::Normal(1.0, 0.02), &g.device())));
+    b.gamma = b.gamma.map(|g| {
+        trainable(Tensor::random(
+            g.shape(),
+            Distribution::Normal(1.0, 0.02),
+            &g.device(),
+        ))
+    });
     b
 }
 
@@ -393,7 +397,12 @@ struct NormSaved {
 }
 
 /// Layer norm of `x` `[n, features]` over each row, then `γ`, `β` per channel.
-fn layer_norm(x: Tensor<2>, norm: &FeatureNorm, spatial: usize, eps: f64) -> (Tensor<2>, NormSaved) {
+fn layer_norm(
+    x: Tensor<2>,
+    norm: &FeatureNorm,
+    spatial: usize,
+    eps: f64,
+) -> (Tensor<2>, NormSaved) {
     let mean = x.clone().mean_dim(1);
     let centred = x - mean;
     let var = centred.clone().powi_scalar(2).mean_dim(1);
@@ -404,7 +413,12 @@ fn layer_norm(x: Tensor<2>, norm: &FeatureNorm, spatial: usize, eps: f64) -> (Te
 }
 
 /// The backward of [`layer_norm`] as forward ops: `dL/dx` from `dL/dy`.
-fn layer_norm_backward(dy: Tensor<2>, norm: &FeatureNorm, spatial: usize, s: &NormSaved) -> Tensor<2> {
+fn layer_norm_backward(
+    dy: Tensor<2>,
+    norm: &FeatureNorm,
+    spatial: usize,
+    s: &NormSaved,
+) -> Tensor<2> {
     let (g, _) = norm.per_feature(spatial);
     let dxhat = dy * g;
     let m1 = dxhat.clone().mean_dim(1);
@@ -456,7 +470,11 @@ impl SpectralState {
         let u = self.u.value_sync().to_device(&device).detach();
         let (u, v) = if training {
             let [rows, cols] = wd.dims();
-            let v = u.clone().reshape([1, rows]).matmul(wd.clone()).reshape([cols]);
+            let v = u
+                .clone()
+                .reshape([1, rows])
+                .matmul(wd.clone())
+                .reshape([cols]);
             let v = v.clone() / (v.powi_scalar(2).sum().sqrt() + 1e-12);
             let u = wd.matmul(v.clone().reshape([cols, 1])).reshape([rows]);
             let u = u.clone() / (u.powi_scalar(2).sum().sqrt() + 1e-12);
@@ -588,6 +606,8 @@ impl DcganGenerator {
 }
 
 /// A GAN's generator.
+// burn's Module derive does not take boxed fields: the variants stay unboxed (one per model).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Generator {
     /// MLP.
@@ -647,6 +667,7 @@ pub struct DcganCritic {
 }
 
 /// A GAN's critic (discriminator): a real number per sample, no sigmoid.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Critic {
     /// MLP.
@@ -893,14 +914,20 @@ impl Critic {
                     };
                     saved.input_dims.push(h.dims());
                     saved.weights.push(w.clone());
-                    let a = conv2d(h, w, b.conv.bias.as_ref().map(|p| p.val()), conv_options(2, 1));
+                    let a = conv2d(
+                        h,
+                        w,
+                        b.conv.bias.as_ref().map(|p| p.val()),
+                        conv_options(2, 1),
+                    );
                     let [_, co, ho, wo] = a.dims();
                     saved.output_dims.push(a.dims());
                     let a = if let Some(bnorm) = &b.batch_norm {
                         saved.norms.push(None);
                         bnorm.forward(a).reshape([n, co * ho * wo])
                     } else if let Some(norm) = &b.layer_norm {
-                        let (y, s) = layer_norm(a.reshape([n, co * ho * wo]), norm, ho * wo, shape.eps);
+                        let (y, s) =
+                            layer_norm(a.reshape([n, co * ho * wo]), norm, ho * wo, shape.eps);
                         saved.norms.push(Some(s));
                         y
                     } else {

@@ -41,9 +41,11 @@ impl GanSampler {
         let mut k = 0u64;
         while done < n {
             let b = (n - done).min(256);
-            let x = self
-                .gan
-                .sample(&self.config, b, seed.wrapping_add(k.wrapping_mul(0x9e37_79b9)));
+            let x = self.gan.sample(
+                &self.config,
+                b,
+                seed.wrapping_add(k.wrapping_mul(0x9e37_79b9)),
+            );
             out.extend(
                 x.into_data()
                     .convert::<f32>()
@@ -100,7 +102,13 @@ fn encode(img: &RgbImage, path: &Path) -> Result<()> {
 
 /// A grid of images (row-major samples `[n, c, h, w]` in [-1, 1]; 1 or 3 channels), `cols`
 /// a row, each scaled ×`scale`, written as a PNG.
-pub fn grid_png(samples: &[f32], [c, h, w]: [usize; 3], cols: usize, scale: u32, path: &Path) -> Result<()> {
+pub fn grid_png(
+    samples: &[f32],
+    [c, h, w]: [usize; 3],
+    cols: usize,
+    scale: u32,
+    path: &Path,
+) -> Result<()> {
     let per = c * h * w;
     let n = samples.len() / per.max(1);
     if n == 0 || !(c == 1 || c == 3) {
@@ -126,7 +134,11 @@ pub fn grid_png(samples: &[f32], [c, h, w]: [usize; 3], cols: usize, scale: u32,
                 };
                 for dy in 0..scale {
                     for dx in 0..scale {
-                        img.put_pixel(x0 + x as u32 * scale + dx, y0 + y as u32 * scale + dy, Rgb(px));
+                        img.put_pixel(
+                            x0 + x as u32 * scale + dx,
+                            y0 + y as u32 * scale + dy,
+                            Rgb(px),
+                        );
                     }
                 }
             }
@@ -149,8 +161,14 @@ const SIDE: u32 = 480;
 /// A scatter plot of 2-D `samples` (orange) over `data` (grey), both row-major, on axes that
 /// hold both; `title` on top.
 pub fn scatter_png(data: &[f32], samples: &[f32], title: &str, path: &Path) -> Result<()> {
-    let all = data.iter().chain(samples).copied().filter(|v| v.is_finite());
-    let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let all = data
+        .iter()
+        .chain(samples)
+        .copied()
+        .filter(|v| v.is_finite());
+    let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
     if !(lo.is_finite() && hi.is_finite()) {
         return Err(Error::InvalidInput("nothing finite to plot".into()));
     }
@@ -185,8 +203,14 @@ pub fn scatter_png(data: &[f32], samples: &[f32], title: &str, path: &Path) -> R
 
 /// Histograms of 1-D `samples` (orange) over `data` (grey), 96 bins.
 pub fn histogram_png(data: &[f32], samples: &[f32], title: &str, path: &Path) -> Result<()> {
-    let all = data.iter().chain(samples).copied().filter(|v| v.is_finite());
-    let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let all = data
+        .iter()
+        .chain(samples)
+        .copied()
+        .filter(|v| v.is_finite());
+    let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
     if !(lo.is_finite() && hi.is_finite()) {
         return Err(Error::InvalidInput("nothing finite to plot".into()));
     }
@@ -221,7 +245,13 @@ pub fn histogram_png(data: &[f32], samples: &[f32], title: &str, path: &Path) ->
 
 /// The picture of samples that suits the model: a grid for images, a scatter plot over `data`
 /// in 2-D, histograms over `data` in 1-D (higher dimensions: the first two coordinates).
-pub fn samples_png(config: &GanConfig, data: &[f32], samples: &[f32], title: &str, path: &Path) -> Result<()> {
+pub fn samples_png(
+    config: &GanConfig,
+    data: &[f32],
+    samples: &[f32],
+    title: &str,
+    path: &Path,
+) -> Result<()> {
     match config.image_shape() {
         Some(shape) => {
             let n = (samples.len() / config.features()).min(64);
@@ -230,7 +260,8 @@ pub fn samples_png(config: &GanConfig, data: &[f32], samples: &[f32], title: &st
         None if config.features() == 1 => histogram_png(data, samples, title, path),
         None => {
             let d = config.features();
-            let two = |v: &[f32]| -> Vec<f32> { v.chunks_exact(d).flat_map(|r| [r[0], r[1]]).collect() };
+            let two =
+                |v: &[f32]| -> Vec<f32> { v.chunks_exact(d).flat_map(|r| [r[0], r[1]]).collect() };
             scatter_png(&two(data), &two(samples), title, path)
         }
     }

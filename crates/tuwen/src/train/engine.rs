@@ -426,9 +426,13 @@ pub fn run<'a, S: TrainStep>(
         };
         for _ in 0..family.batches(step).max(1) {
             match &data {
-                TrainData::Rows { data: rows, dims } => batch.rows.extend(
-                    super::data::row_batch(rows, *dims, draws, cfg.batch_size, cfg.seed),
-                ),
+                TrainData::Rows { data: rows, dims } => batch.rows.extend(super::data::row_batch(
+                    rows,
+                    *dims,
+                    draws,
+                    cfg.batch_size,
+                    cfg.seed,
+                )),
                 TrainData::Drawn => batch.drawn += cfg.batch_size,
                 _ => {
                     let loaded = next_batch(
@@ -455,15 +459,8 @@ pub fn run<'a, S: TrainStep>(
             state.step += 1;
             skipped_steps += 1;
         } else {
-            let (next, mut report) = one_step(
-                family,
-                models,
-                &mut optims,
-                batch,
-                step,
-                cfg,
-                &device,
-            )?;
+            let (next, mut report) =
+                one_step(family, models, &mut optims, batch, step, cfg, &device)?;
             models = next;
             // Samples per second of the whole step, reading and decoding included.
             let rate = n as f64 / t0.elapsed().as_secs_f64();

@@ -185,9 +185,10 @@ fn real_rows(
             (a, b) if a == b => out.extend_from_slice(&pixels),
             (3, 1) => {
                 let plane = h * w;
-                out.extend((0..plane).map(|i| {
-                    (pixels[i] + pixels[plane + i] + pixels[2 * plane + i]) / 3.0
-                }));
+                out.extend(
+                    (0..plane)
+                        .map(|i| (pixels[i] + pixels[plane + i] + pixels[2 * plane + i]) / 3.0),
+                );
             }
             _ => {
                 return Err(Error::InvalidInput(format!(
@@ -262,7 +263,12 @@ impl TrainStep for GanFamily<'_> {
         engine::params_bytes(gan.num_params()) + 4 * 8 * features * batch as u128
     }
 
-    fn step(&mut self, gan: Gan, mut batch: Batch, ctx: &mut StepContext) -> Result<(Gan, StepOutput)> {
+    fn step(
+        &mut self,
+        gan: Gan,
+        mut batch: Batch,
+        ctx: &mut StepContext,
+    ) -> Result<(Gan, StepOutput)> {
         let c = self.cfg;
         let model = self.model;
         let objective = c.objective();
@@ -352,14 +358,16 @@ impl TrainStep for GanFamily<'_> {
             Generator::Mlp(g) => g.head.weight.device(),
             Generator::Dcgan(g) => g.project.weight.device(),
         };
-        let fake = inner.sample(self.model, n, 0x5eed_0f_7a1);
+        let fake = inner.sample(self.model, n, 0x5eed_f7a1);
         let real = tensor(self.val_real.clone(), features, &device);
         let critic_w = (inner.discriminator.forward(self.model, real).mean()
             - inner.discriminator.forward(self.model, fake.clone()).mean())
         .into_scalar::<f32>();
-        let fake: Vec<f32> = fake.into_data().convert::<f32>().try_into_vec().map_err(|e| {
-            Error::InvalidInput(format!("cannot read the samples: {e:?}"))
-        })?;
+        let fake: Vec<f32> = fake
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .map_err(|e| Error::InvalidInput(format!("cannot read the samples: {e:?}")))?;
         let points = |v: &[f32]| Points {
             data: v.iter().map(|&x| f64::from(x)).collect(),
             rows: n,
@@ -406,17 +414,30 @@ pub fn train<'a>(
     use super::data::TrainData;
     let c = cfg;
     if !(c.lr.is_finite() && c.lr > 0.0) {
-        return Err(Error::InvalidInput(format!("--lr {} must be positive", c.lr)));
+        return Err(Error::InvalidInput(format!(
+            "--lr {} must be positive",
+            c.lr
+        )));
     }
-    for (name, v) in [("--clip", c.clip), ("--gp-lambda", c.gp_lambda), ("--r1-gamma", c.r1_gamma)] {
+    for (name, v) in [
+        ("--clip", c.clip),
+        ("--gp-lambda", c.gp_lambda),
+        ("--r1-gamma", c.r1_gamma),
+    ] {
         if !(v.is_finite() && v >= 0.0) {
-            return Err(Error::InvalidInput(format!("{name} {v} must be non-negative")));
+            return Err(Error::InvalidInput(format!(
+                "{name} {v} must be non-negative"
+            )));
         }
     }
     if c.n_critic == 0 || c.n_critic > 1000 {
-        return Err(Error::InvalidInput("--n-critic must be between 1 and 1000".into()));
+        return Err(Error::InvalidInput(
+            "--n-critic must be between 1 and 1000".into(),
+        ));
     }
-    if (c.gp_lambda > 0.0 || c.r1_gamma > 0.0) && model.critic_norm() == crate::models::gan::CriticNorm::Batch {
+    if (c.gp_lambda > 0.0 || c.r1_gamma > 0.0)
+        && model.critic_norm() == crate::models::gan::CriticNorm::Batch
+    {
         return Err(Error::InvalidInput(
             "a gradient penalty needs a critic without batch norm (--critic-norm layer or none)"
                 .into(),
@@ -528,8 +549,7 @@ pub fn kr_dual(
         spectral_norm: lipschitz == Lipschitz::SpectralNorm,
     });
     let ad = device.clone().autodiff();
-    let mut critic =
-        super::engine::init_seeded(&ad, seed, |d| Gan::new(&cfg, d)).discriminator;
+    let mut critic = super::engine::init_seeded(&ad, seed, |d| Gan::new(&cfg, d)).discriminator;
     let mut optim = match lipschitz {
         Lipschitz::Clip => RmsPropConfig::new()
             .with_alpha(0.99)
@@ -542,7 +562,11 @@ pub fn kr_dual(
             .with_epsilon(1e-8)
             .init(),
     };
-    let lr = if lipschitz == Lipschitz::Clip { 5e-5 } else { 1e-3 };
+    let lr = if lipschitz == Lipschitz::Clip {
+        5e-5
+    } else {
+        1e-3
+    };
     let rows = |p: &Points, idx: &[usize]| -> Vec<f32> {
         idx.iter()
             .flat_map(|&i| p.data[i * dims..(i + 1) * dims].iter().map(|&x| x as f32))

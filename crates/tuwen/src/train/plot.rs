@@ -179,21 +179,28 @@ pub fn bar_chart_png(
     write_atomic(path, &png)
 }
 
+/// One curve of [`series_png`]: its label, its points `(step, value)` and its colour.
+pub type Series<'a> = (&'a str, &'a [(usize, f32)], [u8; 3]);
+
 /// Several curves `(label, points (step, value), colour)` on shared axes, with a legend and a
 /// title, written to `path` atomically (e.g. the critic's W estimate against the exact W1).
-pub fn series_png(title: &str, series: &[(&str, &[(usize, f32)], [u8; 3])], path: &Path) -> Result<()> {
+pub fn series_png(title: &str, series: &[Series], path: &Path) -> Result<()> {
     let finite: Vec<(usize, f32)> = series
         .iter()
         .flat_map(|s| s.1.iter().copied())
         .filter(|p| p.1.is_finite())
         .collect();
     if finite.len() < 2 {
-        return Err(Error::InvalidInput("need at least two finite points to plot".into()));
+        return Err(Error::InvalidInput(
+            "need at least two finite points to plot".into(),
+        ));
     }
     let mut img = RgbImage::from_pixel(W, H, Rgb([255, 255, 255]));
     let (lo, hi) = finite
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.1), b.max(p.1))
+        });
     let lo = lo.min(0.0);
     let span = (hi - lo).max(1e-6);
     let last = finite.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f32;
