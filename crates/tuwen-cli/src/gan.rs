@@ -208,12 +208,11 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
             LOSSES.join(", ")
         );
     }
-    let source = read_source(&a.data)?;
-    let is_images = matches!(source, Source::Images(_));
-    if !a.data.starts_with("toy:") {
+    let toy = a.data.starts_with("toy:");
+    let is_images = !toy && Path::new(&a.data).is_dir();
+    if !toy {
         refuse_input_as_out(&a.out, &[Path::new(&a.data)], None)?;
     }
-    let toy = matches!(source, Source::Toy(_));
     let steps = a.steps.unwrap_or(3000);
     let run = RunConfig {
         steps,
@@ -250,13 +249,21 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
             bail!("{name} {b} must be in [0, 1)");
         }
     }
+    let penalty = cfg.gp_lambda > 0.0 || cfg.r1_gamma > 0.0;
+    if penalty && is_images && a.critic_norm.as_deref() == Some("batch") {
+        bail!("a gradient penalty needs a critic without batch norm (--critic-norm layer or none)");
+    }
+    if cfg.n_critic == 0 || cfg.n_critic > 1000 {
+        bail!("--n-critic must be between 1 and 1000");
+    }
+    let source = read_source(&a.data)?;
     let ad = device.clone().autodiff();
     let (gan, model, resume_from) = if a.resume {
         let dir = resume_dir(&a.out.join("checkpoint"))?;
         let (gan, model) = Gan::load(&dir, &ad)?;
         (gan, model, Some(dir))
     } else {
-        let model = new_config(&a, &source, cfg.gp_lambda > 0.0 || cfg.r1_gamma > 0.0)?;
+        let model = new_config(&a, &source, penalty)?;
         let gan = tuwen::train::engine::init_seeded(&ad, a.seed, |d| Gan::new(&model, d));
         (gan, model, None)
     };

@@ -28,8 +28,8 @@ pub struct WdistArgs {
     /// normalisation.
     #[arg(long, value_parser = ["clip", "gp", "sn"], default_value = "gp")]
     pub lipschitz: String,
-    /// Critic updates of --dual.
-    #[arg(long, default_value_t = 1000)]
+    /// Critic updates of --dual (batches of up to 256 points of each set).
+    #[arg(long, default_value_t = 3000)]
     pub dual_steps: usize,
     /// Print `{"w1": ..., "method": "exact-1d|exact-ot|sliced"}`.
     #[arg(long)]

@@ -522,10 +522,16 @@ pub fn generator_loss(kind: GanObjective, fake: Tensor<2>) -> Tensor<1> {
     }
 }
 
-/// Each row's L2 norm `[n]` (the per-sample input-gradient norm).
+/// Each row's L2 norm `[n]` (the per-sample input-gradient norm). `√(Σg² + 10⁻¹²)`: a row of
+/// zeros (a ReLU critic's flat region) then has a zero gradient, as PyTorch's `norm` gives it,
+/// instead of `∞ · 0 = NaN`; the value moves by at most 10⁻⁶.
 fn row_norms(grad: Tensor<2>) -> Tensor<1> {
     let n = grad.dims()[0];
-    grad.powi_scalar(2).sum_dim(1).reshape([n]).sqrt()
+    grad.powi_scalar(2)
+        .sum_dim(1)
+        .reshape([n])
+        .add_scalar(1e-12)
+        .sqrt()
 }
 
 /// WGAN-GP's penalty without its λ: `mean((‖∇ₓD(x̂)‖₂ − 1)²)` over the rows of the input
