@@ -83,14 +83,19 @@ pub fn image_rows(paths: &[std::path::PathBuf], config: &GanConfig) -> Result<(V
             continue;
         };
         let (px, _) = processor.preprocess(&img);
-        if c == 1 {
-            let plane = h * w;
-            out.extend((0..plane).map(|i| (px[i] + px[plane + i] + px[2 * plane + i]) / 3.0));
-        } else {
-            out.extend(px);
-        }
+        push_channels(&px, c, h * w, &mut out);
     }
     Ok((out, skipped))
+}
+
+/// Appends channel-first RGB values `px` (3 planes of `plane` values) as `channels` planes:
+/// as they are for 3, their mean for 1 (grey).
+pub fn push_channels(px: &[f32], channels: usize, plane: usize, out: &mut Vec<f32>) {
+    if channels == 1 {
+        out.extend((0..plane).map(|i| (px[i] + px[plane + i] + px[2 * plane + i]) / 3.0));
+    } else {
+        out.extend_from_slice(px);
+    }
 }
 
 fn encode(img: &RgbImage, path: &Path) -> Result<()> {
@@ -158,20 +163,26 @@ pub fn gan_processor(size: usize) -> crate::data::ImageProcessor {
 
 const SIDE: u32 = 480;
 
-/// A scatter plot of 2-D `samples` (orange) over `data` (grey), both row-major, on axes that
-/// hold both; `title` on top.
-pub fn scatter_png(data: &[f32], samples: &[f32], title: &str, path: &Path) -> Result<()> {
-    let all = data
+/// The smallest and largest finite value of two sets; an error when neither holds one.
+fn finite_range(data: &[f32], samples: &[f32]) -> Result<(f32, f32)> {
+    let (lo, hi) = data
         .iter()
         .chain(samples)
         .copied()
-        .filter(|v| v.is_finite());
-    let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
     if !(lo.is_finite() && hi.is_finite()) {
         return Err(Error::InvalidInput("nothing finite to plot".into()));
     }
+    Ok((lo, hi))
+}
+
+/// A scatter plot of 2-D `samples` (orange) over `data` (grey), both row-major, on axes that
+/// hold both; `title` on top.
+pub fn scatter_png(data: &[f32], samples: &[f32], title: &str, path: &Path) -> Result<()> {
+    let (lo, hi) = finite_range(data, samples)?;
     // A square view (equal scales) with a margin.
     let (lo, hi) = (lo - 0.05 * (hi - lo + 1e-3), hi + 0.05 * (hi - lo + 1e-3));
     let (top, side) = (20u32, SIDE - 20);
@@ -203,17 +214,7 @@ pub fn scatter_png(data: &[f32], samples: &[f32], title: &str, path: &Path) -> R
 
 /// Histograms of 1-D `samples` (orange) over `data` (grey), 96 bins.
 pub fn histogram_png(data: &[f32], samples: &[f32], title: &str, path: &Path) -> Result<()> {
-    let all = data
-        .iter()
-        .chain(samples)
-        .copied()
-        .filter(|v| v.is_finite());
-    let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
-    if !(lo.is_finite() && hi.is_finite()) {
-        return Err(Error::InvalidInput("nothing finite to plot".into()));
-    }
+    let (lo, hi) = finite_range(data, samples)?;
     let bins = 96usize;
     let count = |v: &[f32]| {
         let mut h = vec![0f32; bins];

@@ -183,13 +183,7 @@ fn real_rows(
         }
         match (c, mc) {
             (a, b) if a == b => out.extend_from_slice(&pixels),
-            (3, 1) => {
-                let plane = h * w;
-                out.extend(
-                    (0..plane)
-                        .map(|i| (pixels[i] + pixels[plane + i] + pixels[2 * plane + i]) / 3.0),
-                );
-            }
+            (3, 1) => crate::pipeline::gan::push_channels(&pixels, 1, h * w, &mut out),
             _ => {
                 return Err(Error::InvalidInput(format!(
                     "images have {c} channels, the model {mc}"
