@@ -1042,3 +1042,56 @@ pub fn read_config(folder: &Path) -> Result<GanConfig> {
     let mc = hub::ModelConfig::read(folder)?;
     GanConfig::from_json(&mc.json).map_err(|m| Error::config(&mc.path, m))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Power iteration from the kept `u` converges to the largest singular value: the
+    /// normalised weight's spectral norm (by SVD) is 1.
+    #[test]
+    fn spectral_normalisation_divides_by_the_largest_singular_value() {
+        let device = Device::flex().autodiff();
+        device.seed(3);
+        let w = Tensor::<2>::random([6, 4], Distribution::Normal(0.0, 1.0), &device);
+        let state = SpectralState::new(6, &device);
+        let mut normalised = w.clone();
+        for _ in 0..30 {
+            normalised = state.normalise(w.clone(), true);
+        }
+        let values = crate::pipeline::to_vec(normalised).unwrap();
+        let m = nalgebra::DMatrix::from_row_slice(6, 4, &values);
+        let sigma = m.map(f64::from).singular_values().max();
+        assert!((sigma - 1.0).abs() < 1e-4, "spectral norm {sigma}");
+        // Without training the kept u does not move.
+        let before = crate::pipeline::to_vec(state.u.value_sync()).unwrap();
+        let _ = state.normalise(w, false);
+        assert_eq!(
+            crate::pipeline::to_vec(state.u.value_sync()).unwrap(),
+            before
+        );
+    }
+
+    #[test]
+    fn configs_round_trip_and_bad_sizes_are_refused() {
+        let mlp = GanConfig::Mlp(MlpGanConfig::toy(2));
+        assert_eq!(GanConfig::from_json(&mlp.to_json()).unwrap(), mlp);
+        let mut v = mlp.to_json();
+        v["hidden_size"] = 0.into();
+        assert!(
+            GanConfig::from_json(&v)
+                .unwrap_err()
+                .contains("hidden_size")
+        );
+        let mut d = serde_json::json!({"model_type": DCGAN_TYPE, "image_size": 24});
+        assert!(
+            GanConfig::from_json(&d)
+                .unwrap_err()
+                .contains("16, 32 or 64")
+        );
+        d["image_size"] = 64.into();
+        let cfg = GanConfig::from_json(&d).unwrap();
+        assert_eq!(cfg.image_shape(), Some([1, 64, 64]));
+        assert!(GanConfig::from_json(&serde_json::json!({"model_type": "vit"})).is_err());
+    }
+}
