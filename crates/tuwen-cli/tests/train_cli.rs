@@ -515,7 +515,7 @@ fn a_missing_device_is_an_error_for_every_training_command() {
     let (dir, data) = fresh_shapes("nodevice", "24", "16", &[]);
     let train = data.join("train.csv");
     let out = dir.join("out");
-    let commands: [&[&str]; 6] = [
+    let commands: [&[&str]; 7] = [
         &[
             "train",
             "classifier",
@@ -526,6 +526,7 @@ fn a_missing_device_is_an_error_for_every_training_command() {
         ],
         &["train", "siglip"],
         &["train", "mae"],
+        &["train", "gan"],
         &["quickstart"],
         &["bench", "train"],
         &["bench", "classifier"],
