@@ -84,6 +84,15 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// The lock of the process-wide random generator of the CPU device: a training run seeds it
+/// each step and holds it while the step draws (dropout, drop-path), and model initialisation
+/// and loading hold it while they seed and draw (burn draws initial values lazily), so that
+/// concurrent runs in one process cannot interleave draws. Also `train::engine::device_rng`.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

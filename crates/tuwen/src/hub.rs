@@ -314,10 +314,30 @@ pub fn safetensors_header(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
 /// `optional` lists module paths that may stay as initialised. Any other module parameter
 /// missing from the files, or any shape mismatch, is an error.
 pub fn load_weights<M: Module>(
+    module: M,
+    folder: &Path,
+    renames: &[(&str, &str)],
+    optional: &[&str],
+) -> Result<M> {
+    load_weights_with(module, folder, renames, optional, false)
+}
+
+/// [`load_weights`] for modules with enums of families (a GAN's `Generator::Mlp`, …): the
+/// files' names carry no variant, as [`save_pretrained`] writes them.
+pub fn load_weights_skipping_variants<M: Module>(
+    module: M,
+    folder: &Path,
+    optional: &[&str],
+) -> Result<M> {
+    load_weights_with(module, folder, &[], optional, true)
+}
+
+fn load_weights_with<M: Module>(
     mut module: M,
     folder: &Path,
     renames: &[(&str, &str)],
     optional: &[&str],
+    skip_enum_variants: bool,
 ) -> Result<M> {
     let files = weight_files(folder)?;
     let mut applied = BTreeSet::new();
@@ -340,7 +360,7 @@ pub fn load_weights<M: Module>(
                 ScalarAdapter { to_scalar: vec![] },
             ))
             .allow_partial(true)
-            .skip_enum_variants(true)
+            .skip_enum_variants(skip_enum_variants)
             .validate(true);
         for (from, to) in renames {
             store = store.with_key_remapping(from, *to);

@@ -31,14 +31,14 @@ fn small_efficientnet_learns_colours() {
         .map(|(i, l)| (i.to_string(), l.clone()))
         .collect();
     let device = Device::flex().autodiff();
-    // The device's generator is process-wide: hold it while seeding and drawing.
-    let rng = tuwen::train::engine::device_rng();
-    device.seed(1);
+    // The device's generator is process-wide: `init_seeded` holds it while it seeds and draws
+    // every initial value (burn draws them lazily, on first use).
     let model = EfficientNetClassifier {
-        model: EfficientNetForImageClassification::new(&cfg, &device),
+        model: tuwen::train::engine::init_seeded(&device, 1, |d| {
+            EfficientNetForImageClassification::new(&cfg, d)
+        }),
         config: cfg.clone(),
     };
-    drop(rng);
     let processor =
         ImageProcessor::from_json(&tuwen::train::mae::preprocessor_json(32).to_string()).unwrap();
     let run = ClassifierTrainConfig {

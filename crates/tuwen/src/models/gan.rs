@@ -993,7 +993,11 @@ impl Gan {
     /// Reads a GAN folder.
     pub fn load(folder: &Path, device: &Device) -> Result<(Self, GanConfig)> {
         let cfg = read_config(folder)?;
-        let gan = hub::load_weights(Gan::new(&cfg, device), folder, &[], &[])?;
+        // Building the module and loading into it may draw its lazy initial values from the
+        // device's generator: hold it, so that a seeded run elsewhere in the process is not
+        // disturbed.
+        let _rng = crate::device::rng_lock();
+        let gan = hub::load_weights_skipping_variants(Gan::new(&cfg, device), folder, &[])?;
         Ok((gan, cfg))
     }
 

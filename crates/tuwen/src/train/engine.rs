@@ -309,14 +309,7 @@ pub fn epochs_to_steps(epochs: f64, samples: usize, batch_size: usize) -> Result
 /// The draw number of the device generator's seed in each step (see [`StepContext::seed`]).
 const DEVICE_DRAWS: usize = 999_999;
 
-/// The lock of the process-wide random generator of the CPU device: a run
-/// seeds it each step and holds it while the step draws (dropout, drop-path), and model
-/// initialisation holds it while it seeds and draws, so that concurrent runs in one process
-/// cannot interleave draws.
-pub fn device_rng() -> std::sync::MutexGuard<'static, ()> {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use crate::device::rng_lock as device_rng;
 
 /// A network built by `build` from the device's generator seeded with `seed`, its weights
 /// drawn at once (burn draws them lazily, on first use) while [`device_rng`] is held: so a
@@ -378,9 +371,15 @@ pub fn run<'a, S: TrainStep>(
         ));
     }
     let micro = cfg.batch_size.div_ceil(accumulate);
+    // Counting parameters materialises lazily initialised ones, which draw from the device's
+    // generator: hold it, so that a seeded run elsewhere in the process is not disturbed.
+    let bytes = {
+        let _rng = device_rng();
+        family.step_bytes(&models, micro)
+    };
     crate::memory::check(
         &family.device(&models),
-        family.step_bytes(&models, micro),
+        bytes,
         &format!("a training step on {micro} samples"),
         "--batch-size (or the image size; or split the step into micro-batches)",
     )?;
