@@ -320,6 +320,20 @@ fn train_gan_refuses_bad_settings_in_one_line() {
         ]),
         "--resume",
     );
+    // A width that cannot fit is refused before anything is allocated.
+    fails(
+        &tuwen(&[
+            "train",
+            "gan",
+            "--data",
+            "toy:8gaussians",
+            "--out",
+            s(&out),
+            "--hidden-size",
+            "100000",
+        ]),
+        "memory",
+    );
     assert!(!out.join("model.safetensors").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
