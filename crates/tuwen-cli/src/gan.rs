@@ -264,6 +264,13 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
         (gan, model, Some(dir))
     } else {
         let model = new_config(&a, &source, penalty)?;
+        // Parameters, gradients and Adam's two moments, before anything is allocated.
+        tuwen::memory::check(
+            device,
+            16 * model.num_params(),
+            "the generator and critic with their optimiser state",
+            "--hidden-size, --layers or --width",
+        )?;
         let gan = tuwen::train::engine::init_seeded(&ad, a.seed, |d| Gan::new(&model, d));
         (gan, model, None)
     };
@@ -294,7 +301,6 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
         )?;
         Ok(())
     };
-    let mut kr: Vec<(usize, f32, f32)> = Vec::new();
     let mut failed = None;
     let (gan, report) = train(
         gan,
@@ -305,12 +311,6 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
         &cfg,
         |s, gan| {
             let done = s.step + 1;
-            if let (Some(c), Some(w)) = (
-                s.metrics["val_critic_w"].as_f64(),
-                s.metrics["val_w1"].as_f64(),
-            ) {
-                kr.push((done, c as f32, w as f32));
-            }
             if a.sample_every > 0 && done.is_multiple_of(a.sample_every) && failed.is_none() {
                 let title = format!("{} step {done}", a.loss);
                 if let Err(e) = picture(gan, &format!("step-{done:06}.png"), &title) {
@@ -327,18 +327,27 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
     tuwen::burn::module::Module::valid(&gan).save(&model, &a.out)?;
     let title = format!("{} after {} steps", a.loss, report.losses.len());
     picture(&gan, "final.png", &title)?;
-    let plot = tuwen::train::plot::series_png;
-    let d: Vec<(usize, f32)> = report.losses.clone();
-    if d.len() >= 2 {
-        tuwen::train::plot::loss_curve_png(&d, &a.out.join("curves.png"))?;
+    if report.losses.len() >= 2 {
+        tuwen::train::plot::loss_curve_png(&report.losses, &a.out.join("curves.png"))?;
     }
     // The Kantorovich-Rubinstein duality in training: the critic's estimate against W1
     // measured between held-out real and generated samples.
-    let all_kr = read_kr(&a.out.join("metrics.jsonl")).unwrap_or(kr);
-    if all_kr.len() >= 2 {
-        let critic: Vec<(usize, f32)> = all_kr.iter().map(|k| (k.0, k.1)).collect();
-        let w1: Vec<(usize, f32)> = all_kr.iter().map(|k| (k.0, k.2)).collect();
-        plot(
+    // metrics.jsonl holds every validation, those before a resume included.
+    let validations = validations(&a.out.join("metrics.jsonl"));
+    if validations.len() >= 2 {
+        let series = |key: &str| -> Vec<(usize, f32)> {
+            validations
+                .iter()
+                .map(|v| {
+                    (
+                        v["step"].as_u64().unwrap_or(0) as usize + 1,
+                        v[key].as_f64().unwrap_or(f64::NAN) as f32,
+                    )
+                })
+                .collect()
+        };
+        let (critic, w1) = (series("val_critic_w"), series("val_w1"));
+        tuwen::train::plot::series_png(
             "critic's W estimate vs measured W1 (held-out samples)",
             &[
                 (
@@ -369,8 +378,8 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
         );
         summary["coverage"] = serde_json::to_value(&cov)?;
     }
-    if let Some(last) = all_kr_last(&a.out.join("metrics.jsonl")) {
-        summary["last_validation"] = last;
+    if let Some(last) = validations.last() {
+        summary["last_validation"] = last.clone();
     }
     tuwen::hub::write_atomic(
         &a.out.join("report.json"),
@@ -391,29 +400,13 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// `(step, critic estimate, W1)` of every validated step in metrics.jsonl.
-fn read_kr(path: &Path) -> Option<Vec<(usize, f32, f32)>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| {
-                Some((
-                    v["step"].as_u64()? as usize + 1,
-                    v["val_critic_w"].as_f64()? as f32,
-                    v["val_w1"].as_f64()? as f32,
-                ))
-            })
-            .collect(),
-    )
-}
-
-fn all_kr_last(path: &Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// The metrics.jsonl lines of the validated steps (none when the file cannot be read).
+fn validations(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
-        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v.get("val_w1").is_some())
+        .filter(|v| v.get("val_w1").is_some())
+        .collect()
 }
 
 #[derive(Args)]

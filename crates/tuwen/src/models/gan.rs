@@ -282,6 +282,51 @@ impl GanConfig {
         Ok(())
     }
 
+    /// Parameters of the generator and the critic together, from the sizes alone (before any
+    /// module is built, so that a size that cannot fit is refused without allocating it):
+    /// exact for the MLP, the weights without norms and biases (a lower bound) for DCGAN.
+    pub fn num_params(&self) -> u128 {
+        let u = |x: usize| x as u128;
+        match self {
+            GanConfig::Mlp(c) => {
+                let (h, l) = (u(c.hidden_size), u(c.num_hidden_layers));
+                let mlp = |i: u128, o: u128| {
+                    let hidden = if l == 0 {
+                        0
+                    } else {
+                        (i + 1) * h + (l - 1) * (h + 1) * h
+                    };
+                    hidden + (if l == 0 { i } else { h } + 1) * o
+                };
+                let norms = if c.critic_norm == CriticNorm::Layer {
+                    2 * l * h
+                } else {
+                    0
+                };
+                mlp(u(c.latent_dim), u(c.data_dim)) + mlp(u(c.data_dim), 1) + norms
+            }
+            GanConfig::Dcgan(c) => {
+                let stages = c.stages() as u32;
+                let top = u(c.generator_width) << (stages - 1);
+                // The projection, the 4×4 transposed convolutions halving the channels, the
+                // last one to the image.
+                let mut n =
+                    u(c.latent_dim) * top * 16 + u(c.generator_width) * u(c.num_channels) * 16;
+                for k in 0..stages - 1 {
+                    n += 16 * (top >> k) * (top >> (k + 1));
+                }
+                // The critic's 4×4 convolutions doubling the channels, and its head.
+                let mut i = u(c.num_channels);
+                for k in 0..stages {
+                    let o = u(c.critic_width) << k;
+                    n += 16 * i * o;
+                    i = o;
+                }
+                n + i * 16
+            }
+        }
+    }
+
     /// config.json of this model.
     pub fn to_json(&self) -> Value {
         let (mut v, t) = match self {
@@ -1006,14 +1051,18 @@ impl Gan {
         hub::save_pretrained(self, &cfg.to_json(), folder)
     }
 
+    /// The device the networks live on.
+    pub fn device(&self) -> Device {
+        match &self.generator {
+            Generator::Mlp(g) => g.head.weight.device(),
+            Generator::Dcgan(g) => g.project.weight.device(),
+        }
+    }
+
     /// `n` samples `[n, features]` from noise drawn with `seed` (standard normal, drawn on
     /// the CPU so that a seed gives the same samples on every device).
     pub fn sample(&self, cfg: &GanConfig, n: usize, seed: u64) -> Tensor<2> {
-        let device = match &self.generator {
-            Generator::Mlp(g) => g.head.weight.device(),
-            Generator::Dcgan(g) => g.project.weight.device(),
-        };
-        let z = noise(n, cfg.latent_dim(), seed, &device);
+        let z = noise(n, cfg.latent_dim(), seed, &self.device());
         self.generator.forward(z)
     }
 }
@@ -1074,6 +1123,25 @@ mod tests {
             crate::pipeline::to_vec(state.u.value_sync()).unwrap(),
             before
         );
+    }
+
+    /// The count from the sizes alone: exact for the MLP, a close lower bound for DCGAN.
+    #[test]
+    fn parameter_count_from_the_config() {
+        let device = Device::flex();
+        let mut c = MlpGanConfig::toy(3);
+        c.hidden_size = 9;
+        c.critic_norm = CriticNorm::Layer;
+        let mlp = GanConfig::Mlp(c);
+        assert_eq!(
+            mlp.num_params(),
+            Gan::new(&mlp, &device).num_params() as u128
+        );
+        let d: GanConfig = GanConfig::from_json(&serde_json::json!({"model_type": DCGAN_TYPE,
+            "image_size": 32, "generator_width": 8, "critic_width": 6, "num_channels": 3}))
+        .unwrap();
+        let (est, real) = (d.num_params(), Gan::new(&d, &device).num_params() as u128);
+        assert!(est <= real && est * 100 >= real * 97, "{est} vs {real}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::data::processor::ImageProcessor;
 use crate::data::shapes::SplitMix64;
 use crate::data::toy::Toy;
 use crate::loss::{self, GanObjective};
-use crate::models::gan::{Critic, Gan, GanConfig, Generator, noise};
+use crate::models::gan::{Critic, Gan, GanConfig, noise};
 use crate::{Error, Result};
 
 /// The objectives `--loss` names.
@@ -230,10 +230,7 @@ impl TrainStep for GanFamily<'_> {
     }
 
     fn device(&self, gan: &Gan) -> Device {
-        match &gan.generator {
-            Generator::Mlp(g) => g.head.weight.device(),
-            Generator::Dcgan(g) => g.project.weight.device(),
-        }
+        gan.device()
     }
 
     fn processor(&self) -> &ImageProcessor {
@@ -348,10 +345,7 @@ impl TrainStep for GanFamily<'_> {
         let features = self.model.features();
         let n = self.val_real.len() / features;
         let inner = gan.valid();
-        let device = match &inner.generator {
-            Generator::Mlp(g) => g.head.weight.device(),
-            Generator::Dcgan(g) => g.project.weight.device(),
-        };
+        let device = inner.device();
         let fake = inner.sample(self.model, n, 0x5eed_f7a1);
         let real = tensor(self.val_real.clone(), features, &device);
         let critic_w = (inner.discriminator.forward(self.model, real).mean()
@@ -385,12 +379,6 @@ impl TrainStep for GanFamily<'_> {
         // the uninterrupted one has.
         gan.valid().save(self.model, dir)
     }
-}
-
-/// The preprocessing of a DCGAN's training images: resized to its size (bilinear), scaled to
-/// [-1, 1].
-pub fn image_processor(image_size: usize) -> ImageProcessor {
-    crate::pipeline::gan::gan_processor(image_size)
 }
 
 /// Trains `gan` (on an autodiff device) on `data` (images go in `images`, see
@@ -438,7 +426,7 @@ pub fn train<'a>(
                 .into(),
         ));
     }
-    let processor = image_processor(model.image_shape().map_or(16, |s| s[1]));
+    let processor = crate::pipeline::gan::gan_processor(model.image_shape().map_or(16, |s| s[1]));
     let (train_data, toy) = match data {
         RealData::Images => (
             images.ok_or_else(|| Error::InvalidInput("no images".into()))?,
