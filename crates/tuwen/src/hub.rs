@@ -24,6 +24,8 @@ use crate::{Error, Result};
 
 /// The weights file of an unsharded checkpoint.
 pub const WEIGHTS: &str = "model.safetensors";
+/// The weights file of a diffusers model (`VQModel`).
+pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 /// The index of a sharded checkpoint.
 pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 /// The optional files beside the weights: preprocessing and tokenizer.
@@ -103,7 +105,10 @@ fn fetch_repo(repo_id: &str) -> Result<PathBuf> {
             .parent()
             .expect("cached file has a folder")
             .to_path_buf();
-        if dir.join(WEIGHTS).exists() || dir.join(WEIGHTS_INDEX).exists() {
+        if [WEIGHTS, WEIGHTS_INDEX, DIFFUSERS_WEIGHTS]
+            .iter()
+            .any(|f| dir.join(f).exists())
+        {
             return Ok(dir);
         }
     }
@@ -135,6 +140,7 @@ fn fetch_repo(repo_id: &str) -> Result<PathBuf> {
     }
     match repo.get(WEIGHTS) {
         Ok(_) => {}
+        Err(_) if repo.get(DIFFUSERS_WEIGHTS).is_ok() => {}
         Err(_) => {
             let index = repo.get(WEIGHTS_INDEX).map_err(|e| fail(e.to_string()))?;
             for shard in shard_files(&index)? {
@@ -209,6 +215,10 @@ pub fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
     if single.exists() {
         return Ok(vec![single]);
     }
+    let diffusers = folder.join(DIFFUSERS_WEIGHTS);
+    if diffusers.exists() {
+        return Ok(vec![diffusers]);
+    }
     let index = folder.join(WEIGHTS_INDEX);
     if index.exists() {
         return Ok(shard_files(&index)?
@@ -218,7 +228,7 @@ pub fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
     }
     Err(Error::Weights {
         path: folder.to_path_buf(),
-        message: format!("no {WEIGHTS} or {WEIGHTS_INDEX} in the folder"),
+        message: format!("no {WEIGHTS}, {WEIGHTS_INDEX} or {DIFFUSERS_WEIGHTS} in the folder"),
     })
 }
 
@@ -332,17 +342,38 @@ pub fn load_weights_skipping_variants<M: Module>(
     load_weights_with(module, folder, &[], optional, true)
 }
 
+/// [`load_weights`] from one safetensors file rather than a checkpoint folder.
+pub fn load_weights_file<M: Module>(
+    module: M,
+    file: &Path,
+    renames: &[(&str, &str)],
+    optional: &[&str],
+) -> Result<M> {
+    load_files(module, &[file.to_path_buf()], file, renames, optional, false)
+}
+
 fn load_weights_with<M: Module>(
-    mut module: M,
+    module: M,
     folder: &Path,
     renames: &[(&str, &str)],
     optional: &[&str],
     skip_enum_variants: bool,
 ) -> Result<M> {
     let files = weight_files(folder)?;
+    load_files(module, &files, folder, renames, optional, skip_enum_variants)
+}
+
+fn load_files<M: Module>(
+    mut module: M,
+    files: &[PathBuf],
+    folder: &Path,
+    renames: &[(&str, &str)],
+    optional: &[&str],
+    skip_enum_variants: bool,
+) -> Result<M> {
     let mut applied = BTreeSet::new();
     let mut missing = BTreeSet::new();
-    for file in &files {
+    for file in files {
         if !file.exists() {
             return Err(Error::io(
                 file,
@@ -451,8 +482,29 @@ pub fn save_pretrained_renamed<M: Module>(
     scalars: &[&str],
     renames: &[(&str, &str)],
 ) -> Result<()> {
+    save_weights_and_config(module, config, folder, WEIGHTS, scalars, renames)
+}
+
+/// [`save_pretrained`] with another weights file name (diffusers' [`DIFFUSERS_WEIGHTS`]).
+pub fn save_pretrained_file<M: Module>(
+    module: &M,
+    config: &Value,
+    folder: &Path,
+    file: &str,
+) -> Result<()> {
+    save_weights_and_config(module, config, folder, file, &[], &[])
+}
+
+fn save_weights_and_config<M: Module>(
+    module: &M,
+    config: &Value,
+    folder: &Path,
+    file: &str,
+    scalars: &[&str],
+    renames: &[(&str, &str)],
+) -> Result<()> {
     std::fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
-    let weights = folder.join(WEIGHTS);
+    let weights = folder.join(file);
     let to_scalar = scalars.iter().map(|s| s.to_string()).collect();
     let mut store = SafetensorsStore::from_file(&weights)
         .with_to_adapter(ChainAdapter::new(

@@ -545,6 +545,55 @@ pub fn r1_penalty(grad: Tensor<2>) -> Tensor<1> {
     grad.powi_scalar(2).sum_dim(1).mean()
 }
 
+/// Where the quantiser's β goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CommitPlacement {
+    /// The VQ-VAE paper's: `‖sg[z] − e‖² + β‖z − sg[e]‖²` (the encoder's commitment is
+    /// weighted).
+    #[default]
+    Paper,
+    /// taming-transformers' (and diffusers' `legacy=True`): `‖z − sg[e]‖² + β‖sg[z] − e‖²`.
+    Legacy,
+}
+
+/// The quantiser's loss from the encoder's output `z` and the codes' vectors `e` (both
+/// `[b, d, h, w]`, `e` carrying the codebook's gradient): the codebook term moves the codes
+/// toward the encoder outputs, the commitment term the encoder toward its codes; means over
+/// every value. With an EMA codebook `codebook_term` is false and only the commitment stays.
+pub fn vq_loss(
+    z: Tensor<4>,
+    e: Tensor<4>,
+    beta: f64,
+    placement: CommitPlacement,
+    codebook_term: bool,
+) -> Tensor<1> {
+    let commit = (e.clone().detach() - z.clone()).powi_scalar(2).mean();
+    let (w_commit, w_codebook) = match placement {
+        CommitPlacement::Paper => (beta, 1.0),
+        CommitPlacement::Legacy => (1.0, beta),
+    };
+    if !codebook_term {
+        return commit * w_commit;
+    }
+    let codebook = (e - z.detach()).powi_scalar(2).mean();
+    commit * w_commit + codebook * w_codebook
+}
+
+/// VQGAN's adaptive weight of the adversarial term from the two losses' gradients at the
+/// decoder's last layer: `‖∇L_rec‖ / (‖∇L_G‖ + 10⁻⁴)`, clamped to [0, 10⁴] (a number: it takes
+/// no gradient).
+pub fn adaptive_weight(grad_rec: Tensor<4>, grad_gan: Tensor<4>) -> f64 {
+    let norm = |g: Tensor<4>| f64::from(g.powi_scalar(2).sum().sqrt().into_scalar::<f32>());
+    (norm(grad_rec) / (norm(grad_gan) + 1e-4)).clamp(0.0, 1e4)
+}
+
+/// Hinge loss of a PatchGAN discriminator from its logit maps on real and reconstructed
+/// images: `½(mean relu(1 − D(x)) + mean relu(1 + D(x̂)))`, as taming's `hinge_d_loss`.
+pub fn hinge_d_loss(real: Tensor<4>, fake: Tensor<4>) -> Tensor<1> {
+    use burn::tensor::activation::relu;
+    (relu(real.neg().add_scalar(1.0)).mean() + relu(fake.add_scalar(1.0)).mean()) * 0.5
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -377,7 +377,7 @@ fn linear(i: usize, o: usize, dcgan: bool, device: &Device) -> Linear {
 
 /// A parameter value that stays trainable: burn marks a mapped parameter trainable only when
 /// the new tensor requires a gradient, which a fresh `zeros_like` or `random` does not.
-fn trainable<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+pub fn trainable<const D: usize>(t: Tensor<D>) -> Tensor<D> {
     if t.device().is_autodiff() {
         t.require_grad()
     } else {

@@ -5,6 +5,8 @@ pub mod blip;
 pub mod clip;
 pub mod efficientnet;
 pub mod gan;
+pub mod lpips;
+pub mod vqgan;
 pub mod siglip;
 pub mod vit;
 pub mod vit_mae;

@@ -1,0 +1,194 @@
+"""Reference values for tuwen's VQGAN first stage against diffusers' `VQModel`.
+
+    python3 python/make_vq_fixtures.py [TUWEN_SAVED_FOLDER]
+
+writes
+- tests/fixtures/vq-odd/: a random-weight diffusers `VQModel` with sizes no published model has
+  (three resolutions 12/18/24 wide, attention in the middle resolution and the middle blocks,
+  2 ResNet blocks per level, 6 groups, latent 5, codes 7 wide, 37 codes, 24 px);
+- tests/fixtures/vq/*.png: three real photos at 24 px, as `tuwen reconstruct` reads them;
+- tests/fixtures/vq_reference.safetensors:
+  - `pixel_values` (x / 127.5 - 1), `latents` (`encode(x).latents`), `codes` ([b, h*w]),
+    `sample` (`VQModel(x).sample`), `commit_loss` (diffusers' legacy-placed VQ loss);
+  - `grad.paper.<tensor>`: the gradient of `mean|x - x̂| + codebook + 0.25 commitment` (the
+    paper's placement) for every parameter; `grad.legacy.<tensor>` with taming's placement;
+  - the adaptive weight of the adversarial term with a small PatchGAN discriminator (taming's
+    `NLayerDiscriminator`, 2 layers, 5 filters; tests/fixtures/vq-disc/model.safetensors holds
+    it under tuwen's names `convs.i.*`, `norms.i.*`): `adaptive.lambda` (‖∇L_rec‖ / (‖∇L_G‖ + 1e-4) at
+    `decoder.conv_out.weight`, clamped to [0, 1e4], times the disc weight 0.8), and
+    `grad.adaptive.<tensor>` for `L_rec + λ L_G + vq_loss`.
+
+With a folder tuwen saved, checks that diffusers loads it and gives tuwen's reconstructions
+(`TUWEN_SAVED_FOLDER/reference.safetensors`: `pixel_values`, `sample`).
+"""
+
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import VQModel
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIX = os.path.join(HERE, "..", "tests", "fixtures")
+SIZE = 24
+PHOTOS = ["chelsea.jpg", "astronaut.png", "coffee.bmp"]
+
+
+def config():
+    return dict(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(12, 18, 24), layers_per_block=2, latent_channels=5,
+        num_vq_embeddings=37, norm_num_groups=6, vq_embed_dim=7, sample_size=SIZE,
+    )
+
+
+class PatchDiscriminator(nn.Module):
+    """taming's NLayerDiscriminator: 4x4 convolutions, stride 2 then 1, batch norm, LeakyReLU
+    0.2, a one-channel map of patch logits."""
+
+    def __init__(self, channels, ndf, n_layers):
+        super().__init__()
+        widths = [channels] + [ndf * min(2 ** i, 8) for i in range(n_layers + 1)]
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i in range(n_layers + 1):
+            stride = 2 if i < n_layers else 1
+            self.convs.append(nn.Conv2d(widths[i], widths[i + 1], 4, stride, 1, bias=(i == 0)))
+            if i > 0:
+                self.norms.append(nn.BatchNorm2d(widths[i + 1]))
+        self.convs.append(nn.Conv2d(widths[-1], 1, 4, 1, 1))
+
+    def forward(self, x):
+        h = F.leaky_relu(self.convs[0](x), 0.2)
+        for conv, norm in zip(self.convs[1:-1], self.norms):
+            h = F.leaky_relu(norm(conv(h)), 0.2)
+        return self.convs[-1](h)
+
+
+def vq_loss(z, z_q, beta, legacy):
+    codebook = torch.mean((z_q - z.detach()) ** 2)
+    commit = torch.mean((z_q.detach() - z) ** 2)
+    return commit + beta * codebook if legacy else codebook + beta * commit
+
+
+def forward_parts(model, x):
+    """Encoder, quantiser (diffusers' lookup), decoder; the input of conv_out kept."""
+    h = model.encode(x).latents
+    b, d, gh, gw = h.shape
+    flat = h.permute(0, 2, 3, 1).reshape(-1, d)
+    idx = torch.argmin(torch.cdist(flat, model.quantize.embedding.weight), dim=1)
+    zq = model.quantize.embedding(idx).view(b, gh, gw, d).permute(0, 3, 1, 2)
+    st = h + (zq - h).detach()
+    dec = model.decoder
+    s = dec.conv_in(model.post_quant_conv(st))
+    s = dec.mid_block(s, None)
+    for up in dec.up_blocks:
+        s = up(s, None)
+    last = dec.conv_act(dec.conv_norm_out(s))
+    return h, zq, idx.view(b, -1), last, dec.conv_out(last)
+
+
+def photos():
+    os.makedirs(os.path.join(FIX, "vq"), exist_ok=True)
+    arrays = []
+    for name in PHOTOS:
+        img = Image.open(os.path.join(FIX, "images", name)).convert("RGB")
+        img = img.resize((SIZE, SIZE), Image.BICUBIC)
+        out = os.path.join(FIX, "vq", os.path.splitext(name)[0] + ".png")
+        img.save(out)
+        # Read back what was written, as tuwen will.
+        arrays.append(np.asarray(Image.open(out).convert("RGB"), dtype=np.float32))
+    x = np.stack(arrays).transpose(0, 3, 1, 2) / 127.5 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def main():
+    torch.manual_seed(0)
+    model = VQModel(**config())
+    x = photos()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if name.endswith("weight") else 0.0))
+            elif name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.2)
+        # Codes near the latents of the photos, so that many are used.
+        z = model.encode(x).latents.permute(0, 2, 3, 1).reshape(-1, 7)
+        pick = torch.randperm(z.shape[0])[:37]
+        model.quantize.embedding.weight.copy_(z[pick] + 0.3 * z.std() * torch.randn(37, 7))
+    model.eval()
+    out_dir = os.path.join(FIX, "vq-odd")
+    model.save_pretrained(out_dir)
+    ref = {"pixel_values": x}
+    with torch.no_grad():
+        ref["latents"] = model.encode(x).latents
+        out = model(x)
+        ref["sample"] = out.sample
+        ref["commit_loss"] = out.commit_loss.reshape(-1)[:1]
+    h, zq, idx, last, rec = forward_parts(model, x)
+    ref["codes"] = idx.to(torch.int64)
+    assert torch.allclose(rec, ref["sample"], atol=1e-5)
+    print("codes used:", len(torch.unique(idx)), "of 37; sample range", float(rec.min()), float(rec.max()))
+
+    params = dict(model.named_parameters())
+    for placement, legacy in [("paper", False), ("legacy", True)]:
+        model.zero_grad()
+        h, zq, idx, last, rec = forward_parts(model, x)
+        loss = torch.mean(torch.abs(x - rec)) + vq_loss(h, zq, 0.25, legacy)
+        loss.backward()
+        ref[f"loss.{placement}"] = loss.detach().reshape(1)
+        for n, p in params.items():
+            ref[f"grad.{placement}.{n}"] = p.grad.detach().clone()
+
+    # The adaptive weight with a PatchGAN discriminator (training mode: batch statistics).
+    torch.manual_seed(1)
+    disc = PatchDiscriminator(3, 5, 2)
+    with torch.no_grad():
+        for n, p in disc.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if "norms" in n else 0.2) + (1.0 if "norms" in n and n.endswith("weight") else 0.0))
+    disc.train()
+    model.zero_grad()
+    h, zq, idx, last, rec = forward_parts(model, x)
+    rec_loss = torch.mean(torch.abs(x - rec))
+    g_loss = -torch.mean(disc(rec))
+    w = model.decoder.conv_out.weight
+    g_rec = torch.autograd.grad(rec_loss, w, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(g_loss, w, retain_graph=True)[0]
+    lam = torch.clamp(torch.norm(g_rec) / (torch.norm(g_adv) + 1e-4), 0.0, 1e4).detach() * 0.8
+    total = rec_loss + lam * g_loss + vq_loss(h, zq, 0.25, False)
+    disc.zero_grad()
+    total.backward()
+    ref["adaptive.lambda"] = lam.reshape(1)
+    ref["adaptive.g_loss"] = g_loss.detach().reshape(1)
+    ref["adaptive.total"] = total.detach().reshape(1)
+    for n, p in params.items():
+        ref[f"grad.adaptive.{n}"] = p.grad.detach().clone()
+    disc_dir = os.path.join(FIX, "vq-disc")
+    os.makedirs(disc_dir, exist_ok=True)
+    save_file({n: t.detach().clone().contiguous() for n, t in disc.state_dict().items()
+               if not n.endswith("num_batches_tracked")},
+              os.path.join(disc_dir, "model.safetensors"), metadata={"format": "pt"})
+    ref = {k: v.contiguous() for k, v in ref.items()}
+    save_file(ref, os.path.join(FIX, "vq_reference.safetensors"))
+    print("lambda", float(lam), "total", float(total))
+
+    if len(sys.argv) > 1:
+        folder = sys.argv[1]
+        loaded = VQModel.from_pretrained(folder).eval()
+        theirs = load_file(os.path.join(folder, "reference.safetensors"))
+        with torch.no_grad():
+            sample = loaded(theirs["pixel_values"]).sample
+        d = float((sample - theirs["sample"]).abs().max())
+        print(f"tuwen-saved folder in diffusers: max difference {d:.2e}")
+        assert d < 1e-4, d
+
+
+if __name__ == "__main__":
+    main()
