@@ -1,6 +1,8 @@
 """Reference values for tuwen's VQGAN first stage against diffusers' `VQModel`.
 
     python3 python/make_vq_fixtures.py [TUWEN_SAVED_FOLDER]
+    python3 python/make_vq_fixtures.py lpips   (after the above: tests/fixtures/lpips-tiny/,
+                                                lpips_reference.safetensors)
 
 writes
 - tests/fixtures/vq-odd/: a random-weight diffusers `VQModel` with sizes no published model has
@@ -190,5 +192,94 @@ def main():
         assert d < 1e-4, d
 
 
+
+
+# --- LPIPS and the image measures -------------------------------------------------------------
+# Run as `python3 python/make_vq_fixtures.py lpips`: a tiny LPIPS with the `lpips` package's
+# structure and names (VGG-16's 13 convolutions in 5 slices, 1x1 channel weights after dropout),
+# widths no published network has, and its distances and input gradient on real photos; SSIM
+# and PSNR by scikit-image on the VQ fixture's reconstructions.
+
+VGG = [(1, 0), (1, 2), (2, 5), (2, 7), (3, 10), (3, 12), (3, 14), (4, 17), (4, 19), (4, 21),
+       (5, 24), (5, 26), (5, 28)]
+
+
+class TinyLpips(nn.Module):
+    def __init__(self, widths):
+        super().__init__()
+        self.scaling = nn.Module()
+        self.scaling.register_buffer("shift", torch.tensor([-.030, -.088, -.188])[None, :, None, None])
+        self.scaling.register_buffer("scale", torch.tensor([.458, .448, .450])[None, :, None, None])
+        self.convs = nn.ModuleList(nn.Conv2d(widths[i], widths[i + 1], 3, padding=1) for i in range(13))
+        ends = [widths[2], widths[4], widths[7], widths[10], widths[13]]
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in ends)
+
+    def features(self, x):
+        h = (x - self.scaling.shift) / self.scaling.scale
+        out, c = [], 0
+        for s, n in enumerate([2, 2, 3, 3, 3]):
+            if s > 0:
+                h = F.max_pool2d(h, 2, 2)
+            for _ in range(n):
+                h = F.relu(self.convs[c](h))
+                c += 1
+            out.append(h)
+        return out
+
+    def forward(self, a, b):
+        def unit(f):
+            return f / (torch.sqrt(torch.sum(f ** 2, dim=1, keepdim=True)) + 1e-10)
+        total = 0
+        for fa, fb, lin in zip(self.features(a), self.features(b), self.lins):
+            total = total + lin((unit(fa) - unit(fb)) ** 2).mean(dim=(2, 3))
+        return total.reshape(-1)
+
+    def lpips_state_dict(self):
+        sd = {"scaling_layer.shift": self.scaling.shift, "scaling_layer.scale": self.scaling.scale}
+        for (s, k), conv in zip(VGG, self.convs):
+            sd[f"net.slice{s}.{k}.weight"] = conv.weight
+            sd[f"net.slice{s}.{k}.bias"] = conv.bias
+        for i, lin in enumerate(self.lins):
+            sd[f"lin{i}.model.1.weight"] = lin.weight
+        return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+def lpips_fixtures():
+    from skimage.metrics import structural_similarity
+    torch.manual_seed(2)
+    widths = [3, 4, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7, 7, 7]
+    net = TinyLpips(widths)
+    with torch.no_grad():
+        for lin in net.lins:
+            lin.weight.copy_(torch.rand_like(lin.weight))
+    out_dir = os.path.join(FIX, "lpips-tiny")
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(net.lpips_state_dict(), os.path.join(out_dir, "lpips.safetensors"), metadata={"format": "pt"})
+    imgs = []
+    for name in ["astronaut.png", "coffee.bmp", "chelsea.jpg", "rocket.webp"]:
+        img = Image.open(os.path.join(FIX, "images", name)).convert("RGB").resize((32, 32), Image.BICUBIC)
+        imgs.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
+    a = torch.from_numpy(np.stack(imgs[:2]))
+    b = torch.from_numpy(np.stack(imgs[2:])).requires_grad_(True)
+    d = net(a, b)
+    d.sum().backward()
+    ref = {"a": a, "b": b.detach(), "lpips": d.detach(), "lpips_grad_b": b.grad.detach()}
+    # SSIM and PSNR of the VQ fixture's reconstructions, as scikit-image computes them on [0, 1].
+    vq = load_file(os.path.join(FIX, "vq_reference.safetensors"))
+    x = ((vq["pixel_values"].clamp(-1, 1) + 1) / 2).numpy().astype(np.float64)
+    y = ((vq["sample"].clamp(-1, 1) + 1) / 2).numpy().astype(np.float64)
+    from skimage.metrics import peak_signal_noise_ratio
+    ssim = [structural_similarity(x[i], y[i], gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                  data_range=1.0, channel_axis=0) for i in range(len(x))]
+    psnr = [peak_signal_noise_ratio(x[i], y[i], data_range=1.0) for i in range(len(x))]
+    ref["ssim"] = torch.tensor(ssim, dtype=torch.float64)
+    ref["psnr"] = torch.tensor(psnr, dtype=torch.float64)
+    save_file({k: v.contiguous() for k, v in ref.items()}, os.path.join(FIX, "lpips_reference.safetensors"))
+    print("lpips", d.tolist(), "ssim", ssim, "psnr", psnr)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["lpips"]:
+        lpips_fixtures()
+    else:
+        main()

@@ -184,3 +184,64 @@ fn saved_folder_loads_back_in_diffusers_layout() {
     assert_eq!(json["block_out_channels"], serde_json::json!([12, 18, 24]));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn lpips_distance_and_input_gradient_match_pytorch() {
+    let r = read_reference("lpips_reference.safetensors");
+    let device = Device::flex().autodiff();
+    let file = fixtures().join("lpips-tiny/lpips.safetensors");
+    let net = tuwen::models::lpips::Lpips::load(&file, &device).unwrap();
+    let t = |k: &str| {
+        let (v, shape) = f32s(&r, k);
+        Tensor::<4>::from_data(TensorData::new(v, shape), &device)
+    };
+    let b = t("b").require_grad();
+    let d = net.forward(t("a"), b.clone());
+    let ours = to_vec(d.clone()).unwrap();
+    let theirs = f32s(&r, "lpips").0;
+    let diff = max_abs_diff(&ours, &theirs);
+    eprintln!("lpips {ours:?} vs {theirs:?}");
+    assert!(diff < 1e-5 && theirs.iter().all(|&v| v > 0.1), "{diff}");
+    let grads = d.sum().backward();
+    let g: Vec<f32> = b
+        .grad(&grads)
+        .unwrap()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let (expect, _) = f32s(&r, "lpips_grad_b");
+    let scale = expect.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let rel = max_abs_diff(&g, &expect) / scale;
+    eprintln!("lpips input gradient: relative difference {rel:.1e}");
+    assert!(rel < 1e-4, "{rel}");
+    // A file that is not LPIPS says so.
+    let err = tuwen::models::lpips::Lpips::load(
+        &fixtures().join("vq-odd/diffusion_pytorch_model.safetensors"),
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not an LPIPS"), "{err}");
+}
+
+#[test]
+fn psnr_and_ssim_match_scikit_image() {
+    let r = read_reference("vq_reference.safetensors");
+    let m = read_reference("lpips_reference.safetensors");
+    let (x, _) = f32s(&r, "pixel_values");
+    let (y, _) = f32s(&r, "sample");
+    let per = 3 * 24 * 24;
+    let (ssim, psnr) = (f64s(&m, "ssim"), f64s(&m, "psnr"));
+    assert_eq!(ssim.len(), 3);
+    for i in 0..3 {
+        let (a, b) = (&x[i * per..(i + 1) * per], &y[i * per..(i + 1) * per]);
+        let s = tuwen::eval::ssim(a, b, 3, 24, 24);
+        let p = tuwen::eval::psnr(a, b);
+        assert!((s - ssim[i]).abs() < 1e-6, "ssim {s} vs {}", ssim[i]);
+        assert!((p - psnr[i]).abs() < 1e-4, "psnr {p} vs {}", psnr[i]);
+    }
+    // Identical images: SSIM 1, PSNR capped at 100 dB.
+    assert!((tuwen::eval::ssim(&x[..per], &x[..per], 3, 24, 24) - 1.0).abs() < 1e-12);
+    assert_eq!(tuwen::eval::psnr(&x[..per], &x[..per]), 100.0);
+}

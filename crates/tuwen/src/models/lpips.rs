@@ -6,7 +6,7 @@
 //!
 //! tuwen ships no weights: [`Lpips::load`] reads one safetensors file with the `lpips`
 //! package's (and taming's) state-dict names, `scaling_layer.{shift,scale}`,
-//! `net.slice{1..5}.{i}.{weight,bias}`, `lin{0..4}.model.1.weight`
+//! `net.slice{1..5}.{i}.{weight,bias}`, `lin{0..4}.model.1.weight` (`.model.0.` without dropout)
 //! (`python/export_lpips.py` writes it from `lpips.LPIPS(net="vgg")`). The widths are read
 //! from the file, so smaller networks of the same shape load too.
 
@@ -43,10 +43,10 @@ const PER_SLICE: [usize; 5] = [2, 2, 3, 3, 3];
 /// LPIPS with a VGG-16 trunk.
 #[derive(Module, Debug)]
 pub struct Lpips {
-    /// The input shift per channel (`scaling_layer.shift`).
-    pub shift: burn::module::Param<Tensor<1>>,
-    /// The input scale per channel (`scaling_layer.scale`).
-    pub scale: burn::module::Param<Tensor<1>>,
+    /// The input shift per channel (`scaling_layer.shift`, `[1, 3, 1, 1]`).
+    pub shift: burn::module::Param<Tensor<4>>,
+    /// The input scale per channel (`scaling_layer.scale`, `[1, 3, 1, 1]`).
+    pub scale: burn::module::Param<Tensor<4>>,
     /// VGG-16's 13 convolutions, in order.
     pub convs: Vec<Conv2d>,
     /// The 1×1 channel weights of each of the 5 layers (no bias).
@@ -70,7 +70,11 @@ impl Lpips {
             ends.push(widths[at]);
         }
         let lins = ends.iter().map(|&c| conv(c, 1, 1, false)).collect();
-        let p = |v: [f32; 3]| burn::module::Param::from_tensor(Tensor::<1>::from_floats(v, device));
+        let p = |v: [f32; 3]| {
+            burn::module::Param::from_tensor(
+                Tensor::<1>::from_floats(v, device).reshape([1, 3, 1, 1]),
+            )
+        };
         Lpips {
             shift: p([-0.030, -0.088, -0.188]),
             scale: p([0.458, 0.448, 0.450]),
@@ -112,7 +116,7 @@ impl Lpips {
             .enumerate()
             .map(|(i, (s, k))| (format!(r"^net\.slice{s}\.{k}\."), format!("convs.{i}.")))
             .collect();
-        renames.push((r"^lin(\d)\.model\.1\.".into(), "lins.$1.".into()));
+        renames.push((r"^lin(\d)\.model\.\d\.".into(), "lins.$1.".into()));
         renames.push((r"^scaling_layer\.".into(), String::new()));
         let renames: Vec<(&str, &str)> =
             renames.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
@@ -123,9 +127,7 @@ impl Lpips {
 
     /// The five layers' features of images in [-1, 1].
     fn features(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        let shift = self.shift.val().reshape([1, 3, 1, 1]);
-        let scale = self.scale.val().reshape([1, 3, 1, 1]);
-        let mut h = (x - shift) / scale;
+        let mut h = (x - self.shift.val()) / self.scale.val();
         let mut out = Vec::new();
         let mut c = 0;
         for (s, n) in PER_SLICE.iter().enumerate() {

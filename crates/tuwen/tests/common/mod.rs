@@ -16,6 +16,7 @@ pub enum Array {
     U8(Vec<u8>, Vec<usize>),
     U64(Vec<u64>),
     I64(Vec<i64>, Vec<usize>),
+    F64(Vec<f64>),
 }
 
 /// Every array of tests/fixtures/reference.safetensors, by name.
@@ -50,6 +51,11 @@ pub fn read_reference(file: &str) -> BTreeMap<String, Array> {
                         .collect(),
                     shape,
                 ),
+                Dtype::F64 => Array::F64(
+                    data.chunks(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ),
                 other => panic!("unexpected dtype {other:?}"),
             };
             (name.to_string(), arr)
@@ -61,6 +67,13 @@ pub fn i64s(r: &BTreeMap<String, Array>, key: &str) -> (Vec<i64>, Vec<usize>) {
     match r.get(key) {
         Some(Array::I64(v, s)) => (v.clone(), s.clone()),
         _ => panic!("no i64 array {key}"),
+    }
+}
+
+pub fn f64s(r: &BTreeMap<String, Array>, key: &str) -> Vec<f64> {
+    match r.get(key) {
+        Some(Array::F64(v)) => v.clone(),
+        _ => panic!("no f64 array {key}"),
     }
 }
 
