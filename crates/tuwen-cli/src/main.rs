@@ -18,6 +18,7 @@ mod mae;
 mod quickstart;
 mod reconstruct;
 mod train;
+mod vqgan;
 mod wdist;
 
 #[derive(Parser)]
@@ -184,6 +185,10 @@ fn main() -> ExitCode {
             std::process::exit(141);
         }
         eprintln!("error: internal error (please report): {msg}");
+        // Developers ask for the trace explicitly.
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            eprintln!("{}", std::backtrace::Backtrace::force_capture());
+        }
     }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

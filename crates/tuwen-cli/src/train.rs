@@ -67,6 +67,8 @@ pub enum TrainCommand {
     Blip(Box<crate::blip::TrainBlipArgs>),
     /// A GAN (minimax, non-saturating, hinge, WGAN, WGAN-GP): MLPs for points, DCGAN for images.
     Gan(Box<crate::gan::TrainGanArgs>),
+    /// VQGAN's first stage: a quantised autoencoder with L1, LPIPS and PatchGAN losses.
+    Vqgan(Box<crate::vqgan::TrainVqganArgs>),
 }
 
 pub fn run(cmd: TrainCommand, device: &Device) -> Result<()> {
@@ -83,6 +85,7 @@ pub fn run(cmd: TrainCommand, device: &Device) -> Result<()> {
         TrainCommand::Classifier(a) => crate::classifier::run(*a, device),
         TrainCommand::Blip(a) => crate::blip::train_blip(*a, device),
         TrainCommand::Gan(a) => crate::gan::train_gan(*a, device),
+        TrainCommand::Vqgan(a) => crate::vqgan::train_vqgan(*a, device),
     }
 }
 

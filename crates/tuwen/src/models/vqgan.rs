@@ -846,9 +846,12 @@ impl PatchDiscriminator {
             );
             if i > 0 {
                 let mut bn = crate::nn::conv::batch_norm(widths[i + 1], 1e-5, device);
+                // A fresh leaf (a sum would stay a node of a graph that the first backward
+                // pass consumes, and would never be trained).
                 bn.gamma = bn.gamma.map(|g| {
-                    g.clone()
-                        + Tensor::random(g.shape(), burn::tensor::Distribution::Normal(0.0, 0.02), &g.device())
+                    let noise = burn::tensor::Distribution::Normal(0.0, 0.02);
+                    let v = g.clone() + Tensor::random(g.shape(), noise, &g.device());
+                    super::gan::trainable(v.detach())
                 });
                 norms.push(bn);
             }
@@ -863,11 +866,16 @@ impl PatchDiscriminator {
     }
 
     /// Images `[b, c, h, w]` → patch logits `[b, 1, h', w']`.
+    ///
+    /// Batch norm always normalises with the batch's statistics, as the discriminator runs in
+    /// PyTorch's training mode throughout VQGAN's training (it is never evaluated otherwise).
+    /// The running statistics are not updated: nothing reads them, and updating them from the
+    /// generator's pass would tie them to a graph that is gone by the next step.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         use burn::tensor::activation::leaky_relu;
         let mut h = leaky_relu(self.convs[0].forward(x), 0.2);
         for (conv, norm) in self.convs[1..self.convs.len() - 1].iter().zip(&self.norms) {
-            h = leaky_relu(norm.forward(conv.forward(h)), 0.2);
+            h = leaky_relu(batch_stats_norm(norm, conv.forward(h)), 0.2);
         }
         self.convs[self.convs.len() - 1].forward(h)
     }
@@ -876,6 +884,19 @@ impl PatchDiscriminator {
     pub fn device(&self) -> Device {
         self.convs[0].weight.device()
     }
+}
+
+/// Batch norm with the batch's own statistics (biased variance), then the norm's scale and
+/// offset.
+fn batch_stats_norm(norm: &burn::nn::BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let c = x.dims()[1];
+    let mean = x.clone().mean_dims(&[0, 2, 3]);
+    let centred = x - mean;
+    let var = centred.clone().square().mean_dims(&[0, 2, 3]);
+    let y = centred / (var + norm.epsilon).sqrt();
+    let g = norm.gamma.val().reshape([1, c, 1, 1]);
+    let b = norm.beta.val().reshape([1, c, 1, 1]);
+    y * g + b
 }
 
 /// Reads and checks a `VQModel` folder's config.json.

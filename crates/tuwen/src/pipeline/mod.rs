@@ -3,6 +3,7 @@
 
 pub mod blip;
 pub mod gan;
+pub mod vqgan;
 pub mod image_text;
 pub mod mae;
 

@@ -1,0 +1,385 @@
+//! `tuwen train vqgan`: VQGAN's first stage on a folder of images.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+use tuwen::burn::module::Module;
+use tuwen::burn::prelude::Device;
+use tuwen::loss::CommitPlacement;
+use tuwen::models::lpips::Lpips;
+use tuwen::models::vqgan::{VqConfig, VqModel};
+use tuwen::nn::activation::Activation;
+use tuwen::pipeline::vqgan::{VqAutoencoder, pairs_png};
+use tuwen::train::RunConfig;
+use tuwen::train::data::TrainData;
+use tuwen::train::vqgan::{VqGan, VqTrainConfig, train};
+
+use crate::train::{Progress, refuse_input_as_out, resume_dir};
+
+#[derive(Args)]
+pub struct TrainVqganArgs {
+    /// A folder of images (searched recursively).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder: the model in diffusers' VQModel layout (config.json,
+    /// diffusion_pytorch_model.safetensors), metrics.jsonl, curves.png, reconstructions.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Codebook entries.
+    #[arg(long, default_value_t = 256)]
+    codebook_size: usize,
+    /// Width of a code.
+    #[arg(long, default_value_t = 8)]
+    code_dim: usize,
+    /// Side reduction from image to code grid: 1, 2, 4, 8, 16 (a power of two).
+    #[arg(long, default_value_t = 4)]
+    downsample: usize,
+    /// Image side (images are resized to it).
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    /// Image channels: 1 (grey) or 3.
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Channels of the finest level (doubled once at the next, then kept).
+    #[arg(long, default_value_t = 32)]
+    width: usize,
+    /// ResNet blocks per encoder level (the decoder has one more).
+    #[arg(long, default_value_t = 1)]
+    layers_per_block: usize,
+    /// Self-attention in the coarsest level's blocks (the middle blocks always have it).
+    #[arg(long)]
+    attention: bool,
+    /// Steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Adam's learning rate (both networks).
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// β of the quantiser's commitment term.
+    #[arg(long, default_value_t = 0.25)]
+    beta: f64,
+    /// Put β on the codebook term instead, as taming-transformers' code does.
+    #[arg(long)]
+    legacy_beta: bool,
+    /// Update the codebook by exponential moving averages with this decay (e.g. 0.99) instead
+    /// of by gradient.
+    #[arg(long)]
+    ema_decay: Option<f64>,
+    /// Restart a code unused for this many steps at a random encoder output (0: never).
+    #[arg(long, default_value_t = 0)]
+    restart_after: usize,
+    /// l2-normalise codes and encoder outputs before the lookup (diffusers ignores this).
+    #[arg(long)]
+    l2_codes: bool,
+    /// LPIPS weights (safetensors with the lpips package's names; see
+    /// python/export_lpips.py). Without them the perceptual term is off.
+    #[arg(long)]
+    lpips: Option<PathBuf>,
+    /// Weight of the perceptual term.
+    #[arg(long, default_value_t = 1.0)]
+    perceptual_weight: f64,
+    /// The step the PatchGAN discriminator joins at (default: half of --steps).
+    #[arg(long)]
+    disc_start: Option<usize>,
+    /// Factor of the adaptive weight of the adversarial term (0: no discriminator).
+    #[arg(long, default_value_t = 0.8)]
+    disc_weight: f64,
+    /// The discriminator's stride-2 layers.
+    #[arg(long, default_value_t = 2)]
+    disc_layers: usize,
+    /// The discriminator's first width.
+    #[arg(long, default_value_t = 32)]
+    disc_filters: usize,
+    /// Held-out images for validation (taken out of training).
+    #[arg(long, default_value_t = 64)]
+    val_images: usize,
+    /// Seed of the initialisation, the data order and every draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write a checkpoint every N steps (0: at the end).
+    #[arg(long, default_value_t = 500)]
+    save_every: usize,
+    /// Measure the held-out reconstructions every N steps (0: only at the end).
+    #[arg(long, default_value_t = 250)]
+    val_every: usize,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+}
+
+fn new_config(a: &TrainVqganArgs) -> Result<VqConfig> {
+    if !a.downsample.is_power_of_two() || a.downsample > 64 {
+        bail!("--downsample {} must be a power of two up to 64", a.downsample);
+    }
+    let levels = a.downsample.trailing_zeros() as usize + 1;
+    let widths: Vec<usize> = (0..levels)
+        .map(|i| if i == 0 { a.width } else { 2 * a.width })
+        .collect();
+    let groups = [32, 16, 8, 4, 2, 1]
+        .into_iter()
+        .find(|g| widths.iter().all(|w| w % g == 0) && a.width >= 2 * g)
+        .unwrap_or(1);
+    let mut down = vec!["DownEncoderBlock2D".to_string(); levels];
+    let mut up = vec!["UpDecoderBlock2D".to_string(); levels];
+    if a.attention {
+        down[levels - 1] = "AttnDownEncoderBlock2D".into();
+        up[0] = "AttnUpDecoderBlock2D".into();
+    }
+    let cfg = VqConfig {
+        in_channels: a.channels,
+        out_channels: a.channels,
+        down_block_types: down,
+        up_block_types: up,
+        block_out_channels: widths,
+        layers_per_block: a.layers_per_block,
+        act_fn: Activation::Silu,
+        latent_channels: a.code_dim,
+        sample_size: a.image_size,
+        num_vq_embeddings: a.codebook_size,
+        norm_num_groups: groups,
+        vq_embed_dim: Some(a.code_dim),
+        l2_normalized_codes: a.l2_codes,
+        ..VqConfig::default()
+    };
+    cfg.validate().map_err(|m| anyhow::anyhow!("{m}"))?;
+    Ok(cfg)
+}
+
+pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
+    refuse_input_as_out(&a.out, &[&a.data], None)?;
+    if !(a.channels == 1 || a.channels == 3) {
+        bail!("--channels {} must be 1 or 3", a.channels);
+    }
+    let mut samples = tuwen::train::mae::image_folder(&a.data)?;
+    // A fixed, spread-out held-out set: every k-th image, at most --val-images.
+    let n_val = a.val_images.min(samples.len() / 5);
+    let val_samples: Vec<_> = if n_val > 0 {
+        let k = samples.len() / n_val;
+        let picked: Vec<usize> = (0..n_val).map(|i| i * k).collect();
+        let val = picked.iter().map(|&i| samples[i].clone()).collect();
+        let mut i = 0;
+        samples.retain(|_| {
+            let keep = !picked.contains(&i);
+            i += 1;
+            keep
+        });
+        val
+    } else {
+        vec![]
+    };
+    eprintln!(
+        "{} training images, {} held out, under {}",
+        samples.len(),
+        val_samples.len(),
+        a.data.display()
+    );
+    let lpips = match &a.lpips {
+        Some(p) => Some(Lpips::load(p, &device.clone().autodiff())?),
+        None => {
+            eprintln!(
+                "no --lpips weights: the perceptual term is off (L1 + codebook + adversarial only)"
+            );
+            None
+        }
+    };
+    let disc_start = a.disc_start.unwrap_or(a.steps / 2);
+    let run = RunConfig {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        seed: a.seed,
+        checkpoint_every: a.save_every,
+        checkpoint_dir: Some(a.out.join("checkpoint")),
+        val_every: a.val_every,
+        metrics: Some(a.out.join("metrics.jsonl")),
+        constant_lr: true,
+        ..RunConfig::default()
+    };
+    let mut cfg = VqTrainConfig::new(run);
+    cfg.lr = a.lr;
+    cfg.losses.beta = a.beta;
+    cfg.losses.placement = if a.legacy_beta {
+        CommitPlacement::Legacy
+    } else {
+        CommitPlacement::Paper
+    };
+    cfg.losses.perceptual_weight = a.perceptual_weight;
+    cfg.losses.disc_weight = a.disc_weight;
+    cfg.ema_decay = a.ema_decay;
+    cfg.restart_after = a.restart_after;
+    cfg.disc_start = disc_start;
+    cfg.disc_layers = a.disc_layers;
+    cfg.disc_filters = a.disc_filters;
+    if a.disc_layers == 0 || a.disc_layers > 6 || a.disc_filters == 0 || a.disc_filters > 1024 {
+        bail!("--disc-layers must be 1 to 6 and --disc-filters 1 to 1024");
+    }
+    let ad = device.clone().autodiff();
+    let (models, model_cfg, resume_from) = if a.resume {
+        let dir = resume_dir(&a.out.join("checkpoint"))?;
+        let (model, model_cfg) = VqModel::load(&dir, &ad)?;
+        let disc = tuwen::models::vqgan::PatchDiscriminator::new(
+            model_cfg.out_channels,
+            cfg.disc_filters,
+            cfg.disc_layers,
+            &ad,
+        );
+        let disc = tuwen::hub::load_weights(disc, &dir.join("discriminator"), &[], &[])?;
+        (VqGan { model, disc }, model_cfg, Some(dir))
+    } else {
+        let model_cfg = new_config(&a)?;
+        tuwen::memory::check(
+            device,
+            16 * model_cfg.num_params() as u128,
+            "the autoencoder with its optimiser state",
+            "--width, --codebook-size or --layers-per-block",
+        )?;
+        let models = tuwen::train::engine::init_seeded(&ad, a.seed, |d| {
+            VqGan::new(VqModel::new(&model_cfg, d), &model_cfg, &cfg)
+        });
+        (models, model_cfg, None)
+    };
+    if model_cfg.sample_size < 8 * (1 << cfg.disc_layers) / 2 && a.disc_weight > 0.0 {
+        bail!(
+            "--disc-layers {} is too deep for {}px images (each layer halves the side)",
+            cfg.disc_layers,
+            model_cfg.sample_size
+        );
+    }
+    cfg.run.resume_from = resume_from.clone();
+    eprintln!(
+        "VQGAN: {} parameters, {}x{} codes of {} entries ({} wide); discriminator from step {}",
+        model_cfg.num_params(),
+        model_cfg.grid(),
+        model_cfg.grid(),
+        model_cfg.num_vq_embeddings,
+        model_cfg.code_dim(),
+        disc_start
+    );
+    // Held-out images as the model takes them.
+    let val_paths: Vec<PathBuf> = val_samples.iter().map(|s| s.image.clone()).collect();
+    let val_values = {
+        let probe = VqAutoencoder {
+            model: VqModel::new(&model_cfg, device),
+            config: model_cfg.clone(),
+        };
+        let mut v = Vec::new();
+        for p in &val_paths {
+            match probe.image_values(p) {
+                Ok((x, _)) => v.extend(x),
+                Err(e) => eprintln!("{}: skipped ({e})", p.display()),
+            }
+        }
+        v
+    };
+    let mut progress = Progress::start(a.steps, resume_from.as_deref())?;
+    cfg.run.stop = Some(progress.stop_flag());
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let (models, report) = train(
+        models,
+        &model_cfg,
+        TrainData::Samples(&samples),
+        lpips.as_ref(),
+        val_values.clone(),
+        &cfg,
+        |s, _| {
+            if let Some(p) = s.metrics["val_psnr"].as_f64() {
+                eprintln!(
+                    "step {}: held-out PSNR {p:.2} dB, SSIM {:.3}, codes used {:.1}%",
+                    s.step + 1,
+                    s.metrics["val_ssim"].as_f64().unwrap_or(f64::NAN),
+                    s.metrics["val_usage"].as_f64().unwrap_or(f64::NAN) * 100.0
+                );
+            }
+            progress.step(s)
+        },
+    )?;
+    progress.finish();
+    let model = models.model.valid();
+    model.save(&model_cfg, &a.out)?;
+    // Pictures and the final measures, from the saved folder.
+    let vq = VqAutoencoder::load(&a.out, device)?;
+    let mut summary = json!({"steps": report.losses.len(), "disc_start": disc_start,
+        "lpips": a.lpips.is_some()});
+    if !val_paths.is_empty() {
+        let per = model_cfg.in_channels * model_cfg.sample_size * model_cfg.sample_size;
+        let inputs: Vec<Vec<f32>> = val_values.chunks(per).map(<[f32]>::to_vec).collect();
+        let r = vq.reconstruct_values(inputs)?;
+        let mut shown = r.clone();
+        shown.inputs.truncate(16);
+        shown.reconstructions.truncate(16);
+        let shape = [model_cfg.out_channels, model_cfg.sample_size, model_cfg.sample_size];
+        pairs_png(&shown, shape, 8, &a.out.join("reconstructions.png"))?;
+        let all: Vec<i64> = r.codes.iter().flatten().copied().collect();
+        let (usage, perplexity) =
+            tuwen::train::vqgan::usage_and_perplexity(&all, model_cfg.num_vq_embeddings);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (psnr, ssim) = (mean(&r.psnr), mean(&r.ssim));
+        eprintln!(
+            "held-out ({} images): PSNR {psnr:.2} dB, SSIM {ssim:.3}, {:.1}% of codes used, \
+             perplexity {perplexity:.1}",
+            r.inputs.len(),
+            usage * 100.0
+        );
+        summary["held_out"] = json!({"images": r.inputs.len(), "psnr": psnr, "ssim": ssim,
+            "usage": usage, "perplexity": perplexity});
+    }
+    curves(&a.out)?;
+    tuwen::hub::write_atomic(
+        &a.out.join("report.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
+    if report.stopped {
+        eprintln!(
+            "interrupted after {} steps; saved to {} (continue with --resume)",
+            report.losses.len(),
+            a.out.display()
+        );
+    }
+    eprintln!(
+        "trained {} steps; model (diffusers VQModel), reconstructions.png, curves.png in {}",
+        report.losses.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// `curves.png`: the reconstruction loss per step, and the held-out PSNR and code usage.
+fn curves(out: &Path) -> Result<()> {
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let series = |key: &str| -> Vec<(usize, f32)> {
+        lines
+            .iter()
+            .filter_map(|v| Some((v["step"].as_u64()? as usize + 1, v[key].as_f64()? as f32)))
+            .collect()
+    };
+    let rec = series("rec_loss");
+    if rec.len() < 2 {
+        return Ok(());
+    }
+    tuwen::train::plot::series_png(
+        "training: L1 reconstruction loss and codebook usage",
+        &[
+            ("L1 |x - x_rec| (batch)", &rec, [200, 60, 50]),
+            ("share of codes used (batch)", &series("usage"), [20, 60, 160]),
+        ],
+        &out.join("curves.png"),
+    )?;
+    let psnr = series("val_psnr");
+    if psnr.len() >= 2 {
+        tuwen::train::plot::series_png(
+            "held-out PSNR (dB)",
+            &[("PSNR", &psnr, [20, 120, 60])],
+            &out.join("psnr.png"),
+        )?;
+    }
+    Ok(())
+}
