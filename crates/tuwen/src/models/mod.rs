@@ -5,6 +5,7 @@ pub mod blip;
 pub mod clip;
 pub mod efficientnet;
 pub mod gan;
+pub mod gpt2;
 pub mod lpips;
 pub mod vqgan;
 pub mod siglip;

@@ -189,3 +189,189 @@ pub fn pairs_png(r: &Reconstruction, shape: [usize; 3], cols: usize, path: &Path
     let scale = (128 / shape[1].max(1)).clamp(1, 8) as u32;
     crate::pipeline::gan::grid_png(&cells, shape, cols, scale, path)
 }
+
+/// What a prior's config.json says of its codes (`tuwen_vq_prior`): the vocabulary is the
+/// codes `0..codebook_size`, then one token per class, then the start token.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PriorSpec {
+    /// Codebook entries of the VQGAN the prior models.
+    pub codebook_size: usize,
+    /// Side of the code grid.
+    pub grid: usize,
+    /// Class names (empty: unconditional).
+    #[serde(default)]
+    pub classes: Vec<String>,
+}
+
+impl PriorSpec {
+    /// The config.json key.
+    pub const KEY: &'static str = "tuwen_vq_prior";
+
+    /// Tokens: codes, classes, start.
+    pub fn vocab_size(&self) -> usize {
+        self.codebook_size + self.classes.len() + 1
+    }
+
+    /// The start token (unconditional sequences begin with it).
+    pub fn start_token(&self) -> i64 {
+        (self.codebook_size + self.classes.len()) as i64
+    }
+
+    /// The first token of a sequence: its class's token, or the start token.
+    pub fn first_token(&self, class: Option<usize>) -> i64 {
+        match class {
+            Some(c) => (self.codebook_size + c) as i64,
+            None => self.start_token(),
+        }
+    }
+
+    /// The index of a class given by name or number.
+    pub fn class_index(&self, c: &str) -> Result<usize> {
+        if self.classes.is_empty() {
+            return Err(Error::InvalidInput(
+                "--class: this prior is unconditional".into(),
+            ));
+        }
+        if let Some(i) = self.classes.iter().position(|n| n == c) {
+            return Ok(i);
+        }
+        match c.parse::<usize>() {
+            Ok(i) if i < self.classes.len() => Ok(i),
+            _ => Err(Error::InvalidInput(format!(
+                "--class {c:?}: not one of {}",
+                self.classes.join(", ")
+            ))),
+        }
+    }
+
+    /// Reads it from a prior's config.json value.
+    pub fn from_config(json: &serde_json::Value) -> std::result::Result<Self, String> {
+        let v = json
+            .get(Self::KEY)
+            .ok_or("not a VQGAN prior (no \"tuwen_vq_prior\" in config.json)")?;
+        let s: PriorSpec = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        if s.codebook_size == 0 || s.grid == 0 {
+            return Err("tuwen_vq_prior: codebook_size and grid must be positive".into());
+        }
+        Ok(s)
+    }
+}
+
+/// A VQGAN's prior: GPT-2 over code indices.
+pub struct VqPrior {
+    /// The transformer.
+    pub model: crate::models::gpt2::Gpt2LMHeadModel,
+    /// Its config.
+    pub config: crate::models::gpt2::Gpt2Config,
+    /// Its codes.
+    pub spec: PriorSpec,
+}
+
+/// The prior's key/value cache.
+pub struct PriorState {
+    layers: Vec<Option<crate::models::gpt2::LayerCache>>,
+}
+
+impl crate::generate::Decoder for VqPrior {
+    type State = PriorState;
+
+    fn step(&self, tokens: &[Vec<i64>], state: &mut PriorState) -> Result<Vec<Vec<f32>>> {
+        let device = self.model.device();
+        let (rows, n) = (tokens.len(), tokens.first().map_or(0, Vec::len));
+        let flat: Vec<i64> = tokens.iter().flatten().copied().collect();
+        let ids = Tensor::<1, Int>::from_ints(flat.as_slice(), &device).reshape([rows, n]);
+        let logits = self.model.forward_cached(ids, Some(&mut state.layers));
+        let v = logits.dims()[2];
+        let last = floats(logits.slice([0..rows, n - 1..n, 0..v]))?;
+        // Only codes may follow: class and start tokens are never drawn.
+        let k = self.spec.codebook_size;
+        Ok(last
+            .chunks(v)
+            .map(|row| {
+                let mut r = row.to_vec();
+                r[k..].fill(f32::NEG_INFINITY);
+                r
+            })
+            .collect())
+    }
+
+    fn select(&self, state: &mut PriorState, rows: &[usize]) -> Result<()> {
+        let device = self.model.device();
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<1, Int>::from_ints(idx.as_slice(), &device);
+        for c in state.layers.iter_mut().flatten() {
+            c.keys = c.keys.clone().select(0, idx.clone());
+            c.values = c.values.clone().select(0, idx.clone());
+        }
+        Ok(())
+    }
+}
+
+impl VqPrior {
+    /// Loads a prior folder (`tuwen train vq-prior`).
+    pub fn load(folder: &Path, device: &Device) -> Result<Self> {
+        let (model, config, json) = crate::models::gpt2::Gpt2LMHeadModel::load(folder, device)?;
+        let path = folder.join("config.json");
+        let spec = PriorSpec::from_config(&json).map_err(|e| Error::config(&path, e))?;
+        if spec.vocab_size() != config.vocab_size || config.n_positions < spec.grid * spec.grid {
+            return Err(Error::config(
+                &path,
+                "vocab_size or n_positions does not fit tuwen_vq_prior's codes",
+            ));
+        }
+        Ok(VqPrior {
+            model,
+            config,
+            spec,
+        })
+    }
+
+    /// Checks that the prior models `vq`'s codes.
+    pub fn check_matches(&self, vq: &VqConfig) -> Result<()> {
+        if vq.num_vq_embeddings != self.spec.codebook_size || vq.grid() != self.spec.grid {
+            return Err(Error::InvalidInput(format!(
+                "the prior models {} codes on a {g}x{g} grid; the VQGAN has {} on {h}x{h}",
+                self.spec.codebook_size,
+                vq.num_vq_embeddings,
+                g = self.spec.grid,
+                h = vq.grid()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `n` code grids drawn with `sampling` (temperature, top-k, top-p, seed), of `class` when
+    /// given, in batches of 64.
+    pub fn sample(
+        &self,
+        n: usize,
+        class: Option<usize>,
+        sampling: &crate::generate::Sampling,
+    ) -> Result<Vec<Vec<i64>>> {
+        let cells = self.spec.grid * self.spec.grid;
+        let mut out = Vec::with_capacity(n);
+        let mut batch = 0u64;
+        while out.len() < n {
+            let b = (n - out.len()).min(64);
+            let settings = crate::generate::Settings {
+                max_new_tokens: cells,
+                sampling: Some(crate::generate::Sampling {
+                    seed: sampling.seed.wrapping_add(batch.wrapping_mul(0x9e37_79b9_7f4a)),
+                    ..sampling.clone()
+                }),
+                eos_token_id: -1,
+                pad_token_id: 0,
+                ..Default::default()
+            };
+            let prompts = vec![vec![self.spec.first_token(class)]; b];
+            let state = PriorState {
+                layers: vec![None; self.config.n_layer],
+            };
+            for seq in crate::generate::generate(self, state, &prompts, &settings)? {
+                out.push(seq[1..].to_vec());
+            }
+            batch += 1;
+        }
+        Ok(out)
+    }
+}
