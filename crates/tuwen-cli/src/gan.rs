@@ -411,9 +411,25 @@ fn validations(path: &Path) -> Vec<serde_json::Value> {
 
 #[derive(Args)]
 pub struct SampleArgs {
-    /// A GAN folder (`tuwen train gan`).
+    /// A GAN folder (`tuwen train gan`), or a VQGAN prior (`tuwen train vq-prior`, with
+    /// --vqgan).
     #[arg(long)]
     model: String,
+    /// The VQGAN that decodes a prior's codes.
+    #[arg(long)]
+    vqgan: Option<String>,
+    /// A class-conditional prior's class (name or index).
+    #[arg(long)]
+    class: Option<String>,
+    /// A prior's sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// A prior's top-k (0: all codes).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// A prior's top-p (1: all codes).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
     /// Samples to draw.
     #[arg(long, default_value_t = 64)]
     n: usize,
@@ -427,8 +443,6 @@ pub struct SampleArgs {
 }
 
 pub fn sample(a: SampleArgs, device: &Device) -> Result<()> {
-    let folder = tuwen::hub::resolve(&a.model)?;
-    read_config(&folder)?;
     let ext = a
         .out
         .extension()
@@ -437,6 +451,27 @@ pub fn sample(a: SampleArgs, device: &Device) -> Result<()> {
     if !matches!(ext.as_deref(), Some("png" | "npy")) {
         bail!("--out {} must end in .png or .npy", a.out.display());
     }
+    if let Some(vqgan) = &a.vqgan {
+        return crate::vqgan::sample_prior(
+            crate::vqgan::PriorSampleArgs {
+                model: &a.model,
+                vqgan,
+                n: a.n,
+                out: &a.out,
+                class: a.class.as_deref(),
+                seed: a.seed,
+                temperature: a.temperature,
+                top_k: a.top_k,
+                top_p: a.top_p,
+            },
+            device,
+        );
+    }
+    if a.class.is_some() {
+        bail!("--class is for a VQGAN prior (with --vqgan)");
+    }
+    let folder = tuwen::hub::resolve(&a.model)?;
+    read_config(&folder)?;
     tuwen::data::files::refuse_overwrite("--out", &a.out, &[], &[&folder])?;
     let sampler = GanSampler::load(&folder, device)?;
     let s = sampler.sample(a.n, a.seed)?;

@@ -69,6 +69,8 @@ pub enum TrainCommand {
     Gan(Box<crate::gan::TrainGanArgs>),
     /// VQGAN's first stage: a quantised autoencoder with L1, LPIPS and PatchGAN losses.
     Vqgan(Box<crate::vqgan::TrainVqganArgs>),
+    /// VQGAN's second stage: a GPT-2 prior over a VQGAN's code grids.
+    VqPrior(Box<crate::vqgan::TrainPriorArgs>),
 }
 
 pub fn run(cmd: TrainCommand, device: &Device) -> Result<()> {
@@ -86,6 +88,7 @@ pub fn run(cmd: TrainCommand, device: &Device) -> Result<()> {
         TrainCommand::Blip(a) => crate::blip::train_blip(*a, device),
         TrainCommand::Gan(a) => crate::gan::train_gan(*a, device),
         TrainCommand::Vqgan(a) => crate::vqgan::train_vqgan(*a, device),
+        TrainCommand::VqPrior(a) => crate::vqgan::train_prior(*a, device),
     }
 }
 

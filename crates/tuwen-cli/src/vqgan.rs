@@ -383,3 +383,307 @@ fn curves(out: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub struct TrainPriorArgs {
+    /// The VQGAN whose codes the prior models (`tuwen train vqgan`, or any diffusers VQModel).
+    #[arg(long)]
+    vqgan: String,
+    /// Images: a folder, or a CSV (filepath column; with --conditional, a label column).
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out images for the validation loss (as --data; default: 5% of --data).
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Output folder: a transformers GPT-2 checkpoint, metrics.jsonl, curves.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Class-conditional: the CSV's --label-column, or a folder's class subfolders.
+    #[arg(long)]
+    conditional: bool,
+    /// The CSV's label column.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Width.
+    #[arg(long, default_value_t = 128)]
+    n_embd: usize,
+    /// Blocks.
+    #[arg(long, default_value_t = 4)]
+    n_layer: usize,
+    /// Heads.
+    #[arg(long, default_value_t = 4)]
+    n_head: usize,
+    /// Dropout (embeddings, attention, residuals).
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f64,
+    /// Steps.
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// AdamW's peak learning rate (warmup, then cosine).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// AdamW's weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write a checkpoint every N steps (0: at the end).
+    #[arg(long, default_value_t = 1000)]
+    save_every: usize,
+    /// Held-out loss every N steps (0: never).
+    #[arg(long, default_value_t = 250)]
+    val_every: usize,
+    /// Continue from the checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// Images and their class names (None: unconditional).
+fn prior_images(
+    path: &Path,
+    conditional: bool,
+    label_column: &str,
+) -> Result<(Vec<PathBuf>, Vec<Option<String>>)> {
+    let samples = if conditional {
+        tuwen::data::labelled::labelled(path, label_column)?
+    } else if path.is_dir() {
+        tuwen::train::mae::image_folder(path)?
+    } else {
+        tuwen::data::captions::open(path, &Default::default(), "{}")?
+    };
+    let labels = samples
+        .iter()
+        .map(|s| conditional.then(|| s.extra.get(label_column).cloned().unwrap_or_default()))
+        .collect();
+    Ok((samples.into_iter().map(|s| s.image).collect(), labels))
+}
+
+pub fn train_prior(a: TrainPriorArgs, device: &Device) -> Result<()> {
+    use tuwen::pipeline::vqgan::PriorSpec;
+    use tuwen::train::vq_prior::{PriorTrainConfig, encode_images, prior_config, sequences};
+    let vq_folder = tuwen::hub::resolve(&a.vqgan)?;
+    refuse_input_as_out(&a.out, &[&a.data, &vq_folder], None)?;
+    let vq = VqAutoencoder::load(&vq_folder, device)?;
+    let (paths, labels) = prior_images(&a.data, a.conditional, &a.label_column)?;
+    let mut classes: Vec<String> = labels.iter().flatten().cloned().collect();
+    classes.sort();
+    classes.dedup();
+    if a.conditional && classes.len() < 2 {
+        bail!("--conditional: {} has fewer than two classes", a.data.display());
+    }
+    let spec = PriorSpec {
+        codebook_size: vq.config.num_vq_embeddings,
+        grid: vq.config.grid(),
+        classes: classes.clone(),
+    };
+    let class_of = |l: &Option<String>| l.as_ref().and_then(|l| classes.iter().position(|c| c == l));
+    eprintln!(
+        "encoding {} images into {g}x{g} codes with {} ...",
+        paths.len(),
+        vq_folder.display(),
+        g = spec.grid
+    );
+    let (codes, skipped) = encode_images(&vq, &paths)?;
+    let kept: Vec<Option<usize>> = labels
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !skipped.contains(i))
+        .map(|(_, l)| class_of(l))
+        .collect();
+    if !skipped.is_empty() {
+        eprintln!("{} unreadable images skipped", skipped.len());
+    }
+    // Held-out sequences: --val, or every 20th image.
+    let (train_codes, train_classes, val_rows) = match &a.val {
+        Some(v) => {
+            let (vp, vl) = prior_images(v, a.conditional, &a.label_column)?;
+            let (vc, vs) = encode_images(&vq, &vp)?;
+            let vk: Vec<Option<usize>> = vl
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !vs.contains(i))
+                .map(|(_, l)| class_of(l))
+                .collect();
+            (codes, kept, rows_of(&spec, &vc, &vk))
+        }
+        None => {
+            let (mut tc, mut tk, mut vc, mut vk) = (vec![], vec![], vec![], vec![]);
+            for (i, (c, k)) in codes.into_iter().zip(kept).enumerate() {
+                if i % 20 == 19 {
+                    vc.push(c);
+                    vk.push(k);
+                } else {
+                    tc.push(c);
+                    tk.push(k);
+                }
+            }
+            let val = rows_of(&spec, &vc, &vk);
+            (tc, tk, val)
+        }
+    };
+    let rows = sequences(&spec, &train_codes, &train_classes);
+    let all: Vec<i64> = train_codes.iter().flatten().copied().collect();
+    let (usage, _) = tuwen::train::vqgan::usage_and_perplexity(&all, spec.codebook_size);
+    eprintln!(
+        "{} training and {} held-out sequences of {} codes ({:.1}% of the codebook in use){}",
+        train_codes.len(),
+        val_rows.len(),
+        spec.grid * spec.grid,
+        usage * 100.0,
+        if classes.is_empty() {
+            String::new()
+        } else {
+            format!(", {} classes", classes.len())
+        }
+    );
+    let run = RunConfig {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        warmup: a.warmup,
+        seed: a.seed,
+        checkpoint_every: a.save_every,
+        checkpoint_dir: Some(a.out.join("checkpoint")),
+        val_every: a.val_every,
+        metrics: Some(a.out.join("metrics.jsonl")),
+        ..RunConfig::default()
+    };
+    let mut cfg = PriorTrainConfig {
+        run,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+    };
+    let ad = device.clone().autodiff();
+    let (model, model_cfg, resume_from) = if a.resume {
+        let dir = resume_dir(&a.out.join("checkpoint"))?;
+        let prior = tuwen::pipeline::vqgan::VqPrior::load(&dir, &ad)?;
+        if prior.spec != spec {
+            bail!("--resume: the checkpoint models other codes or classes than --vqgan and --data");
+        }
+        (prior.model, prior.config, Some(dir))
+    } else {
+        let model_cfg = prior_config(&spec, a.n_embd, a.n_layer, a.n_head, a.dropout)?;
+        let model = tuwen::train::engine::init_seeded(&ad, a.seed, |d| {
+            tuwen::models::gpt2::Gpt2LMHeadModel::new(&model_cfg, d)
+        });
+        (model, model_cfg, None)
+    };
+    cfg.run.resume_from = resume_from.clone();
+    let mut progress = Progress::start(a.steps, resume_from.as_deref())?;
+    cfg.run.stop = Some(progress.stop_flag());
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    let (model, report) = tuwen::train::vq_prior::train(
+        model,
+        &model_cfg,
+        &spec,
+        &rows,
+        val_rows,
+        &cfg,
+        |s, _| {
+            if let Some(nll) = s.metrics["val_nll"].as_f64() {
+                eprintln!(
+                    "step {}: held-out loss {nll:.3} nats per code (perplexity {:.1})",
+                    s.step + 1,
+                    nll.exp()
+                );
+            }
+            progress.step(s)
+        },
+    )?;
+    progress.finish();
+    tuwen::train::vq_prior::save_prior(&model.valid(), &model_cfg, &spec, &a.out)?;
+    if report.losses.len() >= 2 {
+        tuwen::train::plot::loss_curve_png(&report.losses, &a.out.join("curves.png"))?;
+    }
+    eprintln!(
+        "trained {} steps; the prior (a transformers GPT-2 folder) is in {}; sample with \
+         tuwen sample --model {} --vqgan {}",
+        report.losses.len(),
+        a.out.display(),
+        a.out.display(),
+        a.vqgan
+    );
+    Ok(())
+}
+
+fn rows_of(
+    spec: &tuwen::pipeline::vqgan::PriorSpec,
+    codes: &[Vec<i64>],
+    classes: &[Option<usize>],
+) -> Vec<Vec<i64>> {
+    codes
+        .iter()
+        .zip(classes)
+        .map(|(c, k)| {
+            let mut r = vec![spec.first_token(*k)];
+            r.extend(c);
+            r
+        })
+        .collect()
+}
+
+/// `tuwen sample --vqgan`: codes from the prior, decoded.
+pub struct PriorSampleArgs<'a> {
+    pub model: &'a str,
+    pub vqgan: &'a str,
+    pub n: usize,
+    pub out: &'a Path,
+    pub class: Option<&'a str>,
+    pub seed: u64,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+}
+
+/// Decoded samples of a prior `[n][C·H·W]` and the VQGAN's config.
+pub fn prior_samples(
+    prior_folder: &Path,
+    vq_folder: &Path,
+    n: usize,
+    class: Option<&str>,
+    sampling: &tuwen::generate::Sampling,
+    device: &Device,
+) -> Result<(Vec<Vec<f32>>, VqConfig)> {
+    let prior = tuwen::pipeline::vqgan::VqPrior::load(prior_folder, device)?;
+    let vq = VqAutoencoder::load(vq_folder, device)?;
+    prior.check_matches(&vq.config)?;
+    let class = class.map(|c| prior.spec.class_index(c)).transpose()?;
+    if n == 0 || n > 100_000 {
+        bail!("--n {n} must be between 1 and 100000");
+    }
+    let codes = prior.sample(n, class, sampling)?;
+    Ok((vq.decode(&codes)?, vq.config))
+}
+
+pub fn sample_prior(a: PriorSampleArgs, device: &Device) -> Result<()> {
+    let prior_folder = tuwen::hub::resolve(a.model)?;
+    let vq_folder = tuwen::hub::resolve(a.vqgan)?;
+    tuwen::data::files::refuse_overwrite("--out", a.out, &[], &[&prior_folder, &vq_folder])?;
+    let sampling = tuwen::generate::Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let (images, cfg) = prior_samples(&prior_folder, &vq_folder, a.n, a.class, &sampling, device)?;
+    let s = cfg.sample_size;
+    let shape = [cfg.out_channels, s, s];
+    let flat: Vec<f32> = images.concat();
+    let ext = a.out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    if ext.as_deref() == Some("npy") {
+        tuwen::data::arrays::write_npy(a.out, &flat, &[a.n, shape[0], s, s])?;
+    } else {
+        let cols = (a.n as f64).sqrt().ceil() as usize;
+        let scale = (64 / s.max(1)).clamp(1, 8) as u32;
+        tuwen::pipeline::gan::grid_png(&flat, shape, cols, scale, a.out)?;
+    }
+    eprintln!("wrote {} samples to {}", a.n, a.out.display());
+    Ok(())
+}

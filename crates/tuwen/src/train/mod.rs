@@ -13,6 +13,7 @@ pub mod mae;
 pub mod optim;
 pub mod plot;
 pub mod probe;
+pub mod vq_prior;
 pub mod vqgan;
 
 pub use checkpoint::stable_param_ids;
