@@ -155,6 +155,20 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
     if !(a.channels == 1 || a.channels == 3) {
         bail!("--channels {} must be 1 or 3", a.channels);
     }
+    // Every flag is checked before anything is read or printed.
+    let fresh_cfg = if a.resume { None } else { Some(new_config(&a)?) };
+    if let Some(d) = a.ema_decay
+        && !(d > 0.0 && d < 1.0)
+    {
+        bail!("--ema-decay {d} must be in (0, 1)");
+    }
+    if a.disc_layers == 0 || a.disc_layers > 6 || a.disc_filters == 0 || a.disc_filters > 1024 {
+        bail!("--disc-layers must be 1 to 6 and --disc-filters 1 to 1024");
+    }
+    let lpips = match &a.lpips {
+        Some(p) => Some(Lpips::load(p, &device.clone().autodiff())?),
+        None => None,
+    };
     let mut samples = tuwen::train::mae::image_folder(&a.data)?;
     // A fixed, spread-out held-out set: every k-th image, at most --val-images.
     let n_val = a.val_images.min(samples.len() / 5);
@@ -178,15 +192,9 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
         val_samples.len(),
         a.data.display()
     );
-    let lpips = match &a.lpips {
-        Some(p) => Some(Lpips::load(p, &device.clone().autodiff())?),
-        None => {
-            eprintln!(
-                "no --lpips weights: the perceptual term is off (L1 + codebook + adversarial only)"
-            );
-            None
-        }
-    };
+    if lpips.is_none() {
+        eprintln!("no --lpips weights: the perceptual term is off (L1 + codebook + adversarial only)");
+    }
     let disc_start = a.disc_start.unwrap_or(a.steps / 2);
     let run = RunConfig {
         steps: a.steps,
@@ -214,9 +222,6 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
     cfg.disc_start = disc_start;
     cfg.disc_layers = a.disc_layers;
     cfg.disc_filters = a.disc_filters;
-    if a.disc_layers == 0 || a.disc_layers > 6 || a.disc_filters == 0 || a.disc_filters > 1024 {
-        bail!("--disc-layers must be 1 to 6 and --disc-filters 1 to 1024");
-    }
     let ad = device.clone().autodiff();
     let (models, model_cfg, resume_from) = if a.resume {
         let dir = resume_dir(&a.out.join("checkpoint"))?;
@@ -230,7 +235,7 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
         let disc = tuwen::hub::load_weights(disc, &dir.join("discriminator"), &[], &[])?;
         (VqGan { model, disc }, model_cfg, Some(dir))
     } else {
-        let model_cfg = new_config(&a)?;
+        let model_cfg = fresh_cfg.expect("made above");
         tuwen::memory::check(
             device,
             16 * model_cfg.num_params() as u128,
