@@ -498,6 +498,8 @@ pub enum EvalCommand {
     Classify(EvalClassifyArgs),
     /// An image GAN's Fréchet distance to real images on a tuwen-trained classifier's features.
     Gan(crate::gan::EvalGanArgs),
+    /// A VQGAN prior's samples: Fréchet distances against random codes and reconstructions.
+    VqPrior(crate::vqgan::EvalPriorArgs),
 }
 
 #[derive(Args)]
@@ -594,6 +596,7 @@ pub fn run_eval(cmd: EvalCommand, device: &Device) -> Result<()> {
     let args = match cmd {
         EvalCommand::Classify(a) => return eval_classify(a, device),
         EvalCommand::Gan(a) => return crate::gan::eval_gan(a, device),
+        EvalCommand::VqPrior(a) => return crate::vqgan::eval_prior(a, device),
         EvalCommand::ZeroShot(args) => args,
         EvalCommand::Retrieval(args) => {
             let model = ImageText::load(&args.model, device)?;

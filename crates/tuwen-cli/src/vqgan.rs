@@ -692,3 +692,149 @@ pub fn sample_prior(a: PriorSampleArgs, device: &Device) -> Result<()> {
     eprintln!("wrote {} samples to {}", a.n, a.out.display());
     Ok(())
 }
+
+#[derive(Args)]
+pub struct EvalPriorArgs {
+    /// A prior folder (`tuwen train vq-prior`).
+    #[arg(long)]
+    model: String,
+    /// The VQGAN that decodes its codes.
+    #[arg(long)]
+    vqgan: String,
+    /// An image classifier trained on the same kind of images (`tuwen train classifier`):
+    /// its features are the space of the Fréchet distance.
+    #[arg(long)]
+    classifier: String,
+    /// Real images: a folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// Samples to score.
+    #[arg(long, default_value_t = 1000)]
+    n: usize,
+    /// Seed of the samples and of the random codes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Top-k (0: all codes).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Top-p (1: all codes).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Print the scores as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Fréchet distances on a tuwen-trained classifier's features (FID's formula, not its
+/// network) of the prior's decoded samples, of uniformly random codes decoded, of the VQGAN's
+/// reconstructions of the real images, and of two halves of the real images; for a
+/// class-conditional prior, how often the classifier names the class that was asked for.
+pub fn eval_prior(a: EvalPriorArgs, device: &Device) -> Result<()> {
+    use tuwen::data::shapes::SplitMix64;
+    let prior_folder = tuwen::hub::resolve(&a.model)?;
+    let vq_folder = tuwen::hub::resolve(&a.vqgan)?;
+    let prior = tuwen::pipeline::vqgan::VqPrior::load(&prior_folder, device)?;
+    let vq = VqAutoencoder::load(&vq_folder, device)?;
+    prior.check_matches(&vq.config)?;
+    if a.n < 4 || a.n > 100_000 {
+        bail!("--n {} must be between 4 and 100000", a.n);
+    }
+    let classifier = tuwen::pipeline::ImageClassification::load(&a.classifier, device)?;
+    let s = vq.config.sample_size;
+    let shape = [vq.config.out_channels, s, s];
+    let paths = tuwen::data::files::walk_images(&a.data)?;
+    let mut real = Vec::new();
+    let mut skipped = 0;
+    for p in &paths {
+        match vq.image_values(p) {
+            Ok((v, _)) => real.push(v),
+            Err(_) => skipped += 1,
+        }
+    }
+    if real.len() < 4 {
+        bail!("{}: too few readable images ({})", a.data.display(), real.len());
+    }
+    let flat_real: Vec<f32> = real.concat();
+    let (f_real, dims) = tuwen::eval::classifier_features(&classifier, &flat_real, shape)?;
+    let fid_of = |rows: &[f32]| -> Result<f64> {
+        let (f, _) = tuwen::eval::classifier_features(&classifier, rows, shape)?;
+        Ok(tuwen::eval::frechet_distance(&f_real, &f, dims)?)
+    };
+    // The prior's samples: spread evenly over the classes of a conditional prior.
+    let sampling = tuwen::generate::Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let classes = prior.spec.classes.clone();
+    let mut asked = Vec::new();
+    let mut codes = Vec::new();
+    if classes.is_empty() {
+        codes = prior.sample(a.n, None, &sampling)?;
+    } else {
+        for (c, _) in classes.iter().enumerate() {
+            let k = a.n / classes.len() + usize::from(c < a.n % classes.len());
+            let sp = tuwen::generate::Sampling {
+                seed: a.seed.wrapping_add(1000 * c as u64),
+                ..sampling.clone()
+            };
+            codes.extend(prior.sample(k, Some(c), &sp)?);
+            asked.extend(std::iter::repeat_n(c, k));
+        }
+    }
+    let samples = vq.decode(&codes)?.concat();
+    let fid = fid_of(&samples)?;
+    let mut rng = SplitMix64::new(a.seed ^ 0x0ddc_0de5);
+    let cells = prior.spec.grid * prior.spec.grid;
+    let k = prior.spec.codebook_size;
+    let random: Vec<Vec<i64>> = (0..a.n)
+        .map(|_| (0..cells).map(|_| rng.below(k) as i64).collect())
+        .collect();
+    let fid_random = fid_of(&vq.decode(&random)?.concat())?;
+    let take = real.len().min(a.n);
+    let recs = vq.reconstruct_values(real[..take].to_vec())?;
+    let fid_recs = fid_of(&recs.reconstructions.concat())?;
+    let half = real.len() / 2;
+    let per = shape.iter().product::<usize>();
+    let (f_a, _) = tuwen::eval::classifier_features(&classifier, &flat_real[..half * per], shape)?;
+    let (f_b, _) = tuwen::eval::classifier_features(&classifier, &flat_real[half * per..], shape)?;
+    let floor = tuwen::eval::frechet_distance(&f_a, &f_b, dims)?;
+    let mut out = json!({"fid": fid, "fid_random_codes": fid_random,
+        "fid_reconstructions": fid_recs, "fid_real_halves": floor, "n": a.n,
+        "real": real.len(), "skipped": skipped, "features": dims,
+        "feature_space": format!("{} (a tuwen-trained classifier, not Inception-v3)", a.classifier)});
+    // Class-conditional: does the classifier name the class asked for?
+    let mut accuracy = None;
+    if !classes.is_empty() && classes.iter().all(|c| classifier.labels.contains(c)) {
+        let predicted = tuwen::eval::classifier_predictions(&classifier, &samples, shape)?;
+        let hits = predicted
+            .iter()
+            .zip(&asked)
+            .filter(|(p, c)| classifier.labels[**p] == classes[**c])
+            .count();
+        let acc = hits as f64 / asked.len() as f64;
+        out["class_accuracy"] = json!(acc);
+        accuracy = Some(acc);
+    }
+    if a.json {
+        println!("{out}");
+    } else {
+        println!(
+            "Fréchet distance on {}'s {dims} features ({} samples vs {} real images):\n  prior samples        {fid:.3}\n  random codes         {fid_random:.3}\n  VQGAN reconstructions {fid_recs:.3}\n  real half vs half    {floor:.3}",
+            a.classifier,
+            a.n,
+            real.len()
+        );
+        if let Some(acc) = accuracy {
+            println!(
+                "  samples the classifier names as the class asked for: {:.1}%",
+                acc * 100.0
+            );
+        }
+    }
+    Ok(())
+}

@@ -402,7 +402,39 @@ pub fn confusion_png(labels: &[String], confusion: &[Vec<usize>], path: &Path) -
 pub fn classifier_features(
     classifier: &crate::pipeline::ImageClassification,
     rows: &[f32],
+    shape: [usize; 3],
+) -> Result<(Vec<f32>, usize)> {
+    classifier_pass(classifier, rows, shape, |x| classifier.features(x))
+}
+
+/// The class index a classifier predicts for each image (rows as in [`classifier_features`]).
+pub fn classifier_predictions(
+    classifier: &crate::pipeline::ImageClassification,
+    rows: &[f32],
+    shape: [usize; 3],
+) -> Result<Vec<usize>> {
+    let (logits, k) = classifier_pass(classifier, rows, shape, |x| classifier.forward(x))?;
+    Ok(logits
+        .chunks(k.max(1))
+        .map(|row| {
+            let mut best = 0;
+            for (i, &v) in row.iter().enumerate() {
+                if v > row[best] {
+                    best = i;
+                }
+            }
+            best
+        })
+        .collect())
+}
+
+/// Runs images (rows `[n, c·h·w]` in [-1, 1]) through the classifier's preprocessing and
+/// `f`, 64 at a time; the outputs row-major and their width.
+fn classifier_pass(
+    classifier: &crate::pipeline::ImageClassification,
+    rows: &[f32],
     [c, h, w]: [usize; 3],
+    f: impl Fn(burn::prelude::Tensor<4>) -> burn::prelude::Tensor<2>,
 ) -> Result<(Vec<f32>, usize)> {
     let per = c * h * w;
     if per == 0 || !rows.len().is_multiple_of(per) || !(c == 1 || c == 3) {
@@ -431,9 +463,9 @@ pub fn classifier_features(
             })
             .collect();
         let x = crate::data::processor::batch_tensor(items, classifier.device())?;
-        let f = classifier.features(x);
-        dims = f.dims()[1];
-        feats.extend(crate::pipeline::to_vec(f)?);
+        let out = f(x);
+        dims = out.dims()[1];
+        feats.extend(crate::pipeline::to_vec(out)?);
     }
     Ok((feats, dims))
 }
