@@ -3,6 +3,8 @@
     python3 python/make_vq_fixtures.py [TUWEN_SAVED_FOLDER]
     python3 python/make_vq_fixtures.py lpips   (after the above: tests/fixtures/lpips-tiny/,
                                                 lpips_reference.safetensors)
+    python3 python/make_vq_fixtures.py taming  (tests/fixtures/taming-vq.safetensors,
+                                                taming_reference.safetensors)
 
 writes
 - tests/fixtures/vq-odd/: a random-weight diffusers `VQModel` with sizes no published model has
@@ -278,8 +280,79 @@ def lpips_fixtures():
     print("lpips", d.tolist(), "ssim", ssim, "psnr", psnr)
 
 
+# --- taming-transformers' layout -----------------------------------------------------------------
+# Run as `python3 python/make_vq_fixtures.py taming`: a random diffusers VQModel with taming's
+# GroupNorm(32) (widths 32 and 32, attention at the coarser level and in the middle, 2 ResNet
+# blocks per level, latent 3, codes 4 wide, 24 codes, 16 px), its state dict under
+# taming-transformers' names (encoder.down.i.block.j, .attn.j.{norm,q,k,v,proj_out} as 1x1
+# convolutions, mid.block_1/attn_1/block_2, norm_out, nin_shortcut; the decoder's up.i indexed
+# by resolution, finest first) plus a training-loss tensor that a VQModel does not hold, and
+# diffusers' reconstruction of the fixture photos at 16 px.
+
+def taming_name(name, levels):
+    side, rest = name.split(".", 1)
+    subs = [("mid_block.resnets.0.", "mid.block_1."), ("mid_block.resnets.1.", "mid.block_2."),
+            ("mid_block.attentions.0.", "mid.attn_1."), ("conv_norm_out.", "norm_out.")]
+    for a, b in subs:
+        if rest.startswith(a):
+            rest = b + rest[len(a):]
+    parts = rest.split(".")
+    if parts[0] in ("down_blocks", "up_blocks"):
+        i = int(parts[1])
+        level = i if parts[0] == "down_blocks" else levels - 1 - i
+        head = ("down" if parts[0] == "down_blocks" else "up") + f".{level}."
+        kind = parts[2]
+        if kind == "resnets":
+            rest = head + "block." + ".".join(parts[3:])
+        elif kind == "attentions":
+            rest = head + "attn." + ".".join(parts[3:])
+        elif kind == "downsamplers":
+            rest = head + "downsample." + ".".join(parts[4:])
+        elif kind == "upsamplers":
+            rest = head + "upsample." + ".".join(parts[4:])
+    rest = (rest.replace("conv_shortcut", "nin_shortcut").replace("group_norm", "norm")
+            .replace("to_q", "q").replace("to_k", "k").replace("to_v", "v").replace("to_out.0", "proj_out"))
+    return f"{side}.{rest}"
+
+
+def taming_fixtures():
+    torch.manual_seed(3)
+    model = VQModel(in_channels=3, out_channels=3,
+                    down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+                    up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+                    block_out_channels=(32, 32), layers_per_block=2, latent_channels=3,
+                    num_vq_embeddings=24, norm_num_groups=32, vq_embed_dim=4, sample_size=16).eval()
+    imgs = []
+    for name in PHOTOS:
+        img = Image.open(os.path.join(FIX, "images", name)).convert("RGB").resize((16, 16), Image.BICUBIC)
+        imgs.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
+    x = torch.from_numpy(np.stack(imgs))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p) * 0.3 + (1.0 if name.endswith("weight") else 0.0))
+            elif name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 0.2)
+        z = model.encode(x).latents.permute(0, 2, 3, 1).reshape(-1, 4)
+        model.quantize.embedding.weight.copy_(z[torch.randperm(z.shape[0])[:24]] + 0.1 * torch.randn(24, 4))
+        sample = model(x).sample
+    sd = {}
+    for name, t in model.state_dict().items():
+        new = taming_name(name, 2)
+        if new.split(".")[-2] in ("q", "k", "v", "proj_out") and new.endswith("weight"):
+            t = t[:, :, None, None]
+        sd[new] = t.detach().clone().contiguous()
+    sd["loss.discriminator.main.0.weight"] = torch.randn(8, 3, 4, 4)
+    save_file(sd, os.path.join(FIX, "taming-vq.safetensors"), metadata={"format": "pt"})
+    save_file({"pixel_values": x.contiguous(), "sample": sample.contiguous()},
+              os.path.join(FIX, "taming_reference.safetensors"))
+    print(sorted(sd)[:6], len(sd))
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["lpips"]:
         lpips_fixtures()
+    elif sys.argv[1:] == ["taming"]:
+        taming_fixtures()
     else:
         main()

@@ -79,7 +79,8 @@ enum Command {
     /// Time training steps (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(train::BenchCommand),
-    /// Re-save a checkpoint as one model.safetensors with transformers' names (merges shards).
+    /// Re-save a checkpoint as one model.safetensors with transformers' names (merges shards),
+    /// or a taming-transformers VQGAN as a diffusers VQModel (--taming).
     Convert(ConvertArgs),
     /// The container-with-most-water answer for a list of heights (LeetCode 11).
     Water(WaterArgs),
@@ -87,12 +88,19 @@ enum Command {
 
 #[derive(Args)]
 struct ConvertArgs {
-    /// Checkpoint folder or HF repo id.
+    /// Checkpoint folder or HF repo id; with --taming, a taming-transformers VQGAN's state dict
+    /// as one .safetensors file.
     #[arg(long)]
     model: String,
     /// Output folder.
     #[arg(long)]
     out: PathBuf,
+    /// --model is a taming-transformers VQGAN: write diffusers' VQModel layout.
+    #[arg(long)]
+    taming: bool,
+    /// With --taming: the image side the VQGAN was trained at (its config's `resolution`).
+    #[arg(long, default_value_t = 256)]
+    resolution: usize,
 }
 
 #[derive(Args)]
@@ -149,6 +157,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Capfilt(args) => blip::capfilt(args, &device()?),
         Command::Embed(args) => embed::run(args, &device()?),
         Command::Similarity(args) => embed::similarity(args, &device()?),
+        Command::Convert(args) if args.taming => {
+            let file = PathBuf::from(&args.model);
+            tuwen::data::files::refuse_overwrite("--out", &args.out, &[&file], &[])?;
+            let cfg = tuwen::pipeline::vqgan::convert_taming(&file, args.resolution, &args.out)?;
+            eprintln!(
+                "wrote {} (diffusers VQModel: {} levels {:?}, {} codes of {})",
+                args.out.display(),
+                cfg.block_out_channels.len(),
+                cfg.block_out_channels,
+                cfg.num_vq_embeddings,
+                cfg.code_dim()
+            );
+            Ok(())
+        }
         Command::Convert(args) => {
             tuwen::pipeline::convert(&args.model, &args.out, &device()?)?;
             eprintln!("wrote {}", args.out.display());

@@ -222,3 +222,34 @@ fn bad_input_gets_one_line() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn taming_checkpoint_converts_to_the_same_model() {
+    let r = read_reference("taming_reference.safetensors");
+    let dir = scratch("taming");
+    let out = dir.join("vq");
+    let src = fixtures().join("taming-vq.safetensors");
+    ok(&tuwen(&["convert", "--taming", "--model", s(&src), "--resolution", "16", "--out", s(&out)]));
+    let device = tuwen::burn::prelude::Device::flex();
+    let (m, cfg) = tuwen::models::vqgan::VqModel::load(&out, &device).unwrap();
+    assert_eq!(cfg.block_out_channels, vec![32, 32]);
+    assert_eq!(cfg.layers_per_block, 2);
+    assert_eq!(cfg.down_block_types[1], "AttnDownEncoderBlock2D");
+    assert_eq!(cfg.up_block_types[0], "AttnUpDecoderBlock2D");
+    let (px, shape) = f32s(&r, "pixel_values");
+    let x = tuwen::burn::prelude::Tensor::<4>::from_data(
+        tuwen::burn::tensor::TensorData::new(px, shape),
+        &device,
+    );
+    let ours = tuwen::pipeline::to_vec(m.forward(x).sample).unwrap();
+    let d = max_abs_diff(&ours, &f32s(&r, "sample").0);
+    assert!(d < 1e-4, "converted model differs from diffusers' by {d}");
+    // Not a taming file: one clear line.
+    fails(
+        &tuwen(&["convert", "--taming", "--model",
+            s(&fixtures().join("vq-odd/diffusion_pytorch_model.safetensors")), "--out",
+            s(&dir.join("x"))]),
+        "taming",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -914,6 +914,150 @@ pub fn is_vq_folder(folder: &Path) -> bool {
         .is_some_and(|c| c == CLASS_NAME)
 }
 
+/// taming-transformers' VQGAN checkpoints in diffusers' layout: the config inferred from the
+/// tensors' shapes (taming's `ddconfig` with GroupNorm(32), `double_z` false) and each tensor's
+/// new name, attention's 1×1 convolutions as linear weights.
+pub mod taming {
+    use std::collections::BTreeMap;
+
+    use super::VqConfig;
+
+    fn shape<'a>(s: &'a BTreeMap<String, Vec<usize>>, name: &str) -> Result<&'a [usize], String> {
+        s.get(name)
+            .map(Vec::as_slice)
+            .ok_or_else(|| format!("no {name}: not a taming-transformers VQGAN"))
+    }
+
+    fn count(s: &BTreeMap<String, Vec<usize>>, prefix: &str) -> usize {
+        let mut seen = std::collections::BTreeSet::new();
+        for k in s.keys() {
+            if let Some(rest) = k.strip_prefix(prefix)
+                && let Some(i) = rest.split('.').next().and_then(|i| i.parse::<usize>().ok())
+            {
+                seen.insert(i);
+            }
+        }
+        seen.len()
+    }
+
+    /// The `VQModel` config of a taming state dict (tensor shapes by name); `resolution` is the
+    /// image side it was trained at (not in the tensors).
+    pub fn config(
+        s: &BTreeMap<String, Vec<usize>>,
+        resolution: usize,
+    ) -> Result<VqConfig, String> {
+        let conv_in = shape(s, "encoder.conv_in.weight")?;
+        let levels = count(s, "encoder.down.");
+        if levels == 0 {
+            return Err("no encoder.down.*: not a taming-transformers VQGAN".into());
+        }
+        let mut widths = Vec::new();
+        let mut down = Vec::new();
+        let mut up = Vec::new();
+        for i in 0..levels {
+            widths.push(shape(s, &format!("encoder.down.{i}.block.0.conv1.weight"))?[0]);
+            let attn = s.contains_key(&format!("encoder.down.{i}.attn.0.q.weight"));
+            down.push(if attn { "AttnDownEncoderBlock2D" } else { "DownEncoderBlock2D" }.to_string());
+        }
+        for i in (0..levels).rev() {
+            let attn = s.contains_key(&format!("decoder.up.{i}.attn.0.q.weight"));
+            up.push(if attn { "AttnUpDecoderBlock2D" } else { "UpDecoderBlock2D" }.to_string());
+        }
+        let embedding = shape(s, "quantize.embedding.weight")?;
+        let cfg = VqConfig {
+            in_channels: conv_in[1],
+            out_channels: shape(s, "decoder.conv_out.weight")?[0],
+            down_block_types: down,
+            up_block_types: up,
+            block_out_channels: widths,
+            layers_per_block: count(s, "encoder.down.0.block."),
+            latent_channels: shape(s, "encoder.conv_out.weight")?[0],
+            sample_size: resolution,
+            num_vq_embeddings: embedding[0],
+            norm_num_groups: 32,
+            vq_embed_dim: Some(embedding[1]),
+            mid_block_add_attention: s.contains_key("encoder.mid.attn_1.q.weight"),
+            ..VqConfig::default()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// diffusers' name of a taming tensor, and whether it is an attention projection stored as
+    /// a 1×1 convolution (to be reshaped `[c, c, 1, 1]` → `[c, c]`). `None` for the training
+    /// losses' tensors (`loss.*`: discriminator and LPIPS), which a `VQModel` does not hold.
+    pub fn rename(name: &str, levels: usize) -> Result<Option<(String, bool)>, String> {
+        if name.starts_with("loss.") {
+            return Ok(None);
+        }
+        if ["quant_conv.", "post_quant_conv.", "quantize.embedding."]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            return Ok(Some((name.to_string(), false)));
+        }
+        let bad = || format!("{name}: not a tensor of taming-transformers' VQGAN");
+        let (side, rest) = name.split_once('.').ok_or_else(bad)?;
+        if side != "encoder" && side != "decoder" {
+            return Err(bad());
+        }
+        let parts: Vec<&str> = rest.split('.').collect();
+        let attn_leaf = |leaf: &[&str]| -> Result<(String, bool), String> {
+            let (what, param) = match leaf {
+                [w, p] => (*w, *p),
+                _ => return Err(bad()),
+            };
+            let (new, linear) = match what {
+                "norm" => ("group_norm", false),
+                "q" => ("to_q", true),
+                "k" => ("to_k", true),
+                "v" => ("to_v", true),
+                "proj_out" => ("to_out.0", true),
+                _ => return Err(bad()),
+            };
+            Ok((format!("{new}.{param}"), linear && param == "weight"))
+        };
+        let block_leaf = |leaf: &[&str]| leaf.join(".").replace("nin_shortcut", "conv_shortcut");
+        let (path, linear) = match parts.as_slice() {
+            ["conv_in" | "conv_out", ..] => (rest.to_string(), false),
+            ["norm_out", p] => (format!("conv_norm_out.{p}"), false),
+            ["mid", "block_1", leaf @ ..] => (format!("mid_block.resnets.0.{}", block_leaf(leaf)), false),
+            ["mid", "block_2", leaf @ ..] => (format!("mid_block.resnets.1.{}", block_leaf(leaf)), false),
+            ["mid", "attn_1", leaf @ ..] => {
+                let (l, lin) = attn_leaf(leaf)?;
+                (format!("mid_block.attentions.0.{l}"), lin)
+            }
+            [level @ ("down" | "up"), i, kind, rest @ ..] => {
+                let i: usize = i.parse().map_err(|_| bad())?;
+                if i >= levels {
+                    return Err(bad());
+                }
+                // The decoder's `up` is indexed by resolution, finest first; diffusers' by
+                // order of use, coarsest first.
+                let (blocks, k) = if *level == "down" {
+                    ("down_blocks", i)
+                } else {
+                    ("up_blocks", levels - 1 - i)
+                };
+                match (*kind, rest) {
+                    ("block", [j, leaf @ ..]) => {
+                        (format!("{blocks}.{k}.resnets.{j}.{}", block_leaf(leaf)), false)
+                    }
+                    ("attn", [j, leaf @ ..]) => {
+                        let (l, lin) = attn_leaf(leaf)?;
+                        (format!("{blocks}.{k}.attentions.{j}.{l}"), lin)
+                    }
+                    ("downsample", ["conv", p]) => (format!("{blocks}.{k}.downsamplers.0.conv.{p}"), false),
+                    ("upsample", ["conv", p]) => (format!("{blocks}.{k}.upsamplers.0.conv.{p}"), false),
+                    _ => return Err(bad()),
+                }
+            }
+            _ => return Err(bad()),
+        };
+        Ok(Some((format!("{side}.{path}"), linear)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

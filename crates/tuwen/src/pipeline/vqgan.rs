@@ -375,3 +375,49 @@ impl VqPrior {
         Ok(out)
     }
 }
+
+/// Writes a taming-transformers VQGAN state dict (one safetensors file, e.g. the
+/// `state_dict` of a `last.ckpt`) as a diffusers `VQModel` folder at `out`, trained at
+/// `resolution` px, and checks that it loads. Returns the config.
+pub fn convert_taming(file: &Path, resolution: usize, out: &Path) -> Result<VqConfig> {
+    use crate::models::vqgan::taming;
+    use safetensors::{SafeTensors, tensor::TensorView};
+    let bad = |m: String| Error::Weights {
+        path: file.to_path_buf(),
+        message: m,
+    };
+    let shapes = crate::hub::safetensors_header(file)?;
+    let cfg = taming::config(&shapes, resolution).map_err(bad)?;
+    let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let levels = cfg.block_out_channels.len();
+    let mut views: Vec<(String, TensorView<'_>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let Some((new, linear)) = taming::rename(&name, levels).map_err(bad)? else {
+            continue;
+        };
+        let view = if linear {
+            let s = view.shape();
+            if s.len() != 4 || s[2] != 1 || s[3] != 1 {
+                return Err(bad(format!("{name} has shape {s:?}, not [c, c, 1, 1]")));
+            }
+            TensorView::new(view.dtype(), vec![s[0], s[1]], view.data())
+                .map_err(|e| bad(e.to_string()))?
+        } else {
+            view
+        };
+        views.push((new, view));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let info = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
+    let data = safetensors::serialize(views, info).map_err(|e| bad(e.to_string()))?;
+    crate::hub::write_atomic(&out.join(crate::models::vqgan::WEIGHTS), &data)?;
+    let text = serde_json::to_string_pretty(&cfg.to_json()).expect("JSON value serializes");
+    crate::hub::write_atomic(&out.join("config.json"), text.as_bytes())?;
+    // Every parameter must be there with its shape.
+    VqModel::load(out, &Device::default())?;
+    Ok(cfg)
+}
