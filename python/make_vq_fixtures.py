@@ -1,6 +1,6 @@
 """Reference values for tuwen's VQGAN first stage against diffusers' `VQModel`.
 
-    python3 python/make_vq_fixtures.py [TUWEN_SAVED_FOLDER]
+    python3 python/make_vq_fixtures.py
     python3 python/make_vq_fixtures.py lpips   (after the above: tests/fixtures/lpips-tiny/,
                                                 lpips_reference.safetensors)
     python3 python/make_vq_fixtures.py taming  (tests/fixtures/taming-vq.safetensors,
@@ -22,8 +22,9 @@ writes
     `decoder.conv_out.weight`, clamped to [0, 1e4], times the disc weight 0.8), and
     `grad.adaptive.<tensor>` for `L_rec + λ L_G + vq_loss`.
 
-With a folder tuwen saved, checks that diffusers loads it and gives tuwen's reconstructions
-(`TUWEN_SAVED_FOLDER/reference.safetensors`: `pixel_values`, `sample`).
+`python3 python/make_vq_fixtures.py check FOLDER IMAGE...` compares `tuwen reconstruct --json`
+(the `tuwen` on PATH, or $TUWEN) with diffusers on any VQModel folder, one that tuwen trained and
+saved or one that diffusers made: the codes must be equal and the reconstructions within 1e-4.
 """
 
 import os
@@ -183,15 +184,6 @@ def main():
     save_file(ref, os.path.join(FIX, "vq_reference.safetensors"))
     print("lambda", float(lam), "total", float(total))
 
-    if len(sys.argv) > 1:
-        folder = sys.argv[1]
-        loaded = VQModel.from_pretrained(folder).eval()
-        theirs = load_file(os.path.join(folder, "reference.safetensors"))
-        with torch.no_grad():
-            sample = loaded(theirs["pixel_values"]).sample
-        d = float((sample - theirs["sample"]).abs().max())
-        print(f"tuwen-saved folder in diffusers: max difference {d:.2e}")
-        assert d < 1e-4, d
 
 
 
@@ -349,8 +341,40 @@ def taming_fixtures():
     print(sorted(sd)[:6], len(sd))
 
 
+def check(folder, images):
+    import json
+    import subprocess
+    tuwen = os.environ.get("TUWEN", "tuwen")
+    out = subprocess.run([tuwen, "reconstruct", "--model", folder, "--json", "--image", *images],
+                         check=True, capture_output=True, text=True).stdout
+    ours = json.loads(out)
+    model = VQModel.from_pretrained(folder).eval()
+    size = model.config.sample_size
+    arrays = []
+    for p in images:
+        img = Image.open(p).convert("RGB")
+        assert img.size == (size, size), f"{p}: {img.size}, the model takes {size}"
+        a = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+        if model.config.in_channels == 1:
+            a = a.mean(axis=0, keepdims=True)
+        arrays.append(a)
+    x = torch.from_numpy(np.stack(arrays))
+    with torch.no_grad():
+        h = model.encode(x).latents
+        b, d, gh, gw = h.shape
+        flat = h.permute(0, 2, 3, 1).reshape(-1, d)
+        codes = torch.argmin(torch.cdist(flat, model.quantize.embedding.weight), dim=1).view(b, -1)
+        sample = model(x).sample.reshape(b, -1)
+    same = codes.tolist() == ours["codes"]
+    diff = float((sample - torch.tensor(ours["reconstructions"])).abs().max())
+    print(f"{folder}: {len(images)} images, codes equal: {same}, reconstructions differ by {diff:.2e}")
+    assert same and diff < 1e-4
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["lpips"]:
+    if sys.argv[1:2] == ["check"]:
+        check(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1:] == ["lpips"]:
         lpips_fixtures()
     elif sys.argv[1:] == ["taming"]:
         taming_fixtures()

@@ -49,7 +49,10 @@ pub fn run(args: ReconstructArgs, device: &Device) -> Result<()> {
     }
     if tuwen::models::vqgan::is_vq_folder(&folder) {
         if args.mask_ratio.is_some() {
-            anyhow::bail!("--mask-ratio is for masked autoencoders; {} is a VQGAN", args.model);
+            anyhow::bail!(
+                "--mask-ratio is for masked autoencoders; {} is a VQGAN",
+                args.model
+            );
         }
         return run_vq(&folder, &args.images, out.as_deref(), args.json, device);
     }
@@ -94,9 +97,8 @@ fn run_vq(
         let shape = [vq.config.out_channels, s, s];
         tuwen::pipeline::vqgan::pairs_png(&r, shape, 8, out)?;
     }
-    let finite = |v: &[f64]| -> Vec<Option<f64>> {
-        v.iter().map(|x| x.is_finite().then_some(*x)).collect()
-    };
+    let finite =
+        |v: &[f64]| -> Vec<Option<f64>> { v.iter().map(|x| x.is_finite().then_some(*x)).collect() };
     if json_out {
         println!(
             "{}",

@@ -114,7 +114,10 @@ pub struct TrainVqganArgs {
 
 fn new_config(a: &TrainVqganArgs) -> Result<VqConfig> {
     if !a.downsample.is_power_of_two() || a.downsample > 64 {
-        bail!("--downsample {} must be a power of two up to 64", a.downsample);
+        bail!(
+            "--downsample {} must be a power of two up to 64",
+            a.downsample
+        );
     }
     let levels = a.downsample.trailing_zeros() as usize + 1;
     let widths: Vec<usize> = (0..levels)
@@ -156,7 +159,11 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
         bail!("--channels {} must be 1 or 3", a.channels);
     }
     // Every flag is checked before anything is read or printed.
-    let fresh_cfg = if a.resume { None } else { Some(new_config(&a)?) };
+    let fresh_cfg = if a.resume {
+        None
+    } else {
+        Some(new_config(&a)?)
+    };
     if let Some(d) = a.ema_decay
         && !(d > 0.0 && d < 1.0)
     {
@@ -172,8 +179,7 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
     let mut samples = tuwen::train::mae::image_folder(&a.data)?;
     // A fixed, spread-out held-out set: every k-th image, at most --val-images.
     let n_val = a.val_images.min(samples.len() / 5);
-    let val_samples: Vec<_> = if n_val > 0 {
-        let k = samples.len() / n_val;
+    let val_samples: Vec<_> = if let Some(k) = samples.len().checked_div(n_val) {
         let picked: Vec<usize> = (0..n_val).map(|i| i * k).collect();
         let val = picked.iter().map(|&i| samples[i].clone()).collect();
         let mut i = 0;
@@ -193,7 +199,9 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
         a.data.display()
     );
     if lpips.is_none() {
-        eprintln!("no --lpips weights: the perceptual term is off (L1 + codebook + adversarial only)");
+        eprintln!(
+            "no --lpips weights: the perceptual term is off (L1 + codebook + adversarial only)"
+        );
     }
     let disc_start = a.disc_start.unwrap_or(a.steps / 2);
     let run = RunConfig {
@@ -317,7 +325,11 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
         let mut shown = r.clone();
         shown.inputs.truncate(16);
         shown.reconstructions.truncate(16);
-        let shape = [model_cfg.out_channels, model_cfg.sample_size, model_cfg.sample_size];
+        let shape = [
+            model_cfg.out_channels,
+            model_cfg.sample_size,
+            model_cfg.sample_size,
+        ];
         pairs_png(&shown, shape, 8, &a.out.join("reconstructions.png"))?;
         let all: Vec<i64> = r.codes.iter().flatten().copied().collect();
         let (usage, perplexity) =
@@ -374,7 +386,11 @@ fn curves(out: &Path) -> Result<()> {
         "training: L1 reconstruction loss and codebook usage",
         &[
             ("L1 |x - x_rec| (batch)", &rec, [200, 60, 50]),
-            ("share of codes used (batch)", &series("usage"), [20, 60, 160]),
+            (
+                "share of codes used (batch)",
+                &series("usage"),
+                [20, 60, 160],
+            ),
         ],
         &out.join("curves.png"),
     )?;
@@ -481,14 +497,18 @@ pub fn train_prior(a: TrainPriorArgs, device: &Device) -> Result<()> {
     classes.sort();
     classes.dedup();
     if a.conditional && classes.len() < 2 {
-        bail!("--conditional: {} has fewer than two classes", a.data.display());
+        bail!(
+            "--conditional: {} has fewer than two classes",
+            a.data.display()
+        );
     }
     let spec = PriorSpec {
         codebook_size: vq.config.num_vq_embeddings,
         grid: vq.config.grid(),
         classes: classes.clone(),
     };
-    let class_of = |l: &Option<String>| l.as_ref().and_then(|l| classes.iter().position(|c| c == l));
+    let class_of =
+        |l: &Option<String>| l.as_ref().and_then(|l| classes.iter().position(|c| c == l));
     eprintln!(
         "encoding {} images into {g}x{g} codes with {} ...",
         paths.len(),
@@ -584,14 +604,8 @@ pub fn train_prior(a: TrainPriorArgs, device: &Device) -> Result<()> {
     cfg.run.stop = Some(progress.stop_flag());
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
-    let (model, report) = tuwen::train::vq_prior::train(
-        model,
-        &model_cfg,
-        &spec,
-        &rows,
-        val_rows,
-        &cfg,
-        |s, _| {
+    let (model, report) =
+        tuwen::train::vq_prior::train(model, &model_cfg, &spec, &rows, val_rows, &cfg, |s, _| {
             if let Some(nll) = s.metrics["val_nll"].as_f64() {
                 eprintln!(
                     "step {}: held-out loss {nll:.3} nats per code (perplexity {:.1})",
@@ -600,8 +614,7 @@ pub fn train_prior(a: TrainPriorArgs, device: &Device) -> Result<()> {
                 );
             }
             progress.step(s)
-        },
-    )?;
+        })?;
     progress.finish();
     tuwen::train::vq_prior::save_prior(&model.valid(), &model_cfg, &spec, &a.out)?;
     if report.losses.len() >= 2 {
@@ -681,7 +694,11 @@ pub fn sample_prior(a: PriorSampleArgs, device: &Device) -> Result<()> {
     let s = cfg.sample_size;
     let shape = [cfg.out_channels, s, s];
     let flat: Vec<f32> = images.concat();
-    let ext = a.out.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = a
+        .out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     if ext.as_deref() == Some("npy") {
         tuwen::data::arrays::write_npy(a.out, &flat, &[a.n, shape[0], s, s])?;
     } else {
@@ -755,7 +772,11 @@ pub fn eval_prior(a: EvalPriorArgs, device: &Device) -> Result<()> {
         }
     }
     if real.len() < 4 {
-        bail!("{}: too few readable images ({})", a.data.display(), real.len());
+        bail!(
+            "{}: too few readable images ({})",
+            a.data.display(),
+            real.len()
+        );
     }
     let flat_real: Vec<f32> = real.concat();
     let (f_real, dims) = tuwen::eval::classifier_features(&classifier, &flat_real, shape)?;

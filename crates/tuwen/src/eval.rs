@@ -518,6 +518,86 @@ pub fn frechet_distance(a: &[f32], b: &[f32], dims: usize) -> Result<f64> {
     Ok((m1 - m2).norm_squared() + s1.trace() + s2.trace() - 2.0 * tr_sqrt)
 }
 
+/// PSNR in dB of a reconstruction `b` of `a`, both in [-1, 1] (clamped there, measured on
+/// [0, 1]): `10 log10(1 / MSE)`, at most 100 dB (identical images).
+pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len()).max(1) as f64;
+    let mse: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = (f64::from(x.clamp(-1.0, 1.0)) - f64::from(y.clamp(-1.0, 1.0))) / 2.0;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    if mse <= 1e-10 {
+        100.0
+    } else {
+        -10.0 * mse.log10()
+    }
+}
+
+/// SSIM (Wang et al. 2004) of two channel-first images `[c, h, w]` in [-1, 1], measured on
+/// [0, 1]: an 11×11 Gaussian window of σ 1.5, K1 0.01, K2 0.03, population covariances, the
+/// mean over the positions whose window lies inside the image and over the channels, as
+/// `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+/// use_sample_covariance=False, data_range=1)` computes it. NaN when a side is under 11 px.
+pub fn ssim(a: &[f32], b: &[f32], c: usize, h: usize, w: usize) -> f64 {
+    const R: usize = 5;
+    if h < 2 * R + 1 || w < 2 * R + 1 || a.len() < c * h * w || b.len() < c * h * w {
+        return f64::NAN;
+    }
+    let sigma = 1.5f64;
+    let k: Vec<f64> = (0..=2 * R)
+        .map(|i| (-0.5 * ((i as f64 - R as f64) / sigma).powi(2)).exp())
+        .collect();
+    let ksum: f64 = k.iter().sum();
+    let k: Vec<f64> = k.iter().map(|v| v / ksum).collect();
+    let (c1, c2) = (0.01f64.powi(2), 0.03f64.powi(2));
+    let unit = |v: f32| (f64::from(v.clamp(-1.0, 1.0)) + 1.0) / 2.0;
+    // Separable weighted means of x over the interior positions.
+    let blur = |img: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
+        let (ih, iw) = (h - 2 * R, w - 2 * R);
+        let mut rows = vec![0.0; h * iw];
+        for y in 0..h {
+            for x in 0..iw {
+                rows[y * iw + x] = (0..=2 * R).map(|j| k[j] * img(y, x + j)).sum();
+            }
+        }
+        let mut out = vec![0.0; ih * iw];
+        for y in 0..ih {
+            for x in 0..iw {
+                out[y * iw + x] = (0..=2 * R).map(|j| k[j] * rows[(y + j) * iw + x]).sum();
+            }
+        }
+        out
+    };
+    let mut total = 0.0;
+    for ch in 0..c {
+        let off = ch * h * w;
+        let pa = |y: usize, x: usize| unit(a[off + y * w + x]);
+        let pb = |y: usize, x: usize| unit(b[off + y * w + x]);
+        let ux = blur(&pa);
+        let uy = blur(&pb);
+        let uxx = blur(&|y, x| pa(y, x) * pa(y, x));
+        let uyy = blur(&|y, x| pb(y, x) * pb(y, x));
+        let uxy = blur(&|y, x| pa(y, x) * pb(y, x));
+        let mut s = 0.0;
+        for i in 0..ux.len() {
+            let (vx, vy, vxy) = (
+                uxx[i] - ux[i] * ux[i],
+                uyy[i] - uy[i] * uy[i],
+                uxy[i] - ux[i] * uy[i],
+            );
+            s += ((2.0 * ux[i] * uy[i] + c1) * (2.0 * vxy + c2))
+                / ((ux[i] * ux[i] + uy[i] * uy[i] + c1) * (vx + vy + c2));
+        }
+        total += s / ux.len() as f64;
+    }
+    total / c as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,80 +675,4 @@ mod tests {
         );
         assert_eq!(with_bad["top1"].as_f64(), Some(0.5));
     }
-}
-
-/// PSNR in dB of a reconstruction `b` of `a`, both in [-1, 1] (clamped there, measured on
-/// [0, 1]): `10 log10(1 / MSE)`, at most 100 dB (identical images).
-pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    let n = a.len().min(b.len()).max(1) as f64;
-    let mse: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| {
-            let d = (f64::from(x.clamp(-1.0, 1.0)) - f64::from(y.clamp(-1.0, 1.0))) / 2.0;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
-    if mse <= 1e-10 { 100.0 } else { -10.0 * mse.log10() }
-}
-
-/// SSIM (Wang et al. 2004) of two channel-first images `[c, h, w]` in [-1, 1], measured on
-/// [0, 1]: an 11×11 Gaussian window of σ 1.5, K1 0.01, K2 0.03, population covariances, the
-/// mean over the positions whose window lies inside the image and over the channels, as
-/// `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-/// use_sample_covariance=False, data_range=1)` computes it. NaN when a side is under 11 px.
-pub fn ssim(a: &[f32], b: &[f32], c: usize, h: usize, w: usize) -> f64 {
-    const R: usize = 5;
-    if h < 2 * R + 1 || w < 2 * R + 1 || a.len() < c * h * w || b.len() < c * h * w {
-        return f64::NAN;
-    }
-    let sigma = 1.5f64;
-    let k: Vec<f64> = (0..=2 * R)
-        .map(|i| (-0.5 * ((i as f64 - R as f64) / sigma).powi(2)).exp())
-        .collect();
-    let ksum: f64 = k.iter().sum();
-    let k: Vec<f64> = k.iter().map(|v| v / ksum).collect();
-    let (c1, c2) = (0.01f64.powi(2), 0.03f64.powi(2));
-    let unit = |v: f32| (f64::from(v.clamp(-1.0, 1.0)) + 1.0) / 2.0;
-    // Separable weighted means of x over the interior positions.
-    let blur = |img: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
-        let (ih, iw) = (h - 2 * R, w - 2 * R);
-        let mut rows = vec![0.0; h * iw];
-        for y in 0..h {
-            for x in 0..iw {
-                rows[y * iw + x] = (0..=2 * R).map(|j| k[j] * img(y, x + j)).sum();
-            }
-        }
-        let mut out = vec![0.0; ih * iw];
-        for y in 0..ih {
-            for x in 0..iw {
-                out[y * iw + x] = (0..=2 * R).map(|j| k[j] * rows[(y + j) * iw + x]).sum();
-            }
-        }
-        out
-    };
-    let mut total = 0.0;
-    for ch in 0..c {
-        let off = ch * h * w;
-        let pa = |y: usize, x: usize| unit(a[off + y * w + x]);
-        let pb = |y: usize, x: usize| unit(b[off + y * w + x]);
-        let ux = blur(&pa);
-        let uy = blur(&pb);
-        let uxx = blur(&|y, x| pa(y, x) * pa(y, x));
-        let uyy = blur(&|y, x| pb(y, x) * pb(y, x));
-        let uxy = blur(&|y, x| pa(y, x) * pb(y, x));
-        let mut s = 0.0;
-        for i in 0..ux.len() {
-            let (vx, vy, vxy) = (
-                uxx[i] - ux[i] * ux[i],
-                uyy[i] - uy[i] * uy[i],
-                uxy[i] - ux[i] * uy[i],
-            );
-            s += ((2.0 * ux[i] * uy[i] + c1) * (2.0 * vxy + c2))
-                / ((ux[i] * ux[i] + uy[i] * uy[i] + c1) * (vx + vy + c2));
-        }
-        total += s / ux.len() as f64;
-    }
-    total / c as f64
 }

@@ -349,7 +349,14 @@ pub fn load_weights_file<M: Module>(
     renames: &[(&str, &str)],
     optional: &[&str],
 ) -> Result<M> {
-    load_files(module, &[file.to_path_buf()], file, renames, optional, false)
+    load_files(
+        module,
+        &[file.to_path_buf()],
+        file,
+        renames,
+        optional,
+        false,
+    )
 }
 
 fn load_weights_with<M: Module>(
@@ -360,7 +367,14 @@ fn load_weights_with<M: Module>(
     skip_enum_variants: bool,
 ) -> Result<M> {
     let files = weight_files(folder)?;
-    load_files(module, &files, folder, renames, optional, skip_enum_variants)
+    load_files(
+        module,
+        &files,
+        folder,
+        renames,
+        optional,
+        skip_enum_variants,
+    )
 }
 
 fn load_files<M: Module>(

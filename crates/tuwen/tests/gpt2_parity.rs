@@ -66,9 +66,12 @@ fn cached_steps_equal_the_full_pass_and_save_reloads() {
     let full = to_vec(m.forward(x.clone())).unwrap();
     // A prompt of 5, then one token at a time.
     let mut cache = vec![None; cfg.n_layer];
-    let mut steps = vec![to_vec(m.forward_cached(x.clone().slice([0..2, 0..5]), Some(&mut cache))).unwrap()];
+    let mut steps =
+        vec![to_vec(m.forward_cached(x.clone().slice([0..2, 0..5]), Some(&mut cache))).unwrap()];
     for t in 5..17 {
-        steps.push(to_vec(m.forward_cached(x.clone().slice([0..2, t..t + 1]), Some(&mut cache))).unwrap());
+        steps.push(
+            to_vec(m.forward_cached(x.clone().slice([0..2, t..t + 1]), Some(&mut cache))).unwrap(),
+        );
     }
     let v = 41;
     for row in 0..2 {
@@ -84,7 +87,8 @@ fn cached_steps_equal_the_full_pass_and_save_reloads() {
         }
     }
     let out = std::env::temp_dir().join(format!("tuwen-gpt2-save-{}", std::process::id()));
-    m.save(&cfg, &serde_json::json!({"extra_key": 7}), &out).unwrap();
+    m.save(&cfg, &serde_json::json!({"extra_key": 7}), &out)
+        .unwrap();
     let (back, cfg2, json2) = Gpt2LMHeadModel::load(&out, &device).unwrap();
     assert_eq!(cfg, cfg2);
     assert_eq!(json2["extra_key"], 7);

@@ -66,7 +66,10 @@ fn codes_and_reconstructions_match_diffusers() {
         true,
     );
     let (ours, theirs) = (to_vec(loss).unwrap()[0], f32s(&r, "commit_loss").0[0]);
-    assert!((ours - theirs).abs() < 1e-5 * theirs.abs().max(1.0), "{ours} vs {theirs}");
+    assert!(
+        (ours - theirs).abs() < 1e-5 * theirs.abs().max(1.0),
+        "{ours} vs {theirs}"
+    );
 }
 
 fn compare_grads(
@@ -149,7 +152,11 @@ fn adaptive_weight_and_its_gradients_match_autograd() {
         autoencoder_backward(&m, Some(&disc), None, pixels(&r, &device), &cfg).unwrap();
     let lambda = f64::from(f32s(&r, "adaptive.lambda").0[0]);
     eprintln!("lambda {} vs {lambda}", fig.lambda);
-    assert!((fig.lambda - lambda).abs() < 1e-4 * lambda, "{} vs {lambda}", fig.lambda);
+    assert!(
+        (fig.lambda - lambda).abs() < 1e-4 * lambda,
+        "{} vs {lambda}",
+        fig.lambda
+    );
     let g = f32s(&r, "adaptive.g_loss").0[0];
     assert!((fig.g_loss - g).abs() < 1e-5, "{} vs {g}", fig.g_loss);
     let total = f32s(&r, "adaptive.total").0[0];
@@ -171,8 +178,8 @@ fn saved_folder_loads_back_in_diffusers_layout() {
     let b = to_vec(back.forward(pixels(&r, &device)).sample).unwrap();
     assert_eq!(a, b);
     // The same tensor names and shapes as diffusers wrote, and its config keys.
-    let ours = tuwen::hub::safetensors_header(&out.join("diffusion_pytorch_model.safetensors"))
-        .unwrap();
+    let ours =
+        tuwen::hub::safetensors_header(&out.join("diffusion_pytorch_model.safetensors")).unwrap();
     let theirs = tuwen::hub::safetensors_header(
         &fixtures().join("vq-odd/diffusion_pytorch_model.safetensors"),
     )

@@ -219,9 +219,12 @@ impl Attention {
         }
         // New token i (at position past + i) sees positions up to its own.
         let mask: Vec<f32> = (0..n)
-            .flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+            .flat_map(|i| {
+                (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+            })
             .collect();
-        let mask = Tensor::<1>::from_floats(mask.as_slice(), &scores.device()).reshape([1, 1, n, total]);
+        let mask =
+            Tensor::<1>::from_floats(mask.as_slice(), &scores.device()).reshape([1, 1, n, total]);
         let probs = self.attn_dropout.forward(softmax(scores + mask, 3));
         let out = probs.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
         self.resid_dropout.forward(self.c_proj.forward(out))
@@ -367,8 +370,8 @@ impl Gpt2LMHeadModel {
     pub fn load(folder: &Path, device: &Device) -> Result<(Self, Gpt2Config, Value)> {
         let path = folder.join("config.json");
         let json = hub::read_json(&path)?;
-        let cfg: Gpt2Config =
-            serde_json::from_value(json.clone()).map_err(|e| Error::config(&path, e.to_string()))?;
+        let cfg: Gpt2Config = serde_json::from_value(json.clone())
+            .map_err(|e| Error::config(&path, e.to_string()))?;
         cfg.validate().map_err(|e| Error::config(&path, e))?;
         let names = hub::safetensors_header(&hub::weight_files(folder)?[0])?;
         let bare = !names.keys().any(|k| k.starts_with("transformer."));

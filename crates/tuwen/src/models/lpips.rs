@@ -62,7 +62,9 @@ impl Lpips {
                 .with_bias(bias)
                 .init(device)
         };
-        let convs = (0..13).map(|i| conv(widths[i], widths[i + 1], 3, true)).collect();
+        let convs = (0..13)
+            .map(|i| conv(widths[i], widths[i + 1], 3, true))
+            .collect();
         let mut ends = Vec::new();
         let mut at = 0;
         for n in PER_SLICE {
@@ -99,17 +101,25 @@ impl Lpips {
                 .get(&name)
                 .ok_or_else(|| bad(format!("no {name}: not an LPIPS (VGG) file")))?;
             if shape.len() != 4 || shape[2] != 3 || shape[3] != 3 {
-                return Err(bad(format!("{name} has shape {shape:?}, not [out, in, 3, 3]")));
+                return Err(bad(format!(
+                    "{name} has shape {shape:?}, not [out, in, 3, 3]"
+                )));
             }
             if i == 0 {
                 widths[0] = shape[1];
             } else if shape[1] != widths[i] {
-                return Err(bad(format!("{name} takes {} channels, not {}", shape[1], widths[i])));
+                return Err(bad(format!(
+                    "{name} takes {} channels, not {}",
+                    shape[1], widths[i]
+                )));
             }
             widths[i + 1] = shape[0];
         }
         if widths[0] != 3 {
-            return Err(bad(format!("the first convolution takes {} channels, not 3", widths[0])));
+            return Err(bad(format!(
+                "the first convolution takes {} channels, not 3",
+                widths[0]
+            )));
         }
         let mut renames: Vec<(String, String)> = VGG_CONVS
             .iter()
@@ -118,8 +128,10 @@ impl Lpips {
             .collect();
         renames.push((r"^lin(\d)\.model\.\d\.".into(), "lins.$1.".into()));
         renames.push((r"^scaling_layer\.".into(), String::new()));
-        let renames: Vec<(&str, &str)> =
-            renames.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let renames: Vec<(&str, &str)> = renames
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         let _rng = crate::device::rng_lock();
         let m = hub::load_weights_file(Lpips::new(&widths, device), file, &renames, &[])?;
         Ok(m.no_grad())
@@ -151,7 +163,12 @@ impl Lpips {
             f / (norm + 1e-10)
         };
         let mut total: Option<Tensor<1>> = None;
-        for ((fa, fb), lin) in self.features(a).into_iter().zip(self.features(b)).zip(&self.lins) {
+        for ((fa, fb), lin) in self
+            .features(a)
+            .into_iter()
+            .zip(self.features(b))
+            .zip(&self.lins)
+        {
             let d = (unit(fa) - unit(fb)).square();
             let v = lin.forward(d).mean_dims(&[2, 3]).reshape([n]);
             total = Some(match total {

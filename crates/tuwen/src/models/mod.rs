@@ -7,10 +7,10 @@ pub mod efficientnet;
 pub mod gan;
 pub mod gpt2;
 pub mod lpips;
-pub mod vqgan;
 pub mod siglip;
 pub mod vit;
 pub mod vit_mae;
+pub mod vqgan;
 
 /// Upper bounds on the sizes a config.json or a flag may ask for, checked before any module is
 /// built, far past every published model (ViT-22B: 48 layers, width 6144, MLP 24576) yet short

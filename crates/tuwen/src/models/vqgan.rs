@@ -254,12 +254,21 @@ impl VqConfig {
         let conv = |i: usize, o: usize, k: usize| i * o * k * k + o;
         let norm = |c: usize| 2 * c;
         let resnet = |i: usize, o: usize| {
-            norm(i) + conv(i, o, 3) + norm(o) + conv(o, o, 3) + if i != o { conv(i, o, 1) } else { 0 }
+            norm(i)
+                + conv(i, o, 3)
+                + norm(o)
+                + conv(o, o, 3)
+                + if i != o { conv(i, o, 1) } else { 0 }
         };
         let attn = |c: usize| norm(c) + 4 * (c * c + c);
         let w = &self.block_out_channels;
         let top = *w.last().expect("validated");
-        let mid = 2 * resnet(top, top) + if self.mid_block_add_attention { attn(top) } else { 0 };
+        let mid = 2 * resnet(top, top)
+            + if self.mid_block_add_attention {
+                attn(top)
+            } else {
+                0
+            };
         let mut enc = conv(self.in_channels, w[0], 3) + mid + norm(top);
         enc += conv(top, self.latent_channels, 3);
         let mut prev = w[0];
@@ -346,7 +355,9 @@ impl ResnetBlock {
 
     /// `[b, i, h, w]` → `[b, o, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(self.act.forward(self.norm1.forward(x.clone())));
+        let h = self
+            .conv1
+            .forward(self.act.forward(self.norm1.forward(x.clone())));
         let h = self.conv2.forward(self.act.forward(self.norm2.forward(h)));
         let x = match &self.conv_shortcut {
             Some(c) => c.forward(x),
@@ -910,7 +921,11 @@ pub fn read_config(folder: &Path) -> Result<VqConfig> {
 pub fn is_vq_folder(folder: &Path) -> bool {
     hub::read_json(&folder.join("config.json"))
         .ok()
-        .and_then(|v| v.get("_class_name").and_then(Value::as_str).map(str::to_string))
+        .and_then(|v| {
+            v.get("_class_name")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .is_some_and(|c| c == CLASS_NAME)
 }
 
@@ -942,10 +957,7 @@ pub mod taming {
 
     /// The `VQModel` config of a taming state dict (tensor shapes by name); `resolution` is the
     /// image side it was trained at (not in the tensors).
-    pub fn config(
-        s: &BTreeMap<String, Vec<usize>>,
-        resolution: usize,
-    ) -> Result<VqConfig, String> {
+    pub fn config(s: &BTreeMap<String, Vec<usize>>, resolution: usize) -> Result<VqConfig, String> {
         let conv_in = shape(s, "encoder.conv_in.weight")?;
         let levels = count(s, "encoder.down.");
         if levels == 0 {
@@ -957,11 +969,25 @@ pub mod taming {
         for i in 0..levels {
             widths.push(shape(s, &format!("encoder.down.{i}.block.0.conv1.weight"))?[0]);
             let attn = s.contains_key(&format!("encoder.down.{i}.attn.0.q.weight"));
-            down.push(if attn { "AttnDownEncoderBlock2D" } else { "DownEncoderBlock2D" }.to_string());
+            down.push(
+                if attn {
+                    "AttnDownEncoderBlock2D"
+                } else {
+                    "DownEncoderBlock2D"
+                }
+                .to_string(),
+            );
         }
         for i in (0..levels).rev() {
             let attn = s.contains_key(&format!("decoder.up.{i}.attn.0.q.weight"));
-            up.push(if attn { "AttnUpDecoderBlock2D" } else { "UpDecoderBlock2D" }.to_string());
+            up.push(
+                if attn {
+                    "AttnUpDecoderBlock2D"
+                } else {
+                    "UpDecoderBlock2D"
+                }
+                .to_string(),
+            );
         }
         let embedding = shape(s, "quantize.embedding.weight")?;
         let cfg = VqConfig {
@@ -1021,8 +1047,12 @@ pub mod taming {
         let (path, linear) = match parts.as_slice() {
             ["conv_in" | "conv_out", ..] => (rest.to_string(), false),
             ["norm_out", p] => (format!("conv_norm_out.{p}"), false),
-            ["mid", "block_1", leaf @ ..] => (format!("mid_block.resnets.0.{}", block_leaf(leaf)), false),
-            ["mid", "block_2", leaf @ ..] => (format!("mid_block.resnets.1.{}", block_leaf(leaf)), false),
+            ["mid", "block_1", leaf @ ..] => {
+                (format!("mid_block.resnets.0.{}", block_leaf(leaf)), false)
+            }
+            ["mid", "block_2", leaf @ ..] => {
+                (format!("mid_block.resnets.1.{}", block_leaf(leaf)), false)
+            }
             ["mid", "attn_1", leaf @ ..] => {
                 let (l, lin) = attn_leaf(leaf)?;
                 (format!("mid_block.attentions.0.{l}"), lin)
@@ -1040,15 +1070,20 @@ pub mod taming {
                     ("up_blocks", levels - 1 - i)
                 };
                 match (*kind, rest) {
-                    ("block", [j, leaf @ ..]) => {
-                        (format!("{blocks}.{k}.resnets.{j}.{}", block_leaf(leaf)), false)
-                    }
+                    ("block", [j, leaf @ ..]) => (
+                        format!("{blocks}.{k}.resnets.{j}.{}", block_leaf(leaf)),
+                        false,
+                    ),
                     ("attn", [j, leaf @ ..]) => {
                         let (l, lin) = attn_leaf(leaf)?;
                         (format!("{blocks}.{k}.attentions.{j}.{l}"), lin)
                     }
-                    ("downsample", ["conv", p]) => (format!("{blocks}.{k}.downsamplers.0.conv.{p}"), false),
-                    ("upsample", ["conv", p]) => (format!("{blocks}.{k}.upsamplers.0.conv.{p}"), false),
+                    ("downsample", ["conv", p]) => {
+                        (format!("{blocks}.{k}.downsamplers.0.conv.{p}"), false)
+                    }
+                    ("upsample", ["conv", p]) => {
+                        (format!("{blocks}.{k}.upsamplers.0.conv.{p}"), false)
+                    }
                     _ => return Err(bad()),
                 }
             }

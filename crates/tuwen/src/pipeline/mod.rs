@@ -3,9 +3,9 @@
 
 pub mod blip;
 pub mod gan;
-pub mod vqgan;
 pub mod image_text;
 pub mod mae;
+pub mod vqgan;
 
 pub use image_text::{ImageText, ZeroShotClassifier};
 

@@ -124,7 +124,13 @@ impl VqAutoencoder {
         let psnr = inputs
             .iter()
             .zip(&recs)
-            .map(|(a, r)| if same { crate::eval::psnr(a, r) } else { f64::NAN })
+            .map(|(a, r)| {
+                if same {
+                    crate::eval::psnr(a, r)
+                } else {
+                    f64::NAN
+                }
+            })
             .collect();
         let ssim = inputs
             .iter()
@@ -163,8 +169,8 @@ impl VqAutoencoder {
                 }
             }
             let flat: Vec<i64> = batch.concat();
-            let idx = Tensor::<1, Int>::from_ints(flat.as_slice(), &device)
-                .reshape([batch.len(), g * g]);
+            let idx =
+                Tensor::<1, Int>::from_ints(flat.as_slice(), &device).reshape([batch.len(), g * g]);
             let img = floats(self.model.decode_codes(idx, g, g))?;
             let per = img.len() / batch.len();
             out.extend(img.chunks(per).map(<[f32]>::to_vec));
@@ -356,7 +362,9 @@ impl VqPrior {
             let settings = crate::generate::Settings {
                 max_new_tokens: cells,
                 sampling: Some(crate::generate::Sampling {
-                    seed: sampling.seed.wrapping_add(batch.wrapping_mul(0x9e37_79b9_7f4a)),
+                    seed: sampling
+                        .seed
+                        .wrapping_add(batch.wrapping_mul(0x9e37_79b9_7f4a)),
                     ..sampling.clone()
                 }),
                 eos_token_id: -1,

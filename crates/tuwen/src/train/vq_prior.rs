@@ -151,8 +151,7 @@ impl TrainStep for PriorFamily<'_> {
             .collect();
         let n = rows[0].len();
         let flat: Vec<i64> = rows.concat();
-        let ids =
-            Tensor::<1, Int>::from_ints(flat.as_slice(), ctx.device).reshape([rows.len(), n]);
+        let ids = Tensor::<1, Int>::from_ints(flat.as_slice(), ctx.device).reshape([rows.len(), n]);
         let loss = crate::loss::lm_loss(model.forward(ids), &rows, 0.0)?;
         let value = loss.clone().into_scalar::<f32>();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -197,7 +196,10 @@ pub fn train(
     on_step: impl FnMut(&engine::StepReport, &Gpt2LMHeadModel) -> bool,
 ) -> Result<(Gpt2LMHeadModel, RunReport)> {
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-        return Err(Error::InvalidInput(format!("--lr {} must be positive", cfg.lr)));
+        return Err(Error::InvalidInput(format!(
+            "--lr {} must be positive",
+            cfg.lr
+        )));
     }
     let dims = 1 + spec.grid * spec.grid;
     let mut family = PriorFamily {

@@ -84,10 +84,11 @@ fn input_grad(loss: Tensor<1>, x: &Tensor<4>) -> Result<Tensor<4>> {
         .ok_or_else(|| Error::InvalidInput("the loss does not depend on the reconstruction".into()))
 }
 
-/// One backward pass of the autoencoder's loss on images `x` `[b, c, h, w]` in [-1, 1]:
-/// L1 + `perceptual_weight`·LPIPS + λ·(−mean D(x̂)) (when `disc` is given and `disc_weight` > 0)
-/// + the quantiser's loss. Returns the gradients (of the autoencoder's parameters; those of
-/// LPIPS and the discriminator are not there), the figures and the pass's outputs.
+/// One backward pass of the autoencoder's loss on images `x` `[b, c, h, w]` in [-1, 1]: L1,
+/// plus `perceptual_weight`·LPIPS, plus λ·(−mean D(x̂)) when `disc` is given and `disc_weight`
+/// is positive, plus the quantiser's loss. Returns the gradients (of the autoencoder's
+/// parameters; those of LPIPS and the discriminator are not there), the figures and the pass's
+/// outputs.
 pub fn autoencoder_backward(
     model: &VqModel,
     disc: Option<&PatchDiscriminator>,
@@ -444,8 +445,13 @@ impl TrainStep for VqFamily<'_> {
             losses.disc_weight = 0.0;
         }
         let frozen = disc.clone().no_grad();
-        let (grads, fig, out) =
-            autoencoder_backward(&model, gan_on.then_some(&frozen), self.lpips, x.clone(), &losses)?;
+        let (grads, fig, out) = autoencoder_backward(
+            &model,
+            gan_on.then_some(&frozen),
+            self.lpips,
+            x.clone(),
+            &losses,
+        )?;
         let grads = GradientsParams::from_grads(grads, &model);
         let model = ctx.update("autoencoder", model, grads)?;
         let (model, restarted) = self.update_codes(model, &out, ctx.seed(1))?;
@@ -464,10 +470,7 @@ impl TrainStep for VqFamily<'_> {
         }
         let idx = read_ints(out.quantized.indices.clone())?;
         let (usage, perplexity) = usage_and_perplexity(&idx, self.model_cfg.num_vq_embeddings);
-        let psnr = crate::eval::psnr(
-            &read_floats(x)?,
-            &read_floats(out.sample.detach())?,
-        );
+        let psnr = crate::eval::psnr(&read_floats(x)?, &read_floats(out.sample.detach())?);
         for (name, v) in [
             ("rec_loss", json!(fig.rec_loss)),
             ("perceptual", json!(fig.perceptual)),
@@ -500,8 +503,10 @@ impl TrainStep for VqFamily<'_> {
         let c = self.model_cfg;
         let per = c.in_channels * c.sample_size * c.sample_size;
         let r = reconstruct_values(&model, c, &self.val, per)?;
-        Ok(Some(json!({"psnr": r.psnr, "ssim": r.ssim, "usage": r.usage,
-            "perplexity": r.perplexity})))
+        Ok(Some(
+            json!({"psnr": r.psnr, "ssim": r.ssim, "usage": r.usage,
+            "perplexity": r.perplexity}),
+        ))
     }
 
     fn state(&self) -> Value {
@@ -581,7 +586,10 @@ pub fn train<'a>(
     on_step: impl FnMut(&engine::StepReport, &VqGan) -> bool,
 ) -> Result<(VqGan, RunReport)> {
     if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
-        return Err(Error::InvalidInput(format!("--lr {} must be positive", cfg.lr)));
+        return Err(Error::InvalidInput(format!(
+            "--lr {} must be positive",
+            cfg.lr
+        )));
     }
     let l = &cfg.losses;
     for (name, v) in [
@@ -590,13 +598,17 @@ pub fn train<'a>(
         ("--perceptual-weight", l.perceptual_weight),
     ] {
         if !(v.is_finite() && v >= 0.0) {
-            return Err(Error::InvalidInput(format!("{name} {v} must be non-negative")));
+            return Err(Error::InvalidInput(format!(
+                "{name} {v} must be non-negative"
+            )));
         }
     }
     if let Some(d) = cfg.ema_decay
         && !(d > 0.0 && d < 1.0)
     {
-        return Err(Error::InvalidInput(format!("--ema-decay {d} must be in (0, 1)")));
+        return Err(Error::InvalidInput(format!(
+            "--ema-decay {d} must be in (0, 1)"
+        )));
     }
     let mut family = VqFamily {
         cfg,
