@@ -381,23 +381,12 @@ pub fn train_gan(a: TrainGanArgs, device: &Device) -> Result<()> {
     if let Some(last) = validations.last() {
         summary["last_validation"] = last.clone();
     }
-    tuwen::hub::write_atomic(
-        &a.out.join("report.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    if report.stopped {
-        eprintln!(
-            "interrupted after {} steps; saved to {} (continue with --resume)",
-            report.losses.len(),
-            a.out.display()
-        );
-    }
-    eprintln!(
-        "trained {} generator steps; model, samples/, curves.png, kr.png in {}",
-        report.losses.len(),
-        a.out.display()
-    );
-    Ok(())
+    crate::train::finish_report(
+        &a.out,
+        &summary,
+        &report,
+        "generator steps; model, samples/, curves.png, kr.png",
+    )
 }
 
 /// The metrics.jsonl lines of the validated steps (none when the file cannot be read).
@@ -421,15 +410,8 @@ pub struct SampleArgs {
     /// A class-conditional prior's class (name or index).
     #[arg(long)]
     class: Option<String>,
-    /// A prior's sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f64,
-    /// A prior's top-k (0: all codes).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// A prior's top-p (1: all codes).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
+    #[command(flatten)]
+    sampling: crate::vqgan::SamplingArgs,
     /// Samples to draw.
     #[arg(long, default_value_t = 64)]
     n: usize,
@@ -459,10 +441,7 @@ pub fn sample(a: SampleArgs, device: &Device) -> Result<()> {
                 n: a.n,
                 out: &a.out,
                 class: a.class.as_deref(),
-                seed: a.seed,
-                temperature: a.temperature,
-                top_k: a.top_k,
-                top_p: a.top_p,
+                sampling: a.sampling.with_seed(a.seed),
             },
             device,
         );

@@ -425,6 +425,33 @@ pub fn refuse_input_as_out(out: &Path, data: &[&Path], init: Option<&Path>) -> R
     )?)
 }
 
+/// Writes `report.json` into `out` and says how the run ended: interrupted (and how to go on),
+/// then "trained N {what} in OUT".
+pub fn finish_report(
+    out: &Path,
+    summary: &serde_json::Value,
+    report: &tuwen::train::RunReport,
+    what: &str,
+) -> Result<()> {
+    hub::write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(summary)?.as_bytes(),
+    )?;
+    if report.stopped {
+        eprintln!(
+            "interrupted after {} steps; saved to {} (continue with --resume)",
+            report.losses.len(),
+            out.display()
+        );
+    }
+    eprintln!(
+        "trained {} {what} in {}",
+        report.losses.len(),
+        out.display()
+    );
+    Ok(())
+}
+
 /// The checkpoint folder `--resume` continues from; a one-line error when there is none.
 pub fn resume_dir(ckpt_dir: &Path) -> Result<PathBuf> {
     checkpoint::find(ckpt_dir).with_context(|| {

@@ -346,23 +346,12 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
             "usage": usage, "perplexity": perplexity});
     }
     curves(&a.out)?;
-    tuwen::hub::write_atomic(
-        &a.out.join("report.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
-    if report.stopped {
-        eprintln!(
-            "interrupted after {} steps; saved to {} (continue with --resume)",
-            report.losses.len(),
-            a.out.display()
-        );
-    }
-    eprintln!(
-        "trained {} steps; model (diffusers VQModel), reconstructions.png, curves.png in {}",
-        report.losses.len(),
-        a.out.display()
-    );
-    Ok(())
+    crate::train::finish_report(
+        &a.out,
+        &summary,
+        &report,
+        "steps; model (diffusers VQModel), reconstructions.png, curves.png",
+    )
 }
 
 /// `curves.png`: the reconstruction loss per step, and the held-out PSNR and code usage.
@@ -647,6 +636,32 @@ fn rows_of(
         .collect()
 }
 
+/// A prior's sampling flags.
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// A prior's sampling temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// A prior's top-k (0: all codes).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// A prior's top-p (1: all codes).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+}
+
+impl SamplingArgs {
+    /// The generation module's settings with `seed`.
+    pub fn with_seed(&self, seed: u64) -> tuwen::generate::Sampling {
+        tuwen::generate::Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed,
+        }
+    }
+}
+
 /// `tuwen sample --vqgan`: codes from the prior, decoded.
 pub struct PriorSampleArgs<'a> {
     pub model: &'a str,
@@ -654,10 +669,7 @@ pub struct PriorSampleArgs<'a> {
     pub n: usize,
     pub out: &'a Path,
     pub class: Option<&'a str>,
-    pub seed: u64,
-    pub temperature: f64,
-    pub top_k: usize,
-    pub top_p: f64,
+    pub sampling: tuwen::generate::Sampling,
 }
 
 /// Decoded samples of a prior `[n][C·H·W]` and the VQGAN's config.
@@ -684,13 +696,8 @@ pub fn sample_prior(a: PriorSampleArgs, device: &Device) -> Result<()> {
     let prior_folder = tuwen::hub::resolve(a.model)?;
     let vq_folder = tuwen::hub::resolve(a.vqgan)?;
     tuwen::data::files::refuse_overwrite("--out", a.out, &[], &[&prior_folder, &vq_folder])?;
-    let sampling = tuwen::generate::Sampling {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
-    let (images, cfg) = prior_samples(&prior_folder, &vq_folder, a.n, a.class, &sampling, device)?;
+    let (images, cfg) =
+        prior_samples(&prior_folder, &vq_folder, a.n, a.class, &a.sampling, device)?;
     let s = cfg.sample_size;
     let shape = [cfg.out_channels, s, s];
     let flat: Vec<f32> = images.concat();
@@ -731,15 +738,8 @@ pub struct EvalPriorArgs {
     /// Seed of the samples and of the random codes.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Sampling temperature.
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f64,
-    /// Top-k (0: all codes).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// Top-p (1: all codes).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Print the scores as JSON.
     #[arg(long)]
     json: bool,
@@ -785,12 +785,7 @@ pub fn eval_prior(a: EvalPriorArgs, device: &Device) -> Result<()> {
         Ok(tuwen::eval::frechet_distance(&f_real, &f, dims)?)
     };
     // The prior's samples: spread evenly over the classes of a conditional prior.
-    let sampling = tuwen::generate::Sampling {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
+    let sampling = a.sampling.with_seed(a.seed);
     let classes = prior.spec.classes.clone();
     let mut asked = Vec::new();
     let mut codes = Vec::new();
