@@ -98,6 +98,11 @@ pub struct TrainVqganArgs {
     /// Held-out images for validation (taken out of training).
     #[arg(long, default_value_t = 64)]
     val_images: usize,
+    /// An image classifier trained on the same kind of images (`tuwen train classifier`): each
+    /// validation also logs a Fréchet distance on its features between the held-out images
+    /// and their reconstructions (`val_fid`, fid.png).
+    #[arg(long)]
+    classifier: Option<String>,
     /// Seed of the initialisation, the data order and every draw.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -288,6 +293,23 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
         }
         v
     };
+    let classifier = a
+        .classifier
+        .as_deref()
+        .map(|c| tuwen::pipeline::ImageClassification::load(c, device))
+        .transpose()?;
+    let shape = [
+        model_cfg.out_channels,
+        model_cfg.sample_size,
+        model_cfg.sample_size,
+    ];
+    let scorer = match &classifier {
+        Some(c) if val_values.len() >= 2 * shape.iter().product::<usize>() => {
+            Some(tuwen::train::vqgan::Scorer::new(c, &val_values, shape)?)
+        }
+        Some(_) => bail!("--classifier needs at least two held-out images (--val-images)"),
+        None => None,
+    };
     let mut progress = Progress::start(a.steps, resume_from.as_deref())?;
     cfg.run.stop = Some(progress.stop_flag());
     std::fs::create_dir_all(&a.out)
@@ -298,11 +320,15 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
         TrainData::Samples(&samples),
         lpips.as_ref(),
         val_values.clone(),
+        scorer,
         &cfg,
         |s, _| {
             if let Some(p) = s.metrics["val_psnr"].as_f64() {
+                let fid = s.metrics["val_fid"]
+                    .as_f64()
+                    .map_or(String::new(), |f| format!(", Fréchet distance {f:.3}"));
                 eprintln!(
-                    "step {}: held-out PSNR {p:.2} dB, SSIM {:.3}, codes used {:.1}%",
+                    "step {}: held-out PSNR {p:.2} dB, SSIM {:.3}, codes used {:.1}%{fid}",
                     s.step + 1,
                     s.metrics["val_ssim"].as_f64().unwrap_or(f64::NAN),
                     s.metrics["val_usage"].as_f64().unwrap_or(f64::NAN) * 100.0
@@ -344,6 +370,13 @@ pub fn train_vqgan(a: TrainVqganArgs, device: &Device) -> Result<()> {
         );
         summary["held_out"] = json!({"images": r.inputs.len(), "psnr": psnr, "ssim": ssim,
             "usage": usage, "perplexity": perplexity});
+        if let Some(c) = &classifier {
+            let recs: Vec<f32> = r.reconstructions.concat();
+            let fid =
+                tuwen::train::vqgan::Scorer::new(c, &val_values, shape)?.score(&recs, shape)?;
+            eprintln!("held-out Fréchet distance of the reconstructions: {fid:.3}");
+            summary["held_out"]["fid"] = json!(fid);
+        }
     }
     curves(&a.out)?;
     crate::train::finish_report(
@@ -383,13 +416,18 @@ fn curves(out: &Path) -> Result<()> {
         ],
         &out.join("curves.png"),
     )?;
-    let psnr = series("val_psnr");
-    if psnr.len() >= 2 {
-        tuwen::train::plot::series_png(
-            "held-out PSNR (dB)",
-            &[("PSNR", &psnr, [20, 120, 60])],
-            &out.join("psnr.png"),
-        )?;
+    for (key, title, file) in [
+        ("val_psnr", "held-out PSNR (dB)", "psnr.png"),
+        (
+            "val_fid",
+            "Fréchet distance of held-out reconstructions (classifier features)",
+            "fid.png",
+        ),
+    ] {
+        let v = series(key);
+        if v.len() >= 2 {
+            tuwen::train::plot::series_png(title, &[(key, &v, [20, 120, 60])], &out.join(file))?;
+        }
     }
     Ok(())
 }

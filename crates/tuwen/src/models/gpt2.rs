@@ -4,7 +4,7 @@
 //! weights `[in, out]`, which is how they are kept here too.
 //!
 //! tuwen uses it as VQGAN's second stage, the prior over code indices (see
-//! [`crate::train::vq_prior`]); the folder is a plain transformers GPT-2 checkpoint.
+//! `tuwen train vq-prior`); the folder is a plain transformers GPT-2 checkpoint.
 
 use std::path::Path;
 

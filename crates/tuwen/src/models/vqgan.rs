@@ -1136,6 +1136,30 @@ mod tests {
     }
 
     #[test]
+    fn l2_codes_are_unit_vectors_and_the_lookup_uses_them() {
+        let device = Device::default();
+        let cfg = VqConfig {
+            l2_normalized_codes: true,
+            ..small()
+        };
+        let m = VqModel::new(&cfg, &device);
+        let x = Tensor::<4>::random([2, 3, 16, 16], burn::tensor::Distribution::Default, &device);
+        let q = m.quantize.forward(m.encode(x));
+        let norms = q.z_q.clone().square().sum_dim(1).sqrt();
+        let off = (norms - 1.0).abs().max().into_scalar::<f32>();
+        assert!(off < 1e-5, "{off}");
+        // Each chosen code is the nearest by cosine: no other unit code is closer.
+        let z = q.z.clone().permute([0, 2, 3, 1]).reshape([128, 5]);
+        let sims = z.matmul(m.quantize.codebook().transpose());
+        let best = sims.argmax(1).reshape([2, 64]);
+        assert_eq!(
+            best.into_data().convert::<i64>(),
+            q.indices.into_data().convert::<i64>()
+        );
+        assert!(cfg.to_json()["l2_normalized_codes"].as_bool().unwrap());
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_the_field() {
         let mut c = small();
         c.norm_num_groups = 3;

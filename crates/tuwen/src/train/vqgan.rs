@@ -253,6 +253,39 @@ struct VqFamily<'a> {
     codes: CodeState,
     /// Held-out images `[n, c, h, w]` values for validation.
     val: Vec<f32>,
+    /// The FID-style score's classifier and its features of the held-out images.
+    scorer: Option<Scorer<'a>>,
+}
+
+/// A Fréchet distance on a tuwen-trained classifier's features (FID's formula, not its
+/// network) between held-out images and their reconstructions.
+pub struct Scorer<'a> {
+    /// The classifier.
+    pub classifier: &'a crate::pipeline::ImageClassification,
+    features: Vec<f32>,
+    dims: usize,
+}
+
+impl<'a> Scorer<'a> {
+    /// Computes the classifier's features of the held-out images once.
+    pub fn new(
+        classifier: &'a crate::pipeline::ImageClassification,
+        val: &[f32],
+        shape: [usize; 3],
+    ) -> Result<Self> {
+        let (features, dims) = crate::eval::classifier_features(classifier, val, shape)?;
+        Ok(Scorer {
+            classifier,
+            features,
+            dims,
+        })
+    }
+
+    /// The distance of `images` (same layout) to the held-out images.
+    pub fn score(&self, images: &[f32], shape: [usize; 3]) -> Result<f64> {
+        let (f, _) = crate::eval::classifier_features(self.classifier, images, shape)?;
+        crate::eval::frechet_distance(&self.features, &f, self.dims)
+    }
 }
 
 fn read_floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
@@ -503,10 +536,13 @@ impl TrainStep for VqFamily<'_> {
         let c = self.model_cfg;
         let per = c.in_channels * c.sample_size * c.sample_size;
         let r = reconstruct_values(&model, c, &self.val, per)?;
-        Ok(Some(
-            json!({"psnr": r.psnr, "ssim": r.ssim, "usage": r.usage,
-            "perplexity": r.perplexity}),
-        ))
+        let mut v = json!({"psnr": r.psnr, "ssim": r.ssim, "usage": r.usage,
+            "perplexity": r.perplexity});
+        if let Some(s) = &self.scorer {
+            let shape = [c.out_channels, c.sample_size, c.sample_size];
+            v["fid"] = json!(s.score(&r.reconstructions, shape)?);
+        }
+        Ok(Some(v))
     }
 
     fn state(&self) -> Value {
@@ -539,6 +575,8 @@ pub struct ReconstructionReport {
     pub usage: f64,
     /// Perplexity of the codes used.
     pub perplexity: f64,
+    /// The reconstructions, row-major.
+    pub reconstructions: Vec<f32>,
 }
 
 /// Reconstructs `images` (`per` values each, in [-1, 1]) in batches of 16 and measures them.
@@ -552,6 +590,7 @@ pub fn reconstruct_values(
     let s = cfg.sample_size;
     let c = cfg.in_channels;
     let (mut psnr, mut ssim, mut all) = (0.0, 0.0, Vec::new());
+    let mut reconstructions = Vec::with_capacity(images.len());
     let n = images.len() / per;
     for chunk in images.chunks(16 * per) {
         let b = chunk.len() / per;
@@ -564,6 +603,7 @@ pub fn reconstruct_values(
             psnr += crate::eval::psnr(a, r);
             ssim += crate::eval::ssim(a, r, cfg.out_channels.min(c), s, s);
         }
+        reconstructions.extend(rec);
     }
     let (usage, perplexity) = usage_and_perplexity(&all, cfg.num_vq_embeddings);
     Ok(ReconstructionReport {
@@ -571,17 +611,21 @@ pub fn reconstruct_values(
         ssim: ssim / n.max(1) as f64,
         usage,
         perplexity,
+        reconstructions,
     })
 }
 
 /// Trains `models` (on an autodiff device) on `data`; `val` are held-out images (row-major
-/// `[n, c, h, w]` in [-1, 1]) for validation every `cfg.run.val_every` steps.
+/// `[n, c, h, w]` in [-1, 1]) for validation every `cfg.run.val_every` steps, scored by
+/// `scorer` too when given.
+#[allow(clippy::too_many_arguments)]
 pub fn train<'a>(
     models: VqGan,
     model_cfg: &VqConfig,
     data: super::data::TrainData<'a>,
     lpips: Option<&Lpips>,
     val: Vec<f32>,
+    scorer: Option<Scorer<'_>>,
     cfg: &VqTrainConfig,
     on_step: impl FnMut(&engine::StepReport, &VqGan) -> bool,
 ) -> Result<(VqGan, RunReport)> {
@@ -617,6 +661,7 @@ pub fn train<'a>(
         lpips,
         codes: CodeState::default(),
         val,
+        scorer,
     };
     let models = super::stable_param_ids(models);
     engine::run(&mut family, models, data, &cfg.run, on_step)
