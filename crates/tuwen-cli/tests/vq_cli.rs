@@ -290,43 +290,18 @@ fn resume_equals_an_uninterrupted_run() {
     .chain(SMALL.iter().copied())
     .collect();
     let (a, b) = (dir.join("a"), dir.join("b"));
-    let mut args = vec![
-        "train",
-        "vqgan",
-        "--data",
-        s(&images),
-        "--out",
-        s(&a),
-        "--steps",
-        "6",
-    ];
-    args.extend(&common);
-    ok(&tuwen(&args));
-    let mut args = vec![
-        "train",
-        "vqgan",
-        "--data",
-        s(&images),
-        "--out",
-        s(&b),
-        "--steps",
-        "3",
-    ];
-    args.extend(&common);
-    ok(&tuwen(&args));
-    let mut args = vec![
-        "train",
-        "vqgan",
-        "--data",
-        s(&images),
-        "--out",
-        s(&b),
-        "--steps",
-        "6",
-        "--resume",
-    ];
-    args.extend(&common);
-    ok(&tuwen(&args));
+    let run = |out: &Path, steps: &str, resume: bool| {
+        let mut args = vec!["train", "vqgan", "--data", s(&images), "--out", s(out)];
+        args.extend(["--steps", steps]);
+        if resume {
+            args.push("--resume");
+        }
+        args.extend(&common);
+        ok(&tuwen(&args));
+    };
+    run(&a, "6", false);
+    run(&b, "3", false);
+    run(&b, "6", true);
     // Tensor by tensor (the file's metadata map has no fixed order).
     let tensors = |dir: &Path| -> Vec<(String, Vec<u8>)> {
         let bytes = std::fs::read(dir.join("diffusion_pytorch_model.safetensors")).unwrap();
