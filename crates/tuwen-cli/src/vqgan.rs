@@ -420,7 +420,7 @@ fn curves(out: &Path) -> Result<()> {
         ("val_psnr", "held-out PSNR (dB)", "psnr.png"),
         (
             "val_fid",
-            "Fréchet distance of held-out reconstructions (classifier features)",
+            "Frechet distance, held-out reconstructions",
             "fid.png",
         ),
     ] {
