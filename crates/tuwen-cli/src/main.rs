@@ -17,6 +17,7 @@ mod info;
 mod mae;
 mod quickstart;
 mod reconstruct;
+mod search;
 mod train;
 mod vqgan;
 mod wdist;
@@ -79,6 +80,10 @@ enum Command {
     /// Time training steps (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(train::BenchCommand),
+    /// Index image folders for search (CLIP or SigLIP embeddings in one SQLite file).
+    Index(search::IndexArgs),
+    /// Search an index by text, by image (--image), or both.
+    Search(search::SearchArgs),
     /// Re-save a checkpoint as one model.safetensors with transformers' names (merges shards),
     /// or a taming-transformers VQGAN as a diffusers VQModel (--taming).
     Convert(ConvertArgs),
@@ -177,6 +182,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Water(args) => water(args),
+        Command::Index(args) => search::index(args, &device()?),
+        Command::Search(args) => search::search(args, &device()?),
         Command::Sample(args) => gan::sample(args, &device()?),
         Command::Wdist(args) => wdist::run(args, &device()?),
         Command::Train(cmd) => train::run(cmd, &device()?),

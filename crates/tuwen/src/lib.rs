@@ -19,6 +19,7 @@ pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod pipeline;
+pub mod search;
 pub mod text;
 pub mod train;
 pub mod water;

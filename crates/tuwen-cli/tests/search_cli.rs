@@ -1,0 +1,244 @@
+//! `tuwen index` and `tuwen search` on generated pictures with the tiny CLIP fixture:
+//! incremental updates (unchanged, renamed, copied, changed, deleted files), runs killed with
+//! SIGKILL at random moments that resume to the same index as an uninterrupted run, image
+//! queries that find the image itself first, filters, the model check, and one-line errors.
+
+#[path = "../../tuwen/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use support::{fails, ok, tuwen};
+
+fn scratch(name: &str) -> PathBuf {
+    support::scratch("searchcli", name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn model() -> PathBuf {
+    fixtures().join("clip-tiny")
+}
+
+fn report(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim().lines().last().unwrap()).unwrap()
+}
+
+fn index(dir: &Path, db: &Path) -> serde_json::Value {
+    report(&ok(&tuwen(&[
+        "index",
+        s(dir),
+        "--model",
+        s(&model()),
+        "--db",
+        s(db),
+        "--batch-size",
+        "4",
+        "--json",
+    ])))
+}
+
+/// Every row of an index: path → (sha256, embedding bytes as text).
+fn rows(db: &Path) -> BTreeMap<String, (String, String)> {
+    let idx = tuwen::search::Index::open(db).unwrap();
+    idx.all()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.path, (r.sha256, format!("{:?}", r.embedding))))
+        .collect()
+}
+
+#[test]
+fn updates_are_incremental() {
+    let dir = scratch("incr");
+    tuwen::data::shapes::generate(&dir.join("data"), 30, 32, 21).unwrap();
+    let images = dir.join("data/images");
+    let db = dir.join("index.db");
+    let r = index(&images, &db);
+    let n = std::fs::read_dir(&images).unwrap().count() as u64;
+    assert_eq!(r["embedded"], n);
+    let r = index(&images, &db);
+    assert_eq!(
+        (r["embedded"].as_u64(), r["unchanged"].as_u64()),
+        (Some(0), Some(n))
+    );
+    // Rename one, copy one, change one, delete one, add an unreadable one.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    std::fs::rename(&files[0], images.join("renamed.png")).unwrap();
+    std::fs::copy(&files[1], images.join("copy.png")).unwrap();
+    std::fs::copy(&files[3], &files[2]).unwrap();
+    std::fs::remove_file(&files[4]).unwrap();
+    std::fs::write(images.join("broken.png"), b"not a png").unwrap();
+    let r = index(&images, &db);
+    assert_eq!(r["embedded"], 0, "{r}");
+    assert_eq!(r["reused"], 3, "{r}"); // renamed, copy, and the changed file (now a copy of another)
+    assert_eq!(r["removed"], 2, "{r}"); // the old name and the deleted file
+    assert_eq!(r["failed"], 1, "{r}");
+    assert_eq!(r["unchanged"], n - 3, "{r}"); // all but the renamed, changed and deleted
+    let all = rows(&db);
+    assert_eq!(all.len() as u64, n - 2 + 2);
+    let key = |p: &Path| {
+        std::fs::canonicalize(p)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    assert_eq!(all[&key(&images.join("copy.png"))], all[&key(&files[1])]);
+    // An image query finds the image itself first.
+    let out = ok(&tuwen(&[
+        "search",
+        "--db",
+        s(&db),
+        "--image",
+        s(&files[5]),
+        "--top-k",
+        "3",
+        "--json",
+    ]));
+    let hits: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(hits["hits"][0]["path"], key(&files[5]));
+    assert!(hits["hits"][0]["score"].as_f64().unwrap() > 0.9999);
+    assert_eq!(hits["hits"].as_array().unwrap().len(), 3);
+    // Filters: nothing is larger than a gigabyte; a folder that holds nothing indexed.
+    let out = ok(&tuwen(&[
+        "search",
+        "--db",
+        s(&db),
+        "a red circle",
+        "--where",
+        "min_bytes=1000000000",
+        "--json",
+    ]));
+    assert_eq!(out.trim(), r#"{"hits":[]}"#);
+    let out = ok(&tuwen(&[
+        "search",
+        "--db",
+        s(&db),
+        "a red circle",
+        "--where",
+        &format!("folder={}", s(&dir)),
+        "--json",
+        "--top-k",
+        "100",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["hits"].as_array().unwrap().len(), all.len());
+    // Export.
+    let ex = dir.join("export");
+    ok(&tuwen(&["index", "--db", s(&db), "--export", s(&ex)]));
+    let (_, shape) =
+        tuwen::data::arrays::parse_npy(&std::fs::read(ex.join("embeddings.npy")).unwrap()).unwrap();
+    assert_eq!(shape[0], all.len());
+    assert_eq!(
+        std::fs::read_to_string(ex.join("metadata.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        all.len()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn killed_runs_resume_to_the_uninterrupted_index() {
+    let dir = scratch("kill");
+    tuwen::data::shapes::generate(&dir.join("data"), 250, 32, 22).unwrap();
+    let images = dir.join("data/images");
+    let whole = dir.join("whole.db");
+    index(&images, &whole);
+    let expected = rows(&whole);
+    let db = dir.join("killed.db");
+    let mut rng = tuwen::data::shapes::SplitMix64::new(7);
+    let mut kills = 0;
+    for _ in 0..60 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tuwen"))
+            .args([
+                "index",
+                s(&images),
+                "--model",
+                s(&model()),
+                "--db",
+                s(&db),
+                "--batch-size",
+                "1",
+            ])
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30 + rng.below(250) as u64));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+        // The index is valid after every kill, and holds no more than the whole.
+        let n = rows(&db).len();
+        assert!(n <= expected.len());
+        if n == expected.len() {
+            if kills >= 4 {
+                break;
+            }
+            // Finished before enough kills: start over, to kill it at more moments.
+            for ext in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{ext}", s(&db)));
+            }
+        }
+    }
+    eprintln!("{kills} runs killed");
+    assert!(kills >= 4, "too fast to kill: {kills}");
+    let r = index(&images, &db);
+    assert_eq!(r["removed"], 0);
+    assert_eq!(rows(&db), expected);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn another_model_and_bad_input_are_refused_in_one_line() {
+    let dir = scratch("bad");
+    tuwen::data::shapes::generate(&dir.join("data"), 10, 32, 23).unwrap();
+    let images = dir.join("data/images");
+    let db = dir.join("index.db");
+    index(&images, &db);
+    let siglip = fixtures().join("siglip-tiny");
+    fails(
+        &tuwen(&["index", s(&images), "--model", s(&siglip), "--db", s(&db)]),
+        "another model",
+    );
+    fails(
+        &tuwen(&["search", "--db", s(&db), "a cat", "--model", s(&siglip)]),
+        "another model",
+    );
+    fails(&tuwen(&["search", "--db", s(&db)]), "text");
+    fails(
+        &tuwen(&["search", "--db", s(&dir.join("none.db")), "x"]),
+        "no such index",
+    );
+    fails(
+        &tuwen(&["search", "--db", s(&db), "x", "--where", "colour=red"]),
+        "unknown key",
+    );
+    fails(
+        &tuwen(&[
+            "index",
+            s(&dir.join("nowhere")),
+            "--model",
+            s(&model()),
+            "--db",
+            s(&db),
+        ]),
+        "not a folder",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
