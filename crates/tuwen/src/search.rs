@@ -27,6 +27,13 @@ use crate::{Error, Result};
 /// The schema's version, kept in `meta`.
 const SCHEMA: &str = "1";
 
+/// Adds an image, or replaces the row of its path.
+const UPSERT: &str = "INSERT INTO images(path, folder, size, mtime, width, height, hash, embedding)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+     ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime = excluded.mtime,
+       width = excluded.width, height = excluded.height, hash = excluded.hash,
+       embedding = excluded.embedding";
+
 /// What an update did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct UpdateReport {
@@ -426,12 +433,7 @@ impl Index {
             match reuse {
                 Some((w, h, emb)) => {
                     tx.execute(
-                        "INSERT INTO images(path, folder, size, mtime, width, height, hash, embedding)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                         ON CONFLICT(path) DO UPDATE SET size = excluded.size,
-                           mtime = excluded.mtime, width = excluded.width,
-                           height = excluded.height, hash = excluded.hash,
-                           embedding = excluded.embedding",
+                        UPSERT,
                         params![f.key, f.folder, f.size, f.mtime, w, h, hash, emb],
                     )
                     .map_err(|e| Error::InvalidInput(e.to_string()))?;
@@ -510,12 +512,7 @@ impl Index {
                         hash.to_string()
                     };
                     tx.execute(
-                        "INSERT INTO images(path, folder, size, mtime, width, height, hash, embedding)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                         ON CONFLICT(path) DO UPDATE SET size = excluded.size,
-                           mtime = excluded.mtime, width = excluded.width,
-                           height = excluded.height, hash = excluded.hash,
-                           embedding = excluded.embedding",
+                        UPSERT,
                         params![f.key, f.folder, f.size, f.mtime, w, h, hash, to_blob(e)],
                     )
                     .map_err(|e| Error::InvalidInput(e.to_string()))?;
