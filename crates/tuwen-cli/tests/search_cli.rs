@@ -242,3 +242,54 @@ fn another_model_and_bad_input_are_refused_in_one_line() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn only_indexed_files_inside_the_folders_are_servable() {
+    let dir = scratch("serve");
+    tuwen::data::shapes::generate(&dir.join("data"), 8, 32, 24).unwrap();
+    let images = dir.join("data/images");
+    let db = dir.join("index.db");
+    index(&images, &db);
+    let idx = tuwen::search::Index::open(&db).unwrap();
+    let roots = idx.roots().unwrap();
+    let inside = std::fs::read_dir(&images)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let real = std::fs::canonicalize(&inside).unwrap();
+    assert_eq!(
+        tuwen::search::servable(&idx, &roots, s(&inside)).unwrap(),
+        real
+    );
+    // `..` that leads back inside is the same file; out of the folder it is refused.
+    let name = inside.file_name().unwrap().to_str().unwrap();
+    let round = format!("{}/../images/{name}", s(&images));
+    assert_eq!(tuwen::search::servable(&idx, &roots, &round).unwrap(), real);
+    let secret = dir.join("secret.png");
+    std::fs::copy(&inside, &secret).unwrap();
+    let up = format!("{}/../../secret.png", s(&images));
+    let err = tuwen::search::servable(&idx, &roots, &up)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the indexed folders"), "{err}");
+    // A link inside the folder that points out of it.
+    let link = images.join("escape.png");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let err = tuwen::search::servable(&idx, &roots, s(&link))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside the indexed folders"), "{err}");
+    // Inside, but not indexed; missing; empty.
+    let fresh = images.join("new.png");
+    std::fs::copy(&inside, &fresh).unwrap();
+    let err = tuwen::search::servable(&idx, &roots, s(&fresh))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not in the index"), "{err}");
+    assert!(tuwen::search::servable(&idx, &roots, "/etc/passwd").is_err());
+    assert!(tuwen::search::servable(&idx, &roots, s(&images.join("none.png"))).is_err());
+    assert!(tuwen::search::servable(&idx, &roots, "").is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -636,6 +636,34 @@ pub struct Row {
     pub embedding: Vec<f32>,
 }
 
+/// The file a server may send for `requested`: its canonical path, which must lie inside one
+/// of `roots` (canonical folders) and be indexed in `index`. `..`, absolute paths elsewhere and
+/// symbolic links that lead out of the folders are refused, as are files the index does not
+/// hold.
+pub fn servable(index: &Index, roots: &[PathBuf], requested: &str) -> Result<PathBuf> {
+    let refused = |why: &str| Error::InvalidInput(format!("{requested:?}: {why}"));
+    if requested.is_empty() || requested.contains('\0') {
+        return Err(refused("not a path"));
+    }
+    // Resolve every link and `..`; the result must be inside a root.
+    let real = std::fs::canonicalize(requested).map_err(|_| refused("no such file"))?;
+    if !roots.iter().any(|r| real.starts_with(r)) {
+        return Err(refused("outside the indexed folders"));
+    }
+    let key = real.to_string_lossy().into_owned();
+    let known: Option<i64> = index
+        .conn
+        .query_row("SELECT id FROM images WHERE path = ?1", [&key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| index.sql(e))?;
+    if known.is_none() {
+        return Err(refused("not in the index"));
+    }
+    Ok(real)
+}
+
 /// A query's unit-length embedding: a text, an image, or both (their sum, renormalised).
 pub fn query_embedding(
     model: &ImageText,
