@@ -579,39 +579,28 @@ pub struct ReconstructionReport {
     pub reconstructions: Vec<f32>,
 }
 
-/// Reconstructs `images` (`per` values each, in [-1, 1]) in batches of 16 and measures them.
+/// Reconstructs `images` (`per` values each, in [-1, 1]) through [`crate::pipeline::vqgan::VqAutoencoder`] and measures them.
 pub fn reconstruct_values(
     model: &VqModel,
     cfg: &VqConfig,
     images: &[f32],
     per: usize,
 ) -> Result<ReconstructionReport> {
-    let device = model.device();
-    let s = cfg.sample_size;
-    let c = cfg.in_channels;
-    let (mut psnr, mut ssim, mut all) = (0.0, 0.0, Vec::new());
-    let mut reconstructions = Vec::with_capacity(images.len());
-    let n = images.len() / per;
-    for chunk in images.chunks(16 * per) {
-        let b = chunk.len() / per;
-        let x = Tensor::<1>::from_floats(chunk, &device).reshape([b, c, s, s]);
-        let out = model.forward(x);
-        all.extend(read_ints(out.quantized.indices)?);
-        let rec = read_floats(out.sample)?;
-        for i in 0..b {
-            let (a, r) = (&chunk[i * per..(i + 1) * per], &rec[i * per..(i + 1) * per]);
-            psnr += crate::eval::psnr(a, r);
-            ssim += crate::eval::ssim(a, r, cfg.out_channels.min(c), s, s);
-        }
-        reconstructions.extend(rec);
-    }
+    // The pipeline's reconstruction, measured.
+    let vq = crate::pipeline::vqgan::VqAutoencoder {
+        model: model.clone(),
+        config: cfg.clone(),
+    };
+    let r = vq.reconstruct_values(images.chunks(per.max(1)).map(<[f32]>::to_vec).collect())?;
+    let all: Vec<i64> = r.codes.concat();
     let (usage, perplexity) = usage_and_perplexity(&all, cfg.num_vq_embeddings);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     Ok(ReconstructionReport {
-        psnr: psnr / n.max(1) as f64,
-        ssim: ssim / n.max(1) as f64,
+        psnr: mean(&r.psnr),
+        ssim: mean(&r.ssim),
         usage,
         perplexity,
-        reconstructions,
+        reconstructions: r.reconstructions.concat(),
     })
 }
 
