@@ -84,6 +84,8 @@ enum Command {
     Index(search::IndexArgs),
     /// Search an index by text, by image (--image), or both.
     Search(search::SearchArgs),
+    /// Serve an index as a web page and a JSON API (loopback by default).
+    Serve(search::ServeArgs),
     /// Re-save a checkpoint as one model.safetensors with transformers' names (merges shards),
     /// or a taming-transformers VQGAN as a diffusers VQModel (--taming).
     Convert(ConvertArgs),
@@ -184,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Water(args) => water(args),
         Command::Index(args) => search::index(args, &device()?),
         Command::Search(args) => search::search(args, &device()?),
+        Command::Serve(args) => search::serve(args, &device()?),
         Command::Sample(args) => gan::sample(args, &device()?),
         Command::Wdist(args) => wdist::run(args, &device()?),
         Command::Train(cmd) => train::run(cmd, &device()?),

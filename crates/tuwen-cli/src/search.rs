@@ -169,3 +169,47 @@ pub fn search(a: SearchArgs, device: &Device) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The index (`tuwen index`).
+    #[arg(long)]
+    db: PathBuf,
+    /// Address to listen on; a non-loopback address shows the indexed pictures to the network.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// The model (default: the one the index was built with; another is refused).
+    #[arg(long)]
+    model: Option<String>,
+    /// Largest image upload for image queries, in MiB.
+    #[arg(long, default_value_t = 16)]
+    max_upload_mib: usize,
+    /// Thumbnail cache folder (default: `<db>.thumbs` beside the index).
+    #[arg(long)]
+    thumbs: Option<PathBuf>,
+}
+
+pub fn serve(a: ServeArgs, device: &Device) -> Result<()> {
+    if a.max_upload_mib == 0 || a.max_upload_mib > 1024 {
+        bail!("--max-upload-mib must be in 1..=1024");
+    }
+    let config = tuwen_serve::Config {
+        db: a.db,
+        model: a.model,
+        max_upload: a.max_upload_mib << 20,
+        thumbs: a.thumbs,
+    };
+    let server = tuwen_serve::Server::open(&config, device)?;
+    let images = server.len()?;
+    let public = !a.addr.ip().is_loopback();
+    tuwen_serve::run(server, a.addr, |bound| {
+        if public {
+            eprintln!(
+                "warning: listening on {bound}, not loopback: anyone who reaches it sees the indexed pictures"
+            );
+        }
+        // Tests and scripts read the address from this line.
+        println!("serving {images} images at http://{bound}/ (Ctrl-C stops)");
+    })?;
+    Ok(())
+}

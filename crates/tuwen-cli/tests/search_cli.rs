@@ -293,3 +293,70 @@ fn only_indexed_files_inside_the_folders_are_servable() {
     assert!(tuwen::search::servable(&idx, &roots, "").is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Kills a child process when the test ends, pass or fail.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn serve_announces_its_address_and_answers() {
+    use std::io::{BufRead, Read, Write};
+    let dir = scratch("servecli");
+    tuwen::data::shapes::generate(&dir.join("data"), 6, 32, 25).unwrap();
+    let images = dir.join("data/images");
+    let db = dir.join("index.db");
+    index(&images, &db);
+    let n = std::fs::read_dir(&images).unwrap().count();
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_tuwen"))
+            .args(["serve", "--db", s(&db), "--addr", "127.0.0.1:0"])
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with(&format!("serving {n} images at http://127.0.0.1:")),
+        "{line}"
+    );
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /api/health HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
+        "{reply}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["images"].as_u64(), Some(n as u64));
+    drop(child);
+
+    fails(
+        &tuwen(&["serve", "--db", s(&dir.join("none.db"))]),
+        "no such index",
+    );
+    fails(
+        &tuwen(&["serve", "--db", s(&db), "--max-upload-mib", "0"]),
+        "--max-upload-mib",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -46,6 +46,10 @@ pub enum Error {
     /// A number, a size or an option is out of range or malformed.
     #[error("{0}")]
     InvalidInput(String),
+    /// A request for something deliberately withheld (a file outside the folders a server
+    /// may show).
+    #[error("{0}")]
+    Forbidden(String),
     /// The requested device is not compiled in or not available.
     #[error("{0}")]
     Device(String),

@@ -591,6 +591,19 @@ impl Index {
         Ok(hits)
     }
 
+    /// The stored embedding and SHA-256 of the image at `path` (canonical, as indexed), if the
+    /// index holds it: what "more like this" searches with, and what keys a thumbnail cache.
+    pub fn lookup(&self, path: &str) -> Result<Option<(Vec<f32>, String)>> {
+        self.conn
+            .query_row(
+                "SELECT embedding, hash FROM images WHERE path = ?1",
+                [path],
+                |r| Ok((from_blob(&r.get::<_, Vec<u8>>(0)?), r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
     /// Every image's row, in id order (for export).
     pub fn all(&self) -> Result<Vec<Row>> {
         let mut st = self
@@ -638,8 +651,8 @@ pub struct Row {
 
 /// The file a server may send for `requested`: its canonical path, which must lie inside one
 /// of `roots` (canonical folders) and be indexed in `index`. `..`, absolute paths elsewhere and
-/// symbolic links that lead out of the folders are refused, as are files the index does not
-/// hold.
+/// symbolic links that lead out of the folders are refused ([`Error::Forbidden`]), as are
+/// files the index does not hold and files that do not exist ([`Error::InvalidInput`]).
 pub fn servable(index: &Index, roots: &[PathBuf], requested: &str) -> Result<PathBuf> {
     let refused = |why: &str| Error::InvalidInput(format!("{requested:?}: {why}"));
     if requested.is_empty() || requested.contains('\0') {
@@ -648,7 +661,9 @@ pub fn servable(index: &Index, roots: &[PathBuf], requested: &str) -> Result<Pat
     // Resolve every link and `..`; the result must be inside a root.
     let real = std::fs::canonicalize(requested).map_err(|_| refused("no such file"))?;
     if !roots.iter().any(|r| real.starts_with(r)) {
-        return Err(refused("outside the indexed folders"));
+        return Err(Error::Forbidden(format!(
+            "{requested:?}: outside the indexed folders"
+        )));
     }
     let key = real.to_string_lossy().into_owned();
     let known: Option<i64> = index
