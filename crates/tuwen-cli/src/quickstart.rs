@@ -23,8 +23,9 @@ pub struct QuickstartArgs {
     /// Training pictures to draw.
     #[arg(long, default_value_t = 2000)]
     n: usize,
-    /// Training steps (batches of 64).
-    #[arg(long, default_value_t = 1500)]
+    /// Training steps (batches of 64). 1,500 left shapes barely learnt (zero-shot 29.5%, "a red
+    /// circle" precision@10 0.1); 3,000 reach 67.8% and 0.7.
+    #[arg(long, default_value_t = 3000)]
     steps: usize,
     /// Seed of the data, the initialisation and the data order.
     #[arg(long, default_value_t = 0)]

@@ -31,6 +31,10 @@ pub struct IndexArgs {
     /// Print `{"embedded", "unchanged", "removed", "failed", "reused"}` at the end.
     #[arg(long)]
     json: bool,
+    /// Keep an HNSW graph (usearch) beside the index from this many images on; smaller
+    /// indexes are searched exactly.
+    #[arg(long, default_value_t = tuwen::search::ANN_MIN_IMAGES)]
+    ann_min: usize,
 }
 
 pub fn index(a: IndexArgs, device: &Device) -> Result<()> {
@@ -46,6 +50,7 @@ pub fn index(a: IndexArgs, device: &Device) -> Result<()> {
         }
     }
     let mut index = Index::open(&a.db)?;
+    index.set_ann_min(a.ann_min);
     // Refuse another model before loading anything.
     index.check_model(&folder, &tuwen::search::model_fingerprint(&folder)?)?;
     let model = ImageText::load_folder(&folder, device)?;
@@ -70,14 +75,19 @@ pub fn index(a: IndexArgs, device: &Device) -> Result<()> {
     } else {
         println!(
             "{} embedded, {} unchanged, {} reused (renamed or copied), {} removed, {} failed; {} \
-             images in {}",
+             images in {}{}",
             report.embedded,
             report.unchanged,
             report.reused,
             report.removed,
             report.failed,
             index.len()?,
-            a.db.display()
+            a.db.display(),
+            if index.ann_fresh()? {
+                " (with an HNSW graph)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

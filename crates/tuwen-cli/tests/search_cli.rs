@@ -360,3 +360,65 @@ fn serve_announces_its_address_and_answers() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_hnsw_graph_finds_what_exact_search_finds_and_follows_updates() {
+    use tuwen::search::{Filter, Index};
+    let dir = scratch("ann");
+    tuwen::data::shapes::generate(&dir.join("data"), 40, 32, 26).unwrap();
+    let images = dir.join("data/images");
+    let db = dir.join("index.db");
+    let graph = dir.join("index.db.usearch");
+    let run = |min: &str| {
+        ok(&tuwen(&[
+            "index", s(&images), "--model", s(&model()), "--db", s(&db), "--ann-min", min,
+        ]))
+    };
+    assert!(run("10").contains("with an HNSW graph"));
+    assert!(graph.exists());
+    // Any filter searches exactly; none goes through the graph. They agree (at this size the
+    // graph's search is exhaustive), scores included.
+    let exact = Filter {
+        min_bytes: Some(0),
+        ..Filter::default()
+    };
+    let check = |n: usize| {
+        let idx = Index::open(&db).unwrap();
+        assert!(idx.ann_fresh().unwrap());
+        let rows = idx.all().unwrap();
+        assert_eq!(rows.len(), n);
+        for r in rows.iter().step_by(5) {
+            let via_graph = idx.search(&r.embedding, 5, &Filter::default()).unwrap();
+            let direct = idx.search(&r.embedding, 5, &exact).unwrap();
+            assert_eq!(via_graph, direct);
+            // The picture itself (or an identical copy) first.
+            assert!((via_graph[0].score - 1.0).abs() < 1e-5, "{via_graph:?}");
+        }
+        // Every image, and only those, is reachable through the graph.
+        let all = idx.search(&rows[0].embedding, 100, &Filter::default()).unwrap();
+        let mut got: Vec<_> = all.into_iter().map(|h| h.path).collect();
+        let mut want: Vec<_> = rows.into_iter().map(|r| r.path).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+    };
+    let n = std::fs::read_dir(&images).unwrap().count();
+    check(n);
+    // Remove three pictures and change one: the graph follows.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in &files[..3] {
+        std::fs::remove_file(f).unwrap();
+    }
+    std::fs::copy(&files[10], &files[4]).unwrap();
+    run("10");
+    check(n - 3);
+    // Below the threshold the graph goes away and search is exact again.
+    assert!(!run("1000").contains("HNSW"));
+    assert!(!graph.exists());
+    assert!(!Index::open(&db).unwrap().ann_fresh().unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -14,6 +14,7 @@
 //! so a run killed at any moment (SIGKILL included) leaves a valid index, and the next run goes
 //! on from the last committed batch.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,14 @@ use sha2::{Digest, Sha256};
 
 use crate::pipeline::ImageText;
 use crate::{Error, Result};
+
+mod ann;
+
+pub use ann::EXPANSION_SEARCH;
+
+/// Collections of at least this many images get an HNSW graph beside the index
+/// ([`Index::set_ann_min`]); smaller ones are searched exactly.
+pub const ANN_MIN_IMAGES: usize = 20_000;
 
 /// The schema's version, kept in `meta`.
 const SCHEMA: &str = "1";
@@ -198,10 +207,13 @@ struct Found {
     mtime: i64,
 }
 
-/// An image index in one SQLite file.
+/// An image index in one SQLite file (and, past [`ANN_MIN_IMAGES`], an HNSW graph beside it).
 pub struct Index {
     conn: Connection,
     db: PathBuf,
+    ann_min: usize,
+    /// The loaded graph and the `changes` count it reflects.
+    graph: RefCell<Option<(String, ann::Graph)>>,
 }
 
 impl Index {
@@ -225,12 +237,22 @@ impl Index {
                  height INTEGER NOT NULL,
                  hash TEXT NOT NULL,
                  embedding BLOB NOT NULL);
-             CREATE INDEX IF NOT EXISTS images_hash ON images(hash);",
+             CREATE INDEX IF NOT EXISTS images_hash ON images(hash);
+             CREATE TABLE IF NOT EXISTS ann(id INTEGER PRIMARY KEY, hash TEXT NOT NULL);
+             INSERT OR IGNORE INTO meta(key, value) VALUES ('changes', '0');
+             CREATE TRIGGER IF NOT EXISTS images_added AFTER INSERT ON images BEGIN
+               UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'changes'; END;
+             CREATE TRIGGER IF NOT EXISTS images_changed AFTER UPDATE OF hash, embedding ON images
+               BEGIN UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'changes'; END;
+             CREATE TRIGGER IF NOT EXISTS images_removed AFTER DELETE ON images BEGIN
+               UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'changes'; END;",
         )
         .map_err(|e| Error::InvalidInput(format!("{}: not a tuwen index ({e})", db.display())))?;
         let index = Index {
             conn,
             db: db.to_path_buf(),
+            ann_min: ANN_MIN_IMAGES,
+            graph: RefCell::new(None),
         };
         match index.meta("schema")? {
             None => index.set_meta("schema", SCHEMA)?,
@@ -525,12 +547,195 @@ impl Index {
             }
             Ok(())
         })?;
+        self.maintain_ann()?;
         Ok(report)
     }
 
+    /// From how many images on the index keeps an HNSW graph (default [`ANN_MIN_IMAGES`]);
+    /// applies at the next [`Index::update`] or [`Index::maintain_ann`].
+    pub fn set_ann_min(&mut self, n: usize) {
+        self.ann_min = n;
+    }
+
+    /// Brings the HNSW graph in step with the images when the index is large enough, or
+    /// drops it when it is not. Returns whether a graph is in use.
+    pub fn maintain_ann(&mut self) -> Result<bool> {
+        if self.len()? >= self.ann_min.max(1) {
+            if !self.ann_fresh()? {
+                self.sync_ann()?;
+            }
+            return Ok(true);
+        }
+        let path = ann::path_for(&self.db);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+        self.conn
+            .execute_batch("DELETE FROM ann; DELETE FROM meta WHERE key = 'ann_changes';")
+            .map_err(|e| self.sql(e))?;
+        *self.graph.borrow_mut() = None;
+        Ok(false)
+    }
+
+    /// Whether searches without a filter go through the graph: it exists and reflects every
+    /// change to the images.
+    pub fn ann_fresh(&self) -> Result<bool> {
+        let (Some(now), Some(at)) = (self.meta("changes")?, self.meta("ann_changes")?) else {
+            return Ok(false);
+        };
+        Ok(now == at && ann::path_for(&self.db).exists())
+    }
+
+    /// Adds to the graph every image it lacks or holds in an older version, removes what is
+    /// gone, saves it (atomically) and records what it holds. Returns the graph's size.
+    pub fn sync_ann(&mut self) -> Result<usize> {
+        let path = ann::path_for(&self.db);
+        let changes = self.meta("changes")?.unwrap_or_default();
+        if !path.exists() {
+            // Nothing on disk: whatever the list says, start over.
+            self.conn
+                .execute("DELETE FROM ann", [])
+                .map_err(|e| self.sql(e))?;
+        }
+        let mut adds: Vec<(u64, String, Vec<f32>)> = Vec::new();
+        {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT i.id, i.hash, i.embedding FROM images i LEFT JOIN ann a ON a.id = i.id
+                     WHERE a.id IS NULL OR a.hash != i.hash",
+                )
+                .map_err(|e| self.sql(e))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, String>(1)?,
+                        from_blob(&r.get::<_, Vec<u8>>(2)?),
+                    ))
+                })
+                .map_err(|e| self.sql(e))?;
+            for r in rows {
+                adds.push(r.map_err(|e| self.sql(e))?);
+            }
+        }
+        let removes: Vec<u64> = {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT a.id FROM ann a LEFT JOIN images i ON i.id = a.id
+                     WHERE i.id IS NULL OR i.hash != a.hash",
+                )
+                .map_err(|e| self.sql(e))?;
+            let rows = st
+                .query_map([], |r| r.get::<_, i64>(0))
+                .map_err(|e| self.sql(e))?;
+            rows.map(|r| r.map(|id| id as u64).map_err(|e| self.sql(e)))
+                .collect::<Result<_>>()?
+        };
+        let dims = match adds.first() {
+            Some((_, _, e)) => e.len(),
+            None => self.lookup_any_dims()?,
+        };
+        *self.graph.borrow_mut() = None;
+        let graph = match path.exists().then(|| ann::Graph::load(&path)).transpose()? {
+            Some(g) if g.dims() == dims => g,
+            _ => ann::Graph::new(dims, &path)?,
+        };
+        for id in &removes {
+            graph.remove(*id, &path)?;
+        }
+        let items: Vec<(u64, Vec<f32>)> = adds.iter().map(|(id, _, e)| (*id, e.clone())).collect();
+        graph.add_all(&items, crate::device::threads(), &path)?;
+        graph.save(&path)?;
+        let tx = self.conn.transaction().map_err(|e| Error::InvalidInput(e.to_string()))?;
+        for id in &removes {
+            tx.execute("DELETE FROM ann WHERE id = ?1", [*id as i64])
+                .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        }
+        for (id, hash, _) in &adds {
+            tx.execute(
+                "INSERT OR REPLACE INTO ann(id, hash) VALUES (?1, ?2)",
+                params![*id as i64, hash],
+            )
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        }
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES ('ann_changes', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [&changes],
+        )
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        tx.commit()
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let n = graph.size();
+        *self.graph.borrow_mut() = Some((changes, graph));
+        Ok(n)
+    }
+
+    fn lookup_any_dims(&self) -> Result<usize> {
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT embedding FROM images LIMIT 1", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        Ok(blob.map_or(0, |b| b.len() / 4))
+    }
+
+    /// The graph's candidates for `query`, re-scored exactly; `None` when the graph is not
+    /// in use.
+    fn search_ann(&self, query: &[f32], k: usize) -> Result<Option<Vec<Hit>>> {
+        if !self.ann_fresh()? {
+            return Ok(None);
+        }
+        let at = self.meta("ann_changes")?.unwrap_or_default();
+        let path = ann::path_for(&self.db);
+        let mut cache = self.graph.borrow_mut();
+        if cache.as_ref().is_none_or(|(c, _)| *c != at) {
+            *cache = Some((at, ann::Graph::load(&path)?));
+        }
+        let (_, graph) = cache.as_ref().expect("loaded above");
+        if graph.dims() != query.len() {
+            return Err(Error::InvalidInput(format!(
+                "{}: embeddings of {} values, the query has {}",
+                self.db.display(),
+                graph.dims(),
+                query.len()
+            )));
+        }
+        let ids = graph.search(query, k, EXPANSION_SEARCH, &path)?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT path, embedding FROM images WHERE id = ?1")
+            .map_err(|e| self.sql(e))?;
+        let mut hits = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row: Option<(String, Vec<u8>)> = st
+                .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(|e| self.sql(e))?;
+            if let Some((path, blob)) = row {
+                let e = from_blob(&blob);
+                hits.push(Hit {
+                    path,
+                    score: crate::pipeline::image_text::dot(&e, query),
+                });
+            }
+        }
+        Ok(Some(hits))
+    }
+
     /// The `k` images most similar to `query` (unit length) among those `filter` admits, best
-    /// first, by exact cosine similarity.
+    /// first, by cosine similarity: exact, or through the HNSW graph when one is in step with
+    /// the images and there is no filter (its candidates' scores are still exact).
     pub fn search(&self, query: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        if *filter == Filter::default()
+            && let Some(mut hits) = self.search_ann(query, k)?
+        {
+            sort_hits(&mut hits);
+            hits.truncate(k);
+            return Ok(hits);
+        }
         let mut sql = String::from("SELECT path, embedding FROM images WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(f) = &filter.folder {
@@ -582,11 +787,7 @@ impl Index {
                 score: crate::pipeline::image_text::dot(&e, query),
             });
         }
-        hits.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.path.cmp(&b.path))
-        });
+        sort_hits(&mut hits);
         hits.truncate(k);
         Ok(hits)
     }
@@ -627,6 +828,15 @@ impl Index {
             .map_err(|e| self.sql(e))?;
         rows.map(|r| r.map_err(|e| self.sql(e))).collect()
     }
+}
+
+/// Best first; ties by path.
+fn sort_hits(hits: &mut [Hit]) {
+    hits.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.path.cmp(&b.path))
+    });
 }
 
 /// One image of the index.
