@@ -703,7 +703,9 @@ impl Index {
                 query.len()
             )));
         }
-        let ids = graph.search(query, k, EXPANSION_SEARCH, &path)?;
+        // The graph ranks by f16 vectors; take at least `EXPANSION_SEARCH` candidates and
+        // rank them by the exact f32 embeddings, so near-ties keep their true order.
+        let ids = graph.search(query, k.max(EXPANSION_SEARCH), EXPANSION_SEARCH, &path)?;
         let mut st = self
             .conn
             .prepare_cached("SELECT path, embedding FROM images WHERE id = ?1")
