@@ -371,7 +371,14 @@ fn the_hnsw_graph_finds_what_exact_search_finds_and_follows_updates() {
     let graph = dir.join("index.db.usearch");
     let run = |min: &str| {
         ok(&tuwen(&[
-            "index", s(&images), "--model", s(&model()), "--db", s(&db), "--ann-min", min,
+            "index",
+            s(&images),
+            "--model",
+            s(&model()),
+            "--db",
+            s(&db),
+            "--ann-min",
+            min,
         ]))
     };
     assert!(run("10").contains("with an HNSW graph"));
@@ -395,7 +402,9 @@ fn the_hnsw_graph_finds_what_exact_search_finds_and_follows_updates() {
             assert!((via_graph[0].score - 1.0).abs() < 1e-5, "{via_graph:?}");
         }
         // Every image, and only those, is reachable through the graph.
-        let all = idx.search(&rows[0].embedding, 100, &Filter::default()).unwrap();
+        let all = idx
+            .search(&rows[0].embedding, 100, &Filter::default())
+            .unwrap();
         let mut got: Vec<_> = all.into_iter().map(|h| h.path).collect();
         let mut want: Vec<_> = rows.into_iter().map(|r| r.path).collect();
         got.sort();

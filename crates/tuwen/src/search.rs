@@ -648,7 +648,10 @@ impl Index {
         let items: Vec<(u64, Vec<f32>)> = adds.iter().map(|(id, _, e)| (*id, e.clone())).collect();
         graph.add_all(&items, crate::device::threads(), &path)?;
         graph.save(&path)?;
-        let tx = self.conn.transaction().map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
         for id in &removes {
             tx.execute("DELETE FROM ann WHERE id = ?1", [*id as i64])
                 .map_err(|e| Error::InvalidInput(e.to_string()))?;
