@@ -1,5 +1,6 @@
 //! Image search: an index of image folders with their CLIP or SigLIP embeddings, kept in one
-//! SQLite file, and exact search over it by text, by image, or both.
+//! SQLite file (with an HNSW graph beside it past [`ANN_MIN_IMAGES`]), and search over it by text,
+//! by image, or both.
 //!
 //! **The index** (`Index`) holds, per image, its canonical path, folder, size, modification
 //! time, width and height, a SHA-256 of its bytes and its unit-length embedding, plus the
