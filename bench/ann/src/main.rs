@@ -114,10 +114,17 @@ struct Args {
     /// Keep the saved index files instead of deleting them at the end.
     #[arg(long)]
     keep_index: bool,
+    /// hnsw_rs only: if the index files of an earlier run with the same parameters exist in
+    /// work-dir (with --keep-index, or left by a killed run), skip the build and reuse them.
+    /// Build numbers are taken from the `<stem>.build.json` sidecar that every build writes;
+    /// save time is measured by saving the reloaded index again.
+    #[arg(long)]
+    reuse_index: bool,
 }
 
 /// One output line per (crate, ef).
-#[derive(Serialize, Default, Clone)]
+#[derive(Serialize, serde::Deserialize, Default, Clone)]
+#[serde(default)]
 struct Record {
     #[serde(rename = "crate")]
     krate: String,
@@ -553,37 +560,60 @@ fn bench_hnsw_rs<D: Distance<f32> + Default + Send + Sync + 'static>(
     use hnsw_rs::prelude::Hnsw;
 
     let dim = a.dim;
-    reset_hwm();
-    let rss_base = rss_mib();
-    let cpu0 = process_cpu_s();
-    let t = Instant::now();
-    // Hnsw::new(max_nb_connection, max_elements, max_layer, ef_construction, dist)
-    let mut hnsw: Hnsw<f32, D> = Hnsw::new(a.m, a.n, 16, a.ef_construction, dist);
-    let mut prog = Progress::new(a.n);
-    let chunk = 10_000usize;
-    let mut done = 0;
-    for (ci, c) in base.chunks(chunk * dim).enumerate() {
-        let items: Vec<(&[f32], usize)> =
-            c.chunks_exact(dim).enumerate().map(|(j, v)| (v, ci * chunk + j)).collect();
-        hnsw.parallel_insert_slice(&items);
-        done += items.len();
-        prog.update(done);
-    }
-    hnsw.set_searching_mode(true);
-    after_build(rec, t.elapsed().as_secs_f64(), cpu0, rss_base);
-    let ck = |h: &Hnsw<f32, D>, ef| {
-        run_queries(queries, dim, |q| h.search(q, a.k, ef).iter().map(|n| n.d_id as u64).collect()).res
-    };
-    rec.recall_built_check = recall_of(&ck(&hnsw, rec.check_ef), gt, a.k);
+    let sidecar = a.work_dir.join(format!("{stem}.build.json"));
+    let reuse = a.reuse_index
+        && a.work_dir.join(format!("{stem}.hnsw.graph")).exists()
+        && a.work_dir.join(format!("{stem}.hnsw.data")).exists();
+    let basename = if reuse {
+        let b: Record = serde_json::from_str(&fs::read_to_string(&sidecar).expect("build sidecar"))
+            .expect("parse build sidecar");
+        rec.build_s = b.build_s;
+        rec.build_cpu_s = b.build_cpu_s;
+        rec.rss_base_mib = b.rss_base_mib;
+        rec.hwm_build_mib = b.hwm_build_mib;
+        rec.rss_built_mib = b.rss_built_mib;
+        rec.recall_built_check = b.recall_built_check;
+        rec.check_ef = b.check_ef;
+        rec.note = format!("index reused from an earlier run (build numbers from {})", sidecar.display());
+        eprintln!("reusing {stem}.hnsw.* (build {:.1} s from sidecar)", rec.build_s);
+        *base = Vec::new();
+        stem.to_string()
+    } else {
+        reset_hwm();
+        let rss_base = rss_mib();
+        let cpu0 = process_cpu_s();
+        let t = Instant::now();
+        // Hnsw::new(max_nb_connection, max_elements, max_layer, ef_construction, dist)
+        let mut hnsw: Hnsw<f32, D> = Hnsw::new(a.m, a.n, 16, a.ef_construction, dist);
+        let mut prog = Progress::new(a.n);
+        let chunk = 10_000usize;
+        let mut done = 0;
+        for (ci, c) in base.chunks(chunk * dim).enumerate() {
+            let items: Vec<(&[f32], usize)> =
+                c.chunks_exact(dim).enumerate().map(|(j, v)| (v, ci * chunk + j)).collect();
+            hnsw.parallel_insert_slice(&items);
+            done += items.len();
+            prog.update(done);
+        }
+        hnsw.set_searching_mode(true);
+        after_build(rec, t.elapsed().as_secs_f64(), cpu0, rss_base);
+        let ck = |h: &Hnsw<f32, D>, ef| {
+            run_queries(queries, dim, |q| h.search(q, a.k, ef).iter().map(|n| n.d_id as u64).collect()).res
+        };
+        rec.recall_built_check = recall_of(&ck(&hnsw, rec.check_ef), gt, a.k);
 
-    let t = Instant::now();
-    let basename = hnsw.file_dump(&a.work_dir, stem).expect("hnsw_rs dump");
-    rec.save_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let basename = hnsw.file_dump(&a.work_dir, stem).expect("hnsw_rs dump");
+        rec.save_s = t.elapsed().as_secs_f64();
+        eprintln!("saved {:.1} s", rec.save_s);
+        let _ = fs::write(&sidecar, serde_json::to_string(&*rec).unwrap());
+        drop(hnsw);
+        *base = Vec::new(); // free the data set before measuring the reload
+        basename
+    };
     let graph = a.work_dir.join(format!("{basename}.hnsw.graph"));
     let datafile = a.work_dir.join(format!("{basename}.hnsw.data"));
     rec.index_bytes = file_size(&graph) + file_size(&datafile);
-    drop(hnsw);
-    *base = Vec::new(); // free the data set before measuring the reload
 
     trim_heap();
     reset_hwm();
@@ -594,6 +624,13 @@ fn bench_hnsw_rs<D: Distance<f32> + Default + Send + Sync + 'static>(
     rec.load_s = t.elapsed().as_secs_f64();
     rec.hwm_load_mib = hwm_mib();
     rec.rss_loaded_delta_mib = rss_mib() - rss0;
+    if reuse {
+        let t = Instant::now();
+        let b2 = loaded.file_dump(&a.work_dir, &format!("{stem}-resave")).expect("re-dump");
+        rec.save_s = t.elapsed().as_secs_f64();
+        let _ = fs::remove_file(a.work_dir.join(format!("{b2}.hnsw.graph")));
+        let _ = fs::remove_file(a.work_dir.join(format!("{b2}.hnsw.data")));
+    }
     eprintln!("saved {:.1} s ({} bytes), loaded {:.1} s", rec.save_s, rec.index_bytes, rec.load_s);
 
     let mut out = Vec::new();
@@ -606,6 +643,7 @@ fn bench_hnsw_rs<D: Distance<f32> + Default + Send + Sync + 'static>(
     if !a.keep_index {
         let _ = fs::remove_file(graph);
         let _ = fs::remove_file(datafile);
+        let _ = fs::remove_file(sidecar);
     }
     out
 }

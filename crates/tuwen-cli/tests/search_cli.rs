@@ -26,6 +26,15 @@ fn model() -> PathBuf {
     fixtures().join("clip-tiny")
 }
 
+/// `n` generated shape pictures in a fresh folder: (folder, images, index path).
+fn shapes(name: &str, n: usize, seed: u64) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = scratch(name);
+    tuwen::data::shapes::generate(&dir.join("data"), n, 32, seed).unwrap();
+    let images = dir.join("data/images");
+    let db = dir.join("index.db");
+    (dir, images, db)
+}
+
 fn report(out: &str) -> serde_json::Value {
     serde_json::from_str(out.trim().lines().last().unwrap()).unwrap()
 }
@@ -245,10 +254,7 @@ fn another_model_and_bad_input_are_refused_in_one_line() {
 
 #[test]
 fn only_indexed_files_inside_the_folders_are_servable() {
-    let dir = scratch("serve");
-    tuwen::data::shapes::generate(&dir.join("data"), 8, 32, 24).unwrap();
-    let images = dir.join("data/images");
-    let db = dir.join("index.db");
+    let (dir, images, db) = shapes("serve", 8, 24);
     index(&images, &db);
     let idx = tuwen::search::Index::open(&db).unwrap();
     let roots = idx.roots().unwrap();
@@ -307,10 +313,7 @@ impl Drop for Killed {
 #[test]
 fn serve_announces_its_address_and_answers() {
     use std::io::{BufRead, Read, Write};
-    let dir = scratch("servecli");
-    tuwen::data::shapes::generate(&dir.join("data"), 6, 32, 25).unwrap();
-    let images = dir.join("data/images");
-    let db = dir.join("index.db");
+    let (dir, images, db) = shapes("servecli", 6, 25);
     index(&images, &db);
     let n = std::fs::read_dir(&images).unwrap().count();
     let mut child = Killed(
@@ -364,10 +367,7 @@ fn serve_announces_its_address_and_answers() {
 #[test]
 fn the_hnsw_graph_finds_what_exact_search_finds_and_follows_updates() {
     use tuwen::search::{Filter, Index};
-    let dir = scratch("ann");
-    tuwen::data::shapes::generate(&dir.join("data"), 40, 32, 26).unwrap();
-    let images = dir.join("data/images");
-    let db = dir.join("index.db");
+    let (dir, images, db) = shapes("ann", 40, 26);
     let graph = dir.join("index.db.usearch");
     let run = |min: &str| {
         ok(&tuwen(&[

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tuwen::burn::prelude::Device;
 use tuwen::pipeline::ImageText;
-use tuwen::search::{Filter, Index, servable};
+use tuwen::search::{Filter, Index, combine, servable};
 use tuwen::{Error, Result};
 
 /// The page, one self-contained file.
@@ -265,21 +265,6 @@ impl SearchParams {
             .filter(|q| !q.is_empty())
             .map(str::to_string)
     }
-}
-
-/// Adds `parts` (unit vectors) and renormalises: a text and an image searched together.
-fn combine(parts: &[Vec<f32>]) -> Vec<f32> {
-    let mut q = vec![0f32; parts.first().map_or(0, Vec::len)];
-    for p in parts {
-        for (a, b) in q.iter_mut().zip(p) {
-            *a += b;
-        }
-    }
-    let n = q.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if n > 0.0 {
-        q.iter_mut().for_each(|x| *x /= n);
-    }
-    q
 }
 
 fn hits(s: &Server, parts: Vec<Vec<f32>>, k: usize, filter: &Filter) -> ApiResult<Response> {

@@ -908,13 +908,18 @@ pub fn query_embedding(
     if let Some(p) = image {
         parts.push(model.encode_images(&[p.to_path_buf()], 1)?.remove(0));
     }
-    let Some(first) = parts.first() else {
+    if parts.is_empty() {
         return Err(Error::InvalidInput(
             "give a text, an --image, or both".into(),
         ));
-    };
-    let mut q = vec![0f32; first.len()];
-    for p in &parts {
+    }
+    Ok(combine(&parts))
+}
+
+/// Unit vectors searched together (a text and an image): their sum, renormalised.
+pub fn combine(parts: &[Vec<f32>]) -> Vec<f32> {
+    let mut q = vec![0f32; parts.first().map_or(0, Vec::len)];
+    for p in parts {
         for (a, b) in q.iter_mut().zip(p) {
             *a += b;
         }
@@ -923,7 +928,7 @@ pub fn query_embedding(
     if n > 0.0 {
         q.iter_mut().for_each(|x| *x /= n);
     }
-    Ok(q)
+    q
 }
 
 #[cfg(test)]
