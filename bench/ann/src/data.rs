@@ -51,7 +51,9 @@ fn splitmix(x: &mut u64) -> u64 {
 
 impl Rng {
     pub fn new(seed: u64, stream: u64, index: u64) -> Self {
-        let mut x = seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F) ^ index.wrapping_mul(0xE703_7ED1_A0B4_28DB);
+        let mut x = seed
+            ^ stream.wrapping_mul(0xA076_1D64_78BD_642F)
+            ^ index.wrapping_mul(0xE703_7ED1_A0B4_28DB);
         let mut s = [0u64; 4];
         for v in &mut s {
             *v = splitmix(&mut x);
@@ -98,16 +100,19 @@ fn normalise(v: &mut [f32]) {
 pub struct Generator {
     dim: usize,
     seed: u64,
-    mean: Vec<f32>,      // dim, unit
-    basis: Vec<f32>,     // SUBDIM rows of length dim, orthonormal, ⟂ mean
-    centres: Vec<f32>,   // CLUSTERS x SUBDIM
+    mean: Vec<f32>,    // dim, unit
+    basis: Vec<f32>,   // SUBDIM rows of length dim, orthonormal, ⟂ mean
+    centres: Vec<f32>, // CLUSTERS x SUBDIM
     cum_weights: Vec<f64>,
     sqrt_spec: Vec<f32>, // SUBDIM
 }
 
 impl Generator {
     pub fn new(dim: usize, seed: u64) -> Self {
-        assert!(dim > SUBDIM, "dim must exceed the subspace dimension {SUBDIM}");
+        assert!(
+            dim > SUBDIM,
+            "dim must exceed the subspace dimension {SUBDIM}"
+        );
         let mut rng = Rng::new(seed, u64::MAX, 0);
         // Gram–Schmidt on SUBDIM+1 Gaussian vectors: first = mean, rest = basis.
         let mut vecs: Vec<Vec<f32>> = Vec::with_capacity(SUBDIM + 1);
@@ -133,13 +138,24 @@ impl Generator {
         }
         cum_weights.iter_mut().for_each(|w| *w /= acc);
         let sqrt_spec = (0..SUBDIM).map(|j| (1.0 / (j + 1) as f32).sqrt()).collect();
-        Generator { dim, seed, mean, basis, centres, cum_weights, sqrt_spec }
+        Generator {
+            dim,
+            seed,
+            mean,
+            basis,
+            centres,
+            cum_weights,
+            sqrt_spec,
+        }
     }
 
     fn one(&self, stream: u64, index: u64, out: &mut [f32]) {
         let mut rng = Rng::new(self.seed, stream, index);
         let u = rng.uniform();
-        let z = self.cum_weights.partition_point(|&w| w < u).min(CLUSTERS - 1);
+        let z = self
+            .cum_weights
+            .partition_point(|&w| w < u)
+            .min(CLUSTERS - 1);
         let c = &self.centres[z * SUBDIM..(z + 1) * SUBDIM];
         let noise_sd = NOISE / (self.dim as f32).sqrt();
         for (o, m) in out.iter_mut().zip(&self.mean) {
@@ -172,7 +188,10 @@ pub fn mean_random_cos(base: &[f32], queries: &[f32], dim: usize, pairs: usize, 
     for _ in 0..pairs {
         let i = (rng.next_u64() % n as u64) as usize;
         let j = (rng.next_u64() % q as u64) as usize;
-        s += crate::dist::dot(&base[i * dim..(i + 1) * dim], &queries[j * dim..(j + 1) * dim]) as f64;
+        s += crate::dist::dot(
+            &base[i * dim..(i + 1) * dim],
+            &queries[j * dim..(j + 1) * dim],
+        ) as f64;
     }
     s / pairs as f64
 }

@@ -60,7 +60,11 @@ fn dot_avx2_inner(a: &[f32], b: &[f32]) -> f32 {
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
             i += 8;
         }
         let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -100,7 +104,11 @@ fn dot_avx512_inner(a: &[f32], b: &[f32]) -> f32 {
             i += 64;
         }
         while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc[0]);
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_loadu_ps(pa.add(i)),
+                _mm512_loadu_ps(pb.add(i)),
+                acc[0],
+            );
             i += 16;
         }
         if i < n {
@@ -109,7 +117,10 @@ fn dot_avx512_inner(a: &[f32], b: &[f32]) -> f32 {
             let y = _mm512_maskz_loadu_ps(m, pb.add(i));
             acc[1] = _mm512_fmadd_ps(x, y, acc[1]);
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+        _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ))
     }
 }
 #[cfg(target_arch = "x86_64")]
@@ -121,8 +132,7 @@ fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
 fn select() -> (DotFn, &'static str) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::env::var_os("ANN_BENCH_NO_AVX512").is_none()
-            && is_x86_feature_detected!("avx512f")
+        if std::env::var_os("ANN_BENCH_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f")
         {
             return (dot_avx512, "avx512f");
         }
@@ -148,13 +158,21 @@ pub fn simd_level() -> &'static str {
 mod tests {
     #[test]
     fn kernels_agree() {
-        let a: Vec<f32> = (0..515).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-        let b: Vec<f32> = (0..515).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+        let a: Vec<f32> = (0..515)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let b: Vec<f32> = (0..515)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
         let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
         let p = super::dot_portable(&a, &b) as f64;
         assert!((p - exact).abs() < 1e-3, "{p} {exact}");
         for len in [0, 1, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 100, 512, 515] {
-            let e: f64 = a[..len].iter().zip(&b[..len]).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let e: f64 = a[..len]
+                .iter()
+                .zip(&b[..len])
+                .map(|(x, y)| *x as f64 * *y as f64)
+                .sum();
             let d = super::dot(&a[..len], &b[..len]) as f64;
             assert!((d - e).abs() < 1e-3, "len {len}: {d} {e}");
             #[cfg(target_arch = "x86_64")]

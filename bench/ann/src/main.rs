@@ -63,7 +63,11 @@ impl Candidate {
             Candidate::InstantDistance => "0.6.1".into(),
             #[cfg(feature = "usearch")]
             Candidate::Usearch | Candidate::UsearchF16 => {
-                let kernels = if cfg!(feature = "numkong") { "numkong" } else { "no-numkong" };
+                let kernels = if cfg!(feature = "numkong") {
+                    "numkong"
+                } else {
+                    "no-numkong"
+                };
                 format!("{} ({kernels})", usearch::version())
             }
             Candidate::Exact => "-".into(),
@@ -187,7 +191,11 @@ fn status_kb(key: &str) -> u64 {
     for line in s.lines() {
         if let Some(rest) = line.strip_prefix(key) {
             let rest = rest.trim_start_matches(':').trim();
-            return rest.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            return rest
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
         }
     }
     0
@@ -213,20 +221,31 @@ fn reset_hwm() {
 
 /// CPU time of the calling thread, seconds.
 fn thread_cpu_s() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 /// user + system CPU time of the whole process (all threads), seconds.
 fn process_cpu_s() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -308,10 +327,17 @@ fn load_or_compute_gt(a: &Args, base: &[f32], queries: &[f32]) -> GroundTruth {
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
             eprintln!("ground truth: loaded {}", path.display());
-            return GroundTruth { ids, scores, secs: 0.0 };
+            return GroundTruth {
+                ids,
+                scores,
+                secs: 0.0,
+            };
         }
     }
-    eprintln!("ground truth: computing ({} queries x {} vectors)...", a.queries, a.n);
+    eprintln!(
+        "ground truth: computing ({} queries x {} vectors)...",
+        a.queries, a.n
+    );
     let t = Instant::now();
     let (ids, scores) = compute_gt(base, queries, a.dim, a.k);
     let secs = t.elapsed().as_secs_f64();
@@ -331,7 +357,14 @@ fn load_or_compute_gt(a: &Args, base: &[f32], queries: &[f32]) -> GroundTruth {
 
 /// Single-thread brute force over all base vectors for the first `nq` queries.
 /// Returns per-query latencies in microseconds; checks results against ground truth.
-fn time_brute(base: &[f32], queries: &[f32], dim: usize, k: usize, nq: usize, gt: &GroundTruth) -> (Vec<f64>, Vec<f64>) {
+fn time_brute(
+    base: &[f32],
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    nq: usize,
+    gt: &GroundTruth,
+) -> (Vec<f64>, Vec<f64>) {
     let mut lat = Vec::with_capacity(nq);
     let mut cpu = Vec::with_capacity(nq);
     let mut top = Vec::with_capacity(k + 1);
@@ -349,7 +382,9 @@ fn time_brute(base: &[f32], queries: &[f32], dim: usize, k: usize, nq: usize, gt
         mismatches += top.iter().filter(|(_, id)| !want.contains(id)).count();
     }
     if mismatches > 0 {
-        eprintln!("WARNING: brute force differs from cached ground truth in {mismatches} ids (ties?)");
+        eprintln!(
+            "WARNING: brute force differs from cached ground truth in {mismatches} ids (ties?)"
+        );
     }
     (lat, cpu)
 }
@@ -358,7 +393,11 @@ fn recall_of(results: &[Vec<u64>], gt: &GroundTruth, k: usize) -> f64 {
     let mut hit = 0usize;
     for (qi, res) in results.iter().enumerate() {
         let want = &gt.ids[qi * k..(qi + 1) * k];
-        hit += res.iter().take(k).filter(|&&id| want.contains(&(id as u32))).count();
+        hit += res
+            .iter()
+            .take(k)
+            .filter(|&&id| want.contains(&(id as u32)))
+            .count();
     }
     hit as f64 / (results.len() * k) as f64
 }
@@ -374,7 +413,11 @@ struct Pass {
 
 /// Run all queries one by one on the current thread.
 fn run_queries(queries: &[f32], dim: usize, mut search: impl FnMut(&[f32]) -> Vec<u64>) -> Pass {
-    let mut p = Pass { res: Vec::new(), lat: Vec::new(), cpu: Vec::new() };
+    let mut p = Pass {
+        res: Vec::new(),
+        lat: Vec::new(),
+        cpu: Vec::new(),
+    };
     for q in queries.chunks_exact(dim) {
         let c = thread_cpu_s();
         let t = Instant::now();
@@ -398,7 +441,11 @@ struct Progress {
 }
 impl Progress {
     fn new(total: usize) -> Self {
-        Progress { total, start: Instant::now(), next: (total / 20).max(1) }
+        Progress {
+            total,
+            start: Instant::now(),
+            next: (total / 20).max(1),
+        }
     }
     fn update(&mut self, done: usize) {
         if done >= self.next || done == self.total {
@@ -423,8 +470,14 @@ impl Progress {
 fn main() {
     let a = Args::parse();
     let load_start = loadavg();
-    assert!(a.k <= a.ef_search.iter().copied().min().unwrap_or(a.k), "every ef must be >= k");
-    rayon::ThreadPoolBuilder::new().num_threads(a.threads).build_global().unwrap();
+    assert!(
+        a.k <= a.ef_search.iter().copied().min().unwrap_or(a.k),
+        "every ef must be >= k"
+    );
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads)
+        .build_global()
+        .unwrap();
     fs::create_dir_all(&a.work_dir).expect("create work dir");
     eprintln!("simd: {}", dist::simd_level());
 
@@ -434,15 +487,27 @@ fn main() {
     let mut base = generator.generate(a.n, data::STREAM_BASE);
     let queries = generator.generate(a.queries, data::STREAM_QUERY);
     let gen_s = t.elapsed().as_secs_f64();
-    eprintln!("data: {} x {} + {} queries in {:.1} s, rss {:.0} MiB", a.n, a.dim, a.queries, gen_s, rss_mib());
+    eprintln!(
+        "data: {} x {} + {} queries in {:.1} s, rss {:.0} MiB",
+        a.n,
+        a.dim,
+        a.queries,
+        gen_s,
+        rss_mib()
+    );
 
     // 2. ground truth + stats
     let gt = load_or_compute_gt(&a, &base, &queries);
     let k = a.k;
     let cos_nn1 = (0..a.queries).map(|q| gt.scores[q * k] as f64).sum::<f64>() / a.queries as f64;
-    let cos_nnk = (0..a.queries).map(|q| gt.scores[q * k + k - 1] as f64).sum::<f64>() / a.queries as f64;
+    let cos_nnk = (0..a.queries)
+        .map(|q| gt.scores[q * k + k - 1] as f64)
+        .sum::<f64>()
+        / a.queries as f64;
     let cos_random = data::mean_random_cos(&base, &queries, a.dim, 20_000, a.seed);
-    eprintln!("data stats: mean cos to NN1 {cos_nn1:.3}, to NN{k} {cos_nnk:.3}, random pair {cos_random:.3}");
+    eprintln!(
+        "data stats: mean cos to NN1 {cos_nn1:.3}, to NN{k} {cos_nnk:.3}, random pair {cos_random:.3}"
+    );
 
     // brute force baseline
     let nbq = a.brute_queries.min(a.queries);
@@ -450,7 +515,10 @@ fn main() {
     blat.sort_by(|x, y| x.partial_cmp(y).unwrap());
     bcpu.sort_by(|x, y| x.partial_cmp(y).unwrap());
     let (brute_median_us, brute_p99_us) = (percentile(&blat, 0.5), percentile(&blat, 0.99));
-    eprintln!("brute force (1 thread, {nbq} queries): median {:.0} µs, p99 {:.0} µs", brute_median_us, brute_p99_us);
+    eprintln!(
+        "brute force (1 thread, {nbq} queries): median {:.0} µs, p99 {:.0} µs",
+        brute_median_us, brute_p99_us
+    );
 
     let mut rec = Record {
         krate: a.krate.name().into(),
@@ -459,7 +527,11 @@ fn main() {
         dim: a.dim,
         queries: a.queries,
         k,
-        m: if a.krate == Candidate::InstantDistance { 32 } else { a.m },
+        m: if a.krate == Candidate::InstantDistance {
+            32
+        } else {
+            a.m
+        },
         ef_construction: a.ef_construction,
         seed: a.seed,
         threads: a.threads,
@@ -485,13 +557,27 @@ fn main() {
         println!("{}", serde_json::to_string(&rec).unwrap());
         return;
     }
-    let check_ef = if a.ef_search.contains(&64) { 64 } else { a.ef_search[0] };
+    let check_ef = if a.ef_search.contains(&64) {
+        64
+    } else {
+        a.ef_search[0]
+    };
     rec.check_ef = check_ef;
 
-    let stem = format!("{}-n{}-d{}-m{}-efc{}-s{}", a.krate.name(), a.n, a.dim, rec.m, a.ef_construction, a.seed);
+    let stem = format!(
+        "{}-n{}-d{}-m{}-efc{}-s{}",
+        a.krate.name(),
+        a.n,
+        a.dim,
+        rec.m,
+        a.ef_construction,
+        a.seed
+    );
     let results: Vec<(usize, Pass)> = match a.krate {
         Candidate::HnswRs => bench_hnsw_rs(&a, &mut base, &queries, &gt, &stem, &mut rec, DistDot),
-        Candidate::HnswRsDot => bench_hnsw_rs(&a, &mut base, &queries, &gt, &stem, &mut rec, OwnDot),
+        Candidate::HnswRsDot => {
+            bench_hnsw_rs(&a, &mut base, &queries, &gt, &stem, &mut rec, OwnDot)
+        }
         Candidate::InstantDistance => bench_instant(&a, &mut base, &queries, &gt, &stem, &mut rec),
         #[cfg(feature = "usearch")]
         Candidate::Usearch => bench_usearch(&a, &mut base, &queries, &gt, &stem, &mut rec, false),
@@ -574,8 +660,14 @@ fn bench_hnsw_rs<D: Distance<f32> + Default + Send + Sync + 'static>(
         rec.rss_built_mib = b.rss_built_mib;
         rec.recall_built_check = b.recall_built_check;
         rec.check_ef = b.check_ef;
-        rec.note = format!("index reused from an earlier run (build numbers from {})", sidecar.display());
-        eprintln!("reusing {stem}.hnsw.* (build {:.1} s from sidecar)", rec.build_s);
+        rec.note = format!(
+            "index reused from an earlier run (build numbers from {})",
+            sidecar.display()
+        );
+        eprintln!(
+            "reusing {stem}.hnsw.* (build {:.1} s from sidecar)",
+            rec.build_s
+        );
         *base = Vec::new();
         stem.to_string()
     } else {
@@ -589,8 +681,11 @@ fn bench_hnsw_rs<D: Distance<f32> + Default + Send + Sync + 'static>(
         let chunk = 10_000usize;
         let mut done = 0;
         for (ci, c) in base.chunks(chunk * dim).enumerate() {
-            let items: Vec<(&[f32], usize)> =
-                c.chunks_exact(dim).enumerate().map(|(j, v)| (v, ci * chunk + j)).collect();
+            let items: Vec<(&[f32], usize)> = c
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(j, v)| (v, ci * chunk + j))
+                .collect();
             hnsw.parallel_insert_slice(&items);
             done += items.len();
             prog.update(done);
@@ -598,7 +693,10 @@ fn bench_hnsw_rs<D: Distance<f32> + Default + Send + Sync + 'static>(
         hnsw.set_searching_mode(true);
         after_build(rec, t.elapsed().as_secs_f64(), cpu0, rss_base);
         let ck = |h: &Hnsw<f32, D>, ef| {
-            run_queries(queries, dim, |q| h.search(q, a.k, ef).iter().map(|n| n.d_id as u64).collect()).res
+            run_queries(queries, dim, |q| {
+                h.search(q, a.k, ef).iter().map(|n| n.d_id as u64).collect()
+            })
+            .res
         };
         rec.recall_built_check = recall_of(&ck(&hnsw, rec.check_ef), gt, a.k);
 
@@ -626,16 +724,27 @@ fn bench_hnsw_rs<D: Distance<f32> + Default + Send + Sync + 'static>(
     rec.rss_loaded_delta_mib = rss_mib() - rss0;
     if reuse {
         let t = Instant::now();
-        let b2 = loaded.file_dump(&a.work_dir, &format!("{stem}-resave")).expect("re-dump");
+        let b2 = loaded
+            .file_dump(&a.work_dir, &format!("{stem}-resave"))
+            .expect("re-dump");
         rec.save_s = t.elapsed().as_secs_f64();
         let _ = fs::remove_file(a.work_dir.join(format!("{b2}.hnsw.graph")));
         let _ = fs::remove_file(a.work_dir.join(format!("{b2}.hnsw.data")));
     }
-    eprintln!("saved {:.1} s ({} bytes), loaded {:.1} s", rec.save_s, rec.index_bytes, rec.load_s);
+    eprintln!(
+        "saved {:.1} s ({} bytes), loaded {:.1} s",
+        rec.save_s, rec.index_bytes, rec.load_s
+    );
 
     let mut out = Vec::new();
     for &ef in &a.ef_search {
-        let p = run_queries(queries, dim, |q| loaded.search(q, a.k, ef).iter().map(|n| n.d_id as u64).collect());
+        let p = run_queries(queries, dim, |q| {
+            loaded
+                .search(q, a.k, ef)
+                .iter()
+                .map(|n| n.d_id as u64)
+                .collect()
+        });
         out.push((ef, p));
     }
     drop(loaded);
@@ -713,11 +822,15 @@ fn bench_instant(
     reset_hwm();
     let rss0 = rss_mib();
     let t = Instant::now();
-    let map: Map = bincode::deserialize_from(BufReader::new(fs::File::open(&path).unwrap())).expect("deserialize");
+    let map: Map = bincode::deserialize_from(BufReader::new(fs::File::open(&path).unwrap()))
+        .expect("deserialize");
     rec.load_s = t.elapsed().as_secs_f64();
     rec.hwm_load_mib = hwm_mib();
     rec.rss_loaded_delta_mib = rss_mib() - rss0;
-    eprintln!("saved {:.1} s ({} bytes), loaded {:.1} s", rec.save_s, rec.index_bytes, rec.load_s);
+    eprintln!(
+        "saved {:.1} s ({} bytes), loaded {:.1} s",
+        rec.save_s, rec.index_bytes, rec.load_s
+    );
     rec.note = "M fixed at 32 by the crate; ef_search fixed at build time (other ef values: \
                 ef_search patched in the serialized bytes and reloaded)"
         .into();
@@ -729,8 +842,15 @@ fn bench_instant(
         // bincode (fixint, little endian): HnswMap { hnsw: Hnsw { ef_search: usize, .. }, values }
         // so ef_search is the first 8 bytes of the file.
         let mut bytes = Vec::new();
-        fs::File::open(&path).unwrap().read_to_end(&mut bytes).unwrap();
-        assert_eq!(u64::from_le_bytes(bytes[..8].try_into().unwrap()), ef0 as u64, "layout changed");
+        fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        assert_eq!(
+            u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            ef0 as u64,
+            "layout changed"
+        );
         for &ef in &a.ef_search[1..] {
             bytes[..8].copy_from_slice(&(ef as u64).to_le_bytes());
             let m: Map = bincode::deserialize(&bytes).unwrap();
@@ -765,14 +885,20 @@ fn bench_usearch(
     let opts = IndexOptions {
         dimensions: dim,
         metric: MetricKind::IP,
-        quantization: if f16 { ScalarKind::F16 } else { ScalarKind::F32 },
+        quantization: if f16 {
+            ScalarKind::F16
+        } else {
+            ScalarKind::F32
+        },
         connectivity: a.m,
         expansion_add: a.ef_construction,
         expansion_search: a.ef_search[0],
         multi: false,
     };
     let index = Index::new(&opts).expect("usearch new");
-    index.reserve_capacity_and_threads(a.n, a.threads).expect("reserve");
+    index
+        .reserve_capacity_and_threads(a.n, a.threads)
+        .expect("reserve");
     let done = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for th in 0..a.threads {
@@ -780,7 +906,9 @@ fn bench_usearch(
             s.spawn(move || {
                 let mut prog = (th == 0).then(|| Progress::new(a.n));
                 for i in (th..a.n).step_by(a.threads) {
-                    index.add(i as u64, &base[i * dim..(i + 1) * dim]).expect("add");
+                    index
+                        .add(i as u64, &base[i * dim..(i + 1) * dim])
+                        .expect("add");
                     let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if let Some(p) = prog.as_mut() {
                         if i % 1024 == 0 {
@@ -792,10 +920,12 @@ fn bench_usearch(
         }
     });
     after_build(rec, t.elapsed().as_secs_f64(), cpu0, rss_base);
-    eprintln!("  usearch hardware acceleration: {}", index.hardware_acceleration());
-    let search_all = |idx: &Index| {
-        run_queries(queries, dim, |q| idx.search(q, a.k).expect("search").keys)
-    };
+    eprintln!(
+        "  usearch hardware acceleration: {}",
+        index.hardware_acceleration()
+    );
+    let search_all =
+        |idx: &Index| run_queries(queries, dim, |q| idx.search(q, a.k).expect("search").keys);
     index.change_expansion_search(rec.check_ef);
     rec.recall_built_check = recall_of(&search_all(&index).res, gt, a.k);
 
@@ -815,7 +945,10 @@ fn bench_usearch(
     rec.load_s = t.elapsed().as_secs_f64();
     rec.hwm_load_mib = hwm_mib();
     rec.rss_loaded_delta_mib = rss_mib() - rss0;
-    eprintln!("saved {:.1} s ({} bytes), loaded {:.1} s", rec.save_s, rec.index_bytes, rec.load_s);
+    eprintln!(
+        "saved {:.1} s ({} bytes), loaded {:.1} s",
+        rec.save_s, rec.index_bytes, rec.load_s
+    );
     if f16 {
         rec.note = "vectors stored as f16; queries f32".into();
     }
