@@ -149,9 +149,9 @@ fn water(args: WaterArgs) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(n) = cli.threads {
-        tuwen::device::set_threads(n)?;
-    }
+    // The pool is made here even without --threads, so that its threads flush denormals.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    tuwen::device::set_threads(cli.threads.unwrap_or(cores))?;
     if let Some(n) = cli.max_image_pixels {
         tuwen::data::decode::set_max_image_pixels(n)?;
     }

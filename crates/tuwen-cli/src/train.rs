@@ -682,129 +682,115 @@ fn skipped_note(r: &serde_json::Value) {
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Time a training step (forward, backward, AdamW) on random inputs.
-    Train(BenchTrainArgs),
+    /// Time inference of a checkpoint folder on random inputs (python/bench_hf.py is the
+    /// PyTorch side).
+    Infer(BenchModelArgs),
+    /// Time a training step (forward, loss, backward, clipping, AdamW) of a checkpoint folder.
+    Train(BenchModelArgs),
+    /// This machine's SGEMM ceiling: an N x N matrix product.
+    Gemm(BenchGemmArgs),
     /// MAE: time the encoder's and the whole model's training step with and without masking.
     Mae(crate::mae::BenchMaeArgs),
     /// MAE's masking-ratio study in miniature: pre-train at several ratios, linear-probe each.
     MaeRatios(crate::mae::RatioStudyArgs),
-    /// An image classifier (efficientnet-bN, vit-...): inference and a training step.
-    Classifier(BenchClassifierArgs),
     /// A BLIP caption of exactly N tokens, with and without the key/value cache.
     Caption(crate::blip::BenchCaptionArgs),
 }
 
 #[derive(Args)]
-pub struct BenchClassifierArgs {
-    /// Architecture: efficientnet-b0 .. b7, vit-ti16, vit-s16, vit-b16, ...
-    #[arg(long, default_value = "efficientnet-b0")]
-    arch: String,
-    /// Image side (default: the architecture's).
+pub struct BenchModelArgs {
+    /// Checkpoint folder or HF repo id (vit, efficientnet, clip, siglip, vit_mae): config.json
+    /// and weights suffice.
     #[arg(long)]
-    image_size: Option<usize>,
-    /// Images per step.
+    model: String,
+    /// Inputs per batch.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    /// Untimed steps first.
+    /// CLIP/SigLIP inference: time text embeddings (at the model's text length) instead of
+    /// image embeddings.
+    #[arg(long)]
+    text: bool,
+    /// Untimed batches first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Timed steps.
+    /// Timed batches.
     #[arg(long, default_value_t = 10)]
     steps: usize,
-}
-
-fn bench_classifier(a: BenchClassifierArgs, device: &Device) -> Result<()> {
-    if a.steps == 0 || a.batch_size == 0 {
-        bail!("--steps and --batch-size must be at least 1");
-    }
-    let (mut infer, mut train, size) = tuwen::train::bench::classifier_step_times(
-        device,
-        &a.arch,
-        a.image_size,
-        a.batch_size,
-        a.warmup,
-        a.steps,
-    )?;
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (i, t) = (med(&mut infer), med(&mut train));
-    println!(
-        "tuwen {} {size}px batch {}, {} threads: inference median {:.1} ms ({:.1} images/s), training step median {:.1} ms ({:.1} images/s)",
-        a.arch,
-        a.batch_size,
-        tuwen::device::threads(),
-        i * 1e3,
-        a.batch_size as f64 / i,
-        t * 1e3,
-        a.batch_size as f64 / t
-    );
-    Ok(())
+    /// Print {"ms", "runs", "peak_rss_mb", "load_ms"} as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
-pub struct BenchTrainArgs {
-    /// Model family.
-    #[arg(long, value_enum, default_value = "clip")]
-    family: Kind,
-    /// Architecture: tiny, small, b32, b16.
-    #[arg(long, default_value = "tiny")]
-    arch: String,
-    /// Image side.
-    #[arg(long, default_value_t = 32)]
-    image_size: usize,
-    /// Pairs per step.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// Untimed steps first.
-    #[arg(long, default_value_t = 3)]
+pub struct BenchGemmArgs {
+    /// The square matrices' side.
+    #[arg(long, default_value_t = 2048)]
+    size: usize,
+    /// Untimed products first.
+    #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Timed steps.
-    #[arg(long, default_value_t = 20)]
+    /// Timed products.
+    #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Print {"ms", "runs", "gflops"} as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run_bench(cmd: BenchCommand, device: &Device) -> Result<()> {
-    let a = match cmd {
-        BenchCommand::Train(a) => a,
+    use tuwen::train::bench::{Workload, median, time_folder, time_gemm};
+    let (a, train) = match cmd {
+        BenchCommand::Infer(a) => (a, false),
+        BenchCommand::Train(a) => (a, true),
+        BenchCommand::Gemm(g) => {
+            if g.size == 0 || g.steps == 0 {
+                bail!("--size and --steps must be at least 1");
+            }
+            let runs = time_gemm(g.size, g.warmup, g.steps, device)?;
+            let ms = median(&runs);
+            let gflops = 2.0 * (g.size as f64).powi(3) / ms / 1e6;
+            if g.json {
+                println!("{}", json!({"ms": ms, "runs": runs, "gflops": gflops}));
+            } else {
+                println!(
+                    "{n} x {n} SGEMM, {t} threads: median {ms:.1} ms, {gflops:.1} GFLOP/s",
+                    n = g.size,
+                    t = tuwen::device::threads()
+                );
+            }
+            return Ok(());
+        }
         BenchCommand::Mae(a) => return crate::mae::bench(a, device),
         BenchCommand::MaeRatios(a) => return crate::mae::ratio_study(a, device),
-        BenchCommand::Classifier(a) => return bench_classifier(a, device),
         BenchCommand::Caption(a) => return crate::blip::bench_caption(a, device),
     };
-    if a.steps == 0 {
-        bail!("--steps must be at least 1");
-    }
-    let family = match a.family {
-        Kind::Clip => Family::Clip,
-        Kind::Siglip => Family::Siglip,
+    let workload = match (train, a.text) {
+        (true, true) => bail!("--text applies to bench infer only"),
+        (true, false) => Workload::Train,
+        (false, true) => Workload::InferText,
+        (false, false) => Workload::Infer,
     };
-    let mut t = tuwen::train::bench::contrastive_step_times(
-        device,
-        family,
-        &a.arch,
-        a.image_size,
-        a.batch_size,
-        a.warmup,
-        a.steps,
-    )?;
-    t.sort_by(f64::total_cmp);
-    let med = t[t.len() / 2];
-    println!(
-        "tuwen {} {} {}px batch {}, {} threads: median {:.1} ms/step, {:.0} samples/s",
-        if family == Family::Clip {
-            "clip"
-        } else {
-            "siglip"
-        },
-        a.arch,
-        a.image_size,
-        a.batch_size,
-        tuwen::device::threads(),
-        med * 1000.0,
-        a.batch_size as f64 / med
-    );
+    let folder = hub::resolve(&a.model)?;
+    let t = time_folder(&folder, workload, a.batch_size, a.warmup, a.steps, device)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&t)?);
+    } else {
+        println!(
+            "{} {}, batch {}, {} threads: median {:.1} ms per batch ({:.1} per second), load {:.0} ms, peak memory {:.0} MiB",
+            folder.display(),
+            match workload {
+                Workload::Infer => "inference",
+                Workload::InferText => "text inference",
+                Workload::Train => "training step",
+            },
+            a.batch_size,
+            tuwen::device::threads(),
+            t.ms,
+            a.batch_size as f64 / t.ms * 1e3,
+            t.load_ms,
+            t.peak_rss_mb
+        );
+    }
     Ok(())
 }
 

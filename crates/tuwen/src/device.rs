@@ -57,8 +57,9 @@ pub fn is_cpu(device: &Device) -> bool {
     device.clone().inner() == Device::flex()
 }
 
-/// Sets the number of CPU threads for decoding, preprocessing and the CPU backend. Call it once,
-/// before any work; a second call is an error.
+/// Sets the number of CPU threads for decoding, preprocessing and the CPU backend, each with
+/// denormal numbers flushed to zero ([`flush_denormals`]). Call it once, before any work; a
+/// second call is an error.
 pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::InvalidInput("--threads must be at least 1".into()));
@@ -69,10 +70,46 @@ pub fn set_threads(n: usize) -> Result<()> {
             std::thread::available_parallelism().map_or(1, |c| c.get())
         )));
     }
+    flush_denormals_here();
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
+        .start_handler(|_| flush_denormals_here())
         .build_global()
         .map_err(|e| Error::InvalidInput(format!("cannot set threads: {e}")))
+}
+
+/// Flushes denormal (subnormal) floats to zero on this thread and on every thread of the CPU
+/// backend's pool, as PyTorch's CPU kernels do. Arithmetic on denormals is about 20 times slower
+/// on x86: a network whose activations decay into them (measured: EfficientNet-B0's middle
+/// blocks at random initialisation) runs 20 times slower without this. Values below
+/// 1.2e-38 become 0. [`set_threads`] does it; call this when the pool was made elsewhere.
+pub fn flush_denormals() {
+    flush_denormals_here();
+    rayon::broadcast(|_| flush_denormals_here());
+}
+
+/// Sets the flush-to-zero and denormals-are-zero bits of this thread's MXCSR (x86-64; a no-op
+/// elsewhere).
+fn flush_denormals_here() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: setting FTZ (bit 15) and DAZ (bit 6) changes only how SSE/AVX arithmetic treats
+    // subnormal numbers on this thread; every x86-64 CPU has both bits.
+    #[allow(deprecated)]
+    unsafe {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        _mm_setcsr(_mm_getcsr() | 0x8040);
+    }
+}
+
+/// Whether this thread flushes denormals to zero (see [`flush_denormals`]).
+pub fn flushes_denormals() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tiny = std::hint::black_box(f32::MIN_POSITIVE);
+        std::hint::black_box(tiny * 0.5) == 0.0
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// The most CPU threads `--threads` accepts: far past any core count, short of what would

@@ -1,165 +1,319 @@
-//! Timing a training step on synthetic inputs, for BENCHMARKS.md (the same step as
-//! python/bench_torch.py runs in PyTorch).
+//! The performance harness: inference and training steps of any checkpoint folder tuwen loads,
+//! on random inputs of the model's size, timed the way `python/bench_hf.py` times the same
+//! folder through transformers (BENCHMARKS.md).
 
+use std::path::Path;
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use burn::tensor::Distribution;
 
-use super::contrastive::init_folder;
+use super::classifier::Classifier;
+use crate::hub::ModelConfig;
+use crate::models::vit_mae::{Masking, ViTMAEForPreTraining};
 use crate::pipeline::ImageText;
-use crate::pipeline::image_text::Family;
 use crate::{Error, Result};
 
-/// Seconds per optimiser step (forward, backward, AdamW) of a freshly initialised model on
-/// random pixels and captions, after `warmup` untimed steps.
-pub fn contrastive_step_times(
-    device: &Device,
-    family: Family,
-    arch: &str,
-    image_size: usize,
-    batch: usize,
-    warmup: usize,
-    steps: usize,
-) -> Result<Vec<f64>> {
-    let dir = std::env::temp_dir().join(format!("tuwen-bench-{}", std::process::id()));
-    let captions: Vec<String> = (0..batch)
-        .map(|i| format!("a photo of object number {i} on a table"))
-        .collect();
-    init_folder(&dir, family, arch, image_size, &captions, 0)?;
-    let device = device.clone().autodiff();
-    let mut model = ImageText::load_folder(&dir, &device)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut optim = super::adamw(&model.towers, 0.1);
-    let pixels = Tensor::<4>::random(
-        [batch, 3, image_size, image_size],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let ids = model.tokenize(&captions)?;
-    let mut times = Vec::with_capacity(steps);
-    for i in 0..warmup + steps {
-        let t0 = Instant::now();
-        let loss = super::contrastive::contrastive_loss(&model, pixels.clone(), ids.clone(), 1)?;
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model.towers);
-        super::clip_global_norm(&model.towers, &mut grads, 1.0);
-        model.towers = optim.step(1e-4, model.towers, grads);
-        // Wait for the update to finish before stopping the clock.
-        let _ = model.scale_and_bias()?;
-        if i >= warmup {
-            times.push(t0.elapsed().as_secs_f64());
-        }
-    }
-    Ok(times)
+/// What is timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// The forward pass `classify`/`embed` runs: classifier logits, CLIP/SigLIP image
+    /// embeddings, the MAE encoder on the unmasked patches.
+    Infer,
+    /// CLIP/SigLIP text embeddings at the model's text length.
+    InferText,
+    /// Forward, the family's loss, backward, global-norm clipping to 1 and AdamW.
+    Train,
 }
 
-/// Seconds of inference (forward on the plain device) and of a training step (forward,
-/// backward, AdamW on an autodiff device) of an image classifier (`efficientnet-bN` or a ViT
-/// architecture) with 1000 classes, on random images: `(inference, training)`, one per timed
-/// step.
-pub fn classifier_step_times(
-    device: &Device,
-    arch: &str,
-    image_size: Option<usize>,
+/// One timed workload.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Timing {
+    /// Median milliseconds per batch.
+    pub ms: f64,
+    /// Every timed batch, in milliseconds.
+    pub runs: Vec<f64>,
+    /// The process's peak resident memory so far (MiB), load included.
+    pub peak_rss_mb: f64,
+    /// Milliseconds to load the folder.
+    pub load_ms: f64,
+}
+
+/// Times `workload` of the checkpoint in `folder`: `warmup` untimed batches of `batch`, then
+/// `steps` timed ones. Training runs on `device`'s autodiff twin.
+pub fn time_folder(
+    folder: &Path,
+    workload: Workload,
     batch: usize,
     warmup: usize,
     steps: usize,
-) -> Result<(Vec<f64>, Vec<f64>, usize)> {
-    use crate::models::efficientnet::{self, EfficientNetForImageClassification};
-    use crate::models::vit::{self, ViTForImageClassification};
-    use crate::train::classifier::{Classifier, EfficientNetClassifier, VitClassifier};
-    fn time<M: Classifier>(
-        plain: &Device,
-        build: impl Fn(&Device) -> M,
-        size: usize,
-        batch: usize,
-        warmup: usize,
-        steps: usize,
-    ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let plain = plain.clone();
-        plain.seed(0);
-        let model = build(&plain);
-        let px = Tensor::<4>::random(
-            [batch, 3, size, size],
-            burn::tensor::Distribution::Default,
-            &plain,
-        );
-        let mut infer = Vec::new();
-        for i in 0..warmup + steps {
-            let t0 = Instant::now();
-            let _ = crate::pipeline::to_vec(model.logits(px.clone()))?;
-            if i >= warmup {
-                infer.push(t0.elapsed().as_secs_f64());
-            }
-        }
-        let ad = plain.clone().autodiff();
-        let mut model = build(&ad);
-        let mut optim = crate::train::adamw(&model, 0.05);
-        let px = Tensor::<4>::random(
-            [batch, 3, size, size],
-            burn::tensor::Distribution::Default,
-            &ad,
-        );
-        let y = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                (0..batch as i64).map(|i| i % 1000).collect::<Vec<_>>(),
-                [batch],
-            ),
-            &ad,
-        );
-        let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&ad);
-        let mut train = Vec::new();
-        for i in 0..warmup + steps {
-            let t0 = Instant::now();
-            let loss = loss_fn.forward(model.logits(px.clone()), y.clone());
-            let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(1e-4, model, grads);
-            let _: f32 = loss.into_scalar();
-            if i >= warmup {
-                train.push(t0.elapsed().as_secs_f64());
-            }
-        }
-        Ok((infer, train))
+    device: &Device,
+) -> Result<Timing> {
+    if batch == 0 || steps == 0 {
+        return Err(Error::InvalidInput(
+            "--batch-size and --steps must be at least 1".into(),
+        ));
     }
-    if let Some(mut c) = efficientnet::arch(arch, 1000) {
-        if let Some(s) = image_size {
-            c.image_size = s;
-        }
-        let size = c.image_size;
-        let (i, t) = time(
-            device,
-            |d| EfficientNetClassifier {
-                model: EfficientNetForImageClassification::new(&c, d),
-                config: c.clone(),
-            },
-            size,
+    let kind = ModelConfig::read(folder)?.model_type;
+    if workload == Workload::InferText && !matches!(kind.as_str(), "clip" | "siglip") {
+        return Err(Error::InvalidInput(format!(
+            "--text needs a CLIP or SigLIP model, not {kind:?}"
+        )));
+    }
+    device.seed(0);
+    let t0 = Instant::now();
+    let mut step: Box<dyn FnMut() -> Result<()>> = match workload {
+        Workload::Train => train_step(folder, &kind, batch, &device.clone().autodiff())?,
+        _ => infer_step(
+            folder,
+            &kind,
             batch,
-            warmup,
-            steps,
-        )?;
-        return Ok((i, t, size));
+            workload == Workload::InferText,
+            device,
+        )?,
+    };
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut runs = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        step()?;
+        if i >= warmup {
+            runs.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    let mut c = vit::arch(arch, 1000).ok_or_else(|| {
-        Error::InvalidInput(format!(
-            "unknown --arch {arch:?} (known: {}, {})",
-            vit::ARCHS.join(", "),
-            efficientnet::ARCHS.join(", ")
-        ))
-    })?;
-    if let Some(s) = image_size {
-        c.image_size = s;
+    Ok(Timing {
+        ms: median(&runs),
+        runs,
+        peak_rss_mb: peak_rss_mb(),
+        load_ms,
+    })
+}
+
+/// The median of `v` (the upper one of an even count, as `statistics.median_high`).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The process's peak resident memory in MiB (Linux; 0 elsewhere).
+pub fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Milliseconds of an `n × n` by `n × n` matrix product on `device`: `(median, runs)`. Its
+/// `2n³` floating-point operations over the median give the machine's SGEMM ceiling.
+pub fn time_gemm(n: usize, warmup: usize, steps: usize, device: &Device) -> Result<Vec<f64>> {
+    let a = Tensor::<2>::random([n, n], Distribution::Default, device);
+    let b = Tensor::<2>::random([n, n], Distribution::Default, device);
+    let mut runs = Vec::new();
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        let c = a.clone().matmul(b.clone());
+        // Reading one element waits for the product (on an asynchronous device).
+        let _ = c.slice([0..1, 0..1]).into_data();
+        if i >= warmup {
+            runs.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    let size = c.image_size;
-    let (i, t) = time(
+    Ok(runs)
+}
+
+fn pixels(batch: usize, size: usize, device: &Device) -> Tensor<4> {
+    Tensor::random(
+        [batch, 3, size, size],
+        Distribution::Normal(0.0, 1.0),
         device,
-        |d| VitClassifier {
-            model: ViTForImageClassification::new(&c, d),
-            config: c.clone(),
-        },
-        size,
-        batch,
-        warmup,
-        steps,
-    )?;
-    Ok((i, t, size))
+    )
+}
+
+/// Random token ids `[batch, length]` in `3..vocab`, ending in `end` when given (CLIP's end
+/// token, whose position pools the text).
+fn token_ids(
+    batch: usize,
+    length: usize,
+    vocab: usize,
+    end: Option<i64>,
+    dev: &Device,
+) -> Tensor<2, Int> {
+    let mut rng = crate::data::shapes::SplitMix64::new(0);
+    let span = vocab.saturating_sub(3).max(1) as u64;
+    let ids: Vec<i64> = (0..batch * length)
+        .map(|i| match end {
+            Some(e) if i % length == length - 1 => e,
+            _ => 3 + (rng.next_u64() % span) as i64,
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(ids, [batch, length]), dev)
+}
+
+/// The text length, vocabulary and end token of a CLIP or SigLIP model's text tower.
+fn text_shape(model: &ImageText) -> (usize, usize, Option<i64>) {
+    let t = &model.config()["text_config"];
+    let get = |k: &str, d: u64| t[k].as_u64().unwrap_or(d) as usize;
+    match model.family() {
+        crate::pipeline::image_text::Family::Clip => (
+            get("max_position_embeddings", 77),
+            get("vocab_size", 49408),
+            Some(t["eos_token_id"].as_i64().unwrap_or(2)),
+        ),
+        crate::pipeline::image_text::Family::Siglip => (
+            get("max_position_embeddings", 64),
+            get("vocab_size", 32000),
+            None,
+        ),
+    }
+}
+
+fn image_size(model: &ImageText) -> usize {
+    model.config()["vision_config"]["image_size"]
+        .as_u64()
+        .unwrap_or(224) as usize
+}
+
+type Step = Box<dyn FnMut() -> Result<()>>;
+
+fn infer_step(folder: &Path, kind: &str, batch: usize, text: bool, dev: &Device) -> Result<Step> {
+    use crate::pipeline::{ImageClassification, to_vec};
+    Ok(match kind {
+        "clip" | "siglip" => {
+            let model = ImageText::load_folder(folder, dev)?;
+            if text {
+                let (len, vocab, end) = text_shape(&model);
+                let ids = token_ids(batch, len, vocab, end, dev);
+                Box::new(move || to_vec(model.text_embeds(ids.clone())).map(drop))
+            } else {
+                let px = pixels(batch, image_size(&model), dev);
+                Box::new(move || to_vec(model.image_embeds(px.clone())).map(drop))
+            }
+        }
+        "vit_mae" => {
+            let (model, config) = ViTMAEForPreTraining::load(folder, dev)?;
+            let px = pixels(batch, config.vit.image_size, dev);
+            let masking = Masking::random(batch, config.num_patches(), config.mask_ratio, 0);
+            Box::new(move || to_vec(model.encode(px.clone(), &masking)).map(drop))
+        }
+        _ => {
+            let model = ImageClassification::load_folder(folder, dev)?;
+            let size = ModelConfig::read(folder)?.json["image_size"]
+                .as_u64()
+                .unwrap_or(224) as usize;
+            let px = pixels(batch, size, dev);
+            Box::new(move || to_vec(model.forward(px.clone())).map(drop))
+        }
+    })
+}
+
+fn train_step(folder: &Path, kind: &str, batch: usize, dev: &Device) -> Result<Step> {
+    use super::classifier::{EfficientNetClassifier, VitClassifier};
+    use crate::models::efficientnet::EfficientNetForImageClassification;
+    use crate::models::vit::ViTForImageClassification;
+    let ce = burn::nn::loss::CrossEntropyLossConfig::new().init(dev);
+    let labels = |n: usize| {
+        let y: Vec<i64> = (0..batch as i64).map(|i| i % n.max(1) as i64).collect();
+        Tensor::<1, Int>::from_data(TensorData::new(y, [batch]), dev)
+    };
+    Ok(match kind {
+        "clip" | "siglip" => {
+            let mut model = ImageText::load_folder(folder, dev)?;
+            let (len, vocab, end) = text_shape(&model);
+            let ids = token_ids(batch, len, vocab, end, dev);
+            let px = pixels(batch, image_size(&model), dev);
+            let mut optim = super::adamw(&model.towers, 0.05);
+            Box::new(move || {
+                let loss =
+                    super::contrastive::contrastive_loss(&model, px.clone(), ids.clone(), 1)?;
+                let value = loss.clone();
+                model.towers = update_towers(&mut optim, model.towers.clone(), loss);
+                finite(value)
+            })
+        }
+        "vit_mae" => {
+            let (model, config) = ViTMAEForPreTraining::load(folder, dev)?;
+            let px = pixels(batch, config.vit.image_size, dev);
+            let mut optim = super::adamw(&model, 0.05);
+            let mut model = Some(model);
+            let mut seed = 0;
+            Box::new(move || {
+                seed += 1;
+                let m = model.take().expect("put back after each step");
+                let masking = Masking::random(batch, config.num_patches(), config.mask_ratio, seed);
+                let loss = m.forward(px.clone(), &masking).loss;
+                let value = loss.clone();
+                model = Some(update_module(&mut optim, m, loss));
+                finite(value)
+            })
+        }
+        "efficientnet" => {
+            let (net, config) = EfficientNetForImageClassification::load(folder, dev)?;
+            let classes = config.labels().map_or(1000, |l| l.len());
+            let size = config.image_size;
+            let model = EfficientNetClassifier { model: net, config };
+            classifier_step(model, pixels(batch, size, dev), labels(classes), ce)
+        }
+        "vit" => {
+            let (net, config) = ViTForImageClassification::load(folder, dev)?;
+            let (size, classes) = (config.image_size, config.num_labels());
+            let model = VitClassifier { model: net, config };
+            classifier_step(model, pixels(batch, size, dev), labels(classes), ce)
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: the harness times vit, efficientnet, clip, siglip and vit_mae, not {other:?}",
+                folder.display()
+            )));
+        }
+    })
+}
+
+fn classifier_step<M: Classifier + burn::module::Module + 'static>(
+    model: M,
+    px: Tensor<4>,
+    y: Tensor<1, Int>,
+    ce: burn::nn::loss::CrossEntropyLoss,
+) -> Step {
+    let mut optim = super::adamw(&model, 0.05);
+    let mut model = Some(model);
+    Box::new(move || {
+        let m = model.take().expect("put back after each step");
+        let loss = ce.forward(m.logits(px.clone()), y.clone());
+        let value = loss.clone();
+        model = Some(update_module(&mut optim, m, loss));
+        finite(value)
+    })
+}
+
+/// Global-norm clipping to 1, then AdamW at learning rate 1e-4 (weight decay 0.05 when made).
+fn update_module<M: burn::module::Module>(
+    optim: &mut burn::optim::ModuleOptimizer,
+    model: M,
+    loss: Tensor<1>,
+) -> M {
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    super::clip_global_norm(&model, &mut grads, 1.0);
+    optim.step(1e-4, model, grads)
+}
+
+fn update_towers(
+    optim: &mut burn::optim::ModuleOptimizer,
+    towers: crate::pipeline::image_text::Towers,
+    loss: Tensor<1>,
+) -> crate::pipeline::image_text::Towers {
+    update_module(optim, towers, loss)
+}
+
+/// Waits for the step (reading its loss) and refuses a non-finite one.
+fn finite(loss: Tensor<1>) -> Result<()> {
+    let v: f32 = loss.into_scalar();
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!("the loss became {v}")))
+    }
 }
