@@ -149,6 +149,7 @@ fn water(args: WaterArgs) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    tuwen::device::reuse_freed_memory();
     // The pool is made here even without --threads, so that its threads flush denormals.
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     tuwen::device::set_threads(cli.threads.unwrap_or(cores))?;

@@ -101,6 +101,20 @@ fn flush_denormals_here() {
     }
 }
 
+/// Makes glibc's allocator keep freed blocks of up to 32 MiB (its most) for reuse instead of
+/// handing each back to the kernel: a network's activations are megabytes each, and every
+/// fresh mapping costs a page fault per 4 KiB when first written (measured: a tenth of
+/// ViT-B/16's inference time went to page faults). A no-op off glibc. Call it once, early.
+pub fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's thresholds; it is called before the
+    // process's heavy allocation starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 /// Whether this thread flushes denormals to zero (see [`flush_denormals`]).
 pub fn flushes_denormals() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -595,7 +595,7 @@ impl EfficientNetBlock {
         let se = &self.squeeze_excite;
         let [bsz, c, _, _] = h.dims();
         let pooled = h.clone().mean_dim(3).mean_dim(2).reshape([bsz, c, 1, 1]);
-        let w = burn::tensor::activation::sigmoid(
+        let w = crate::nn::activation::sigmoid(
             se.expand
                 .forward(self.act.forward(se.reduce.forward(pooled))),
         );

@@ -31,6 +31,23 @@ pub enum Activation {
 impl Activation {
     /// Applies the activation elementwise.
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        use super::cpu::{self, Kernel};
+        let kernel = match self {
+            Activation::Gelu => Some(Kernel::Gelu),
+            Activation::GeluTanh => Some(Kernel::GeluTanh),
+            Activation::QuickGelu => Some(Kernel::QuickGelu),
+            Activation::Silu => Some(Kernel::Silu),
+            Activation::Relu | Activation::Tanh => None,
+        };
+        let x = match kernel.map(|k| cpu::apply(k, x.clone())) {
+            Some(Ok(y)) => return y,
+            _ => x,
+        };
+        self.plain(x)
+    }
+
+    /// [`Self::forward`] with burn's ops alone (the reference of the fused CPU kernels).
+    pub fn plain<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Activation::Gelu => activation::gelu(x),
             Activation::GeluTanh => {
@@ -45,4 +62,9 @@ impl Activation {
             Activation::Tanh => x.tanh(),
         }
     }
+}
+
+/// `σ(x)`, fused on the CPU backend at inference (see [`super::cpu`]).
+pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    super::cpu::apply(super::cpu::Kernel::Sigmoid, x).unwrap_or_else(activation::sigmoid)
 }

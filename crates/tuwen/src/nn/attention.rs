@@ -24,6 +24,17 @@ pub fn scaled_dot_product_attention(
     let split = |t: Tensor<3>, n: usize| t.reshape([b, n, heads, d_head]).swap_dims(1, 2);
     let (q, k, v) = (split(q, n_q), split(k, n_k), split(v, n_k));
     let scale = (d_head as f64).powf(-0.5);
+    if dropout.prob == 0.0 {
+        // burn's attention op: fused on the CPU backend (no score tensor per op, one pass of
+        // softmax); under autodiff it is the same sequence of ops as below.
+        let options = burn::tensor::ops::AttentionModuleOptions {
+            scale: Some(scale),
+            softcap: None,
+            is_causal: false,
+        };
+        let ctx = burn::tensor::module::attention(q, k, v, None, mask, options);
+        return ctx.swap_dims(1, 2).reshape([b, n_q, d]);
+    }
     let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
     if let Some(mask) = mask {
         scores = scores + mask;

@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod cpu;
 pub mod encoder;
 pub mod pos_embed;
 
