@@ -39,11 +39,13 @@ impl Activation {
             Activation::Silu => Some(Kernel::Silu),
             Activation::Relu | Activation::Tanh => None,
         };
-        let x = match kernel.map(|k| cpu::apply(k, x.clone())) {
-            Some(Ok(y)) => return y,
-            _ => x,
-        };
-        self.plain(x)
+        match kernel {
+            Some(k) => match cpu::apply(k, x) {
+                Ok(y) => y,
+                Err(x) => self.plain(*x),
+            },
+            None => self.plain(x),
+        }
     }
 
     /// [`Self::forward`] with burn's ops alone (the reference of the fused CPU kernels).
@@ -66,5 +68,5 @@ impl Activation {
 
 /// `σ(x)`, fused on the CPU backend at inference (see [`super::cpu`]).
 pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    super::cpu::apply(super::cpu::Kernel::Sigmoid, x).unwrap_or_else(activation::sigmoid)
+    super::cpu::apply(super::cpu::Kernel::Sigmoid, x).unwrap_or_else(|x| activation::sigmoid(*x))
 }

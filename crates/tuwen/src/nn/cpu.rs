@@ -34,15 +34,15 @@ const PARALLEL_MIN: usize = 1 << 15;
 
 /// `kernel` applied to `x` in one fused pass when `x` is a contiguous `f32` tensor on the CPU
 /// backend (outside autodiff); otherwise `Err(x)`, untouched, for the caller's plain path.
-pub fn apply<const D: usize>(kernel: Kernel, x: Tensor<D>) -> Result<Tensor<D>, Tensor<D>> {
+pub fn apply<const D: usize>(kernel: Kernel, x: Tensor<D>) -> Result<Tensor<D>, Box<Tensor<D>>> {
     let Ok(mut t) = x.clone().try_into_primitive::<Flex>() else {
-        return Err(x);
+        return Err(Box::new(x));
     };
     if t.dtype() != DType::F32 {
-        return Err(x);
+        return Err(Box::new(x));
     }
     let Some((start, end)) = t.layout().contiguous_offsets() else {
-        return Err(x);
+        return Err(Box::new(x));
     };
     drop(x);
     let run = |src: &[f32], dst: &mut [f32]| {
