@@ -147,20 +147,69 @@ fn shapes_train_eval() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let o = tuwen(&[
-        "bench",
-        "train",
-        "--family",
-        "siglip",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--batch-size",
-        "4",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("samples/s"));
+    // The performance harness times the saved folder: a training step, image and text
+    // inference, as JSON.
+    for task in [&["train"][..], &["infer"], &["infer", "--text"]] {
+        let mut args = vec!["bench"];
+        args.extend_from_slice(task);
+        args.extend([
+            "--model",
+            m.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--batch-size",
+            "4",
+            "--json",
+        ]);
+        let o = tuwen(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+        let runs = j["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 2, "{j}");
+        assert!(
+            runs.iter().all(|r| r.as_f64().is_some_and(|ms| ms > 0.0)),
+            "{j}"
+        );
+        assert!(j["ms"].as_f64().unwrap() > 0.0 && j["peak_rss_mb"].as_f64().unwrap() > 1.0);
+    }
+    // Every other family the harness takes, from the fixtures; the text workload needs a
+    // text tower.
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+    for name in ["efficientnet-odd", "vit-mae-odd", "vit-odd", "clip-tiny"] {
+        let folder = format!("{fixtures}/{name}");
+        for task in ["infer", "train"] {
+            let o = tuwen(&[
+                "bench",
+                task,
+                "--model",
+                &folder,
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--batch-size",
+                "2",
+            ]);
+            assert!(
+                o.status.success(),
+                "{name} {task}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(String::from_utf8_lossy(&o.stdout).contains("ms per batch"));
+        }
+    }
+    one_line_error(
+        &tuwen(&[
+            "bench",
+            "infer",
+            "--text",
+            "--model",
+            &format!("{fixtures}/vit-mae-odd"),
+        ]),
+        "--text",
+    );
 
     one_line_error(
         &tuwen(&[
@@ -528,8 +577,8 @@ fn a_missing_device_is_an_error_for_every_training_command() {
         &["train", "mae"],
         &["train", "gan"],
         &["quickstart"],
-        &["bench", "train"],
-        &["bench", "classifier"],
+        &["bench", "train", "--model", "/no/such/folder"],
+        &["bench", "infer", "--model", "/no/such/folder"],
     ];
     for cmd in commands {
         let mut args = vec!["--device", "cuda"];
