@@ -27,6 +27,8 @@ pub enum Kernel {
     Silu,
     /// `σ(x)`.
     Sigmoid,
+    /// `e^x` (the softmax's; not an activation).
+    Exp,
 }
 
 /// Below this many elements a tensor is done on one thread.
@@ -130,6 +132,7 @@ fn map_generic(kernel: Kernel, buf: &mut [f32]) {
         Kernel::QuickGelu => buf.iter_mut().for_each(|x| *x *= sigmoid(1.702 * *x)),
         Kernel::Silu => buf.iter_mut().for_each(|x| *x *= sigmoid(*x)),
         Kernel::Sigmoid => buf.iter_mut().for_each(|x| *x = sigmoid(*x)),
+        Kernel::Exp => buf.iter_mut().for_each(|x| *x = exp(*x)),
     }
 }
 
@@ -203,6 +206,74 @@ pub fn gelu_tanh(x: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// The fused attention against burn's ops on the same inputs: plain, with strided views
+    /// (q, k, v sliced out of one fused projection), and with masks that broadcast.
+    #[test]
+    fn attention_matches_the_plain_path() {
+        use burn::tensor::Distribution;
+        let dev = Device::flex();
+        dev.seed(3);
+        let (b, n_q, n_k, heads, dh) = (3, 7, 9, 4, 5);
+        let d = heads * dh;
+        let q = Tensor::<3>::random([b, n_q, d], Distribution::Normal(0.0, 1.0), &dev);
+        let qkv = Tensor::<3>::random([b, n_k, 3 * d], Distribution::Normal(0.0, 1.0), &dev);
+        let (k, v) = (
+            qkv.clone().slice([0..b, 0..n_k, d..2 * d]),
+            qkv.slice([0..b, 0..n_k, 2 * d..3 * d]),
+        );
+        let scale = 0.37;
+        let plain = |mask: Option<Tensor<4>>| {
+            let split = |t: Tensor<3>, n: usize| t.reshape([b, n, heads, dh]).swap_dims(1, 2);
+            let s = split(q.clone(), n_q).matmul(split(k.clone(), n_k).swap_dims(2, 3)) * scale;
+            let s = match mask {
+                Some(m) => s + m,
+                None => s,
+            };
+            let p = burn::tensor::activation::softmax(s, 3);
+            p.matmul(split(v.clone(), n_k))
+                .swap_dims(1, 2)
+                .reshape([b, n_q, d])
+        };
+        let masks = [
+            None,
+            Some(Tensor::<4>::random(
+                [b, 1, 1, n_k],
+                Distribution::Uniform(-5.0, 0.0),
+                &dev,
+            )),
+            Some(Tensor::<4>::random(
+                [1, heads, n_q, n_k],
+                Distribution::Uniform(-5.0, 0.0),
+                &dev,
+            )),
+            Some(Tensor::<4>::random(
+                [b, heads, n_q, n_k],
+                Distribution::Uniform(-5.0, 0.0),
+                &dev,
+            )),
+        ];
+        for mask in masks {
+            let want = plain(mask.clone()).into_data().try_to_vec::<f32>().unwrap();
+            let got = attention(&q, &k, &v, heads, mask.as_ref(), scale)
+                .expect("CPU f32 tensors take the fused path")
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert_eq!(got.len(), want.len());
+            let diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(diff < 1e-5, "max difference {diff}");
+            assert!(got.iter().all(|x| x.is_finite()));
+        }
+        // Autodiff tensors are not taken.
+        let ad = dev.clone().autodiff();
+        let qa = Tensor::<3>::zeros([1, 2, 4], &ad);
+        assert!(attention(&qa, &qa, &qa, 2, None, 1.0).is_none());
+    }
+
     fn grid() -> Vec<f32> {
         (-40_000..=40_000).map(|i| i as f32 * 2.5e-4).collect()
     }
@@ -258,6 +329,7 @@ mod tests {
                     Kernel::QuickGelu => x * sigmoid(1.702 * x),
                     Kernel::Silu => x * sigmoid(*x),
                     Kernel::Sigmoid => sigmoid(*x),
+                    Kernel::Exp => exp(*x),
                 };
                 // The vector code may contract into FMAs differently from the scalar code.
                 assert!(
@@ -266,5 +338,172 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+/// Multi-head attention `softmax(q kᵀ · scale + mask) v` straight on the `[batch, n, heads ·
+/// d_head]` projections, for inference on the CPU backend: each (image, head) pair reads its
+/// queries, keys and values in place through strides (burn's op copies q, k and v into
+/// `[batch, heads, n, d_head]` first and the result back), the scores of one pair live in a
+/// scratch buffer, and the softmax uses the vectorised `exp`. `mask` is added to the scores and
+/// broadcasts to `[batch, heads, n_q, n_k]`. Returns `[batch, n_q, heads · d_head]`, or `None`
+/// when a tensor is not an `f32` CPU tensor outside autodiff with unit stride along its last
+/// dimension (the caller then takes burn's path).
+pub fn attention(
+    q: &Tensor<3>,
+    k: &Tensor<3>,
+    v: &Tensor<3>,
+    heads: usize,
+    mask: Option<&Tensor<4>>,
+    scale: f32,
+) -> Option<Tensor<3>> {
+    let view = |t: &Tensor<3>| {
+        let p = t.clone().try_into_primitive::<Flex>().ok()?;
+        let s = p.layout().strides();
+        (p.dtype() == DType::F32 && s[2] == 1).then_some(p)
+    };
+    let (qp, kp, vp) = (view(q)?, view(k)?, view(v)?);
+    let mp = match mask {
+        Some(m) => {
+            let p = m.clone().try_into_primitive::<Flex>().ok()?;
+            (p.dtype() == DType::F32).then_some(Some(p))?
+        }
+        None => None,
+    };
+    let [b, n_q, d] = q.dims();
+    let n_k = k.dims()[1];
+    if heads == 0 || d % heads != 0 || k.dims()[2] != d || v.dims() != k.dims() || k.dims()[0] != b
+    {
+        return None;
+    }
+    let dh = d / heads;
+    // Element (i, j) of a [b, n, d] view: offset + i·row + j; image bi starts at bi·img.
+    let geom = |p: &FlexTensor| {
+        let s = p.layout().strides();
+        (p.layout().start_offset() as isize, s[0], s[1])
+    };
+    let (qg, kg, vg) = (geom(&qp), geom(&kp), geom(&vp));
+    let (qs, ks, vs) = (
+        qp.storage::<f32>(),
+        kp.storage::<f32>(),
+        vp.storage::<f32>(),
+    );
+    // The mask's strides with broadcast dimensions at 0.
+    let mgeom = mp.as_ref().map(|p| {
+        let l = p.layout();
+        let dims = l.shape();
+        let st = l.strides();
+        let s = |i: usize| if dims[i] == 1 { 0 } else { st[i] };
+        (l.start_offset() as isize, [s(0), s(1), s(2), s(3)])
+    });
+    if let Some(p) = &mp {
+        let dims = p.layout().shape();
+        let ok = |i: usize, want: usize| dims[i] == 1 || dims[i] == want;
+        if !(ok(0, b) && ok(1, heads) && ok(2, n_q) && dims[3] == n_k) {
+            return None;
+        }
+    }
+    let ms = mp.as_ref().map(|p| p.storage::<f32>());
+    let mut out = vec![0.0f32; b * n_q * d];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let pair = |bh: usize, scores: &mut Vec<f32>| {
+        let (bi, h) = (bh / heads, bh % heads);
+        let base = |g: (isize, isize, isize)| g.0 + bi as isize * g.1 + (h * dh) as isize;
+        scores.resize(n_q * n_k, 0.0);
+        // SAFETY: every index below stays inside its tensor: rows < n, columns < d_head, and
+        // the views' strides come from their layouts; each pair writes its own columns of
+        // `out` (its head's slice of its image's rows), so no two pairs write the same place.
+        unsafe {
+            gemm::gemm(
+                n_q,
+                n_k,
+                dh,
+                scores.as_mut_ptr(),
+                1,
+                n_k as isize,
+                false,
+                qs.as_ptr().offset(base(qg)),
+                1,
+                qg.2,
+                ks.as_ptr().offset(base(kg)),
+                kg.2,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (i, row) in scores.chunks_mut(n_k).enumerate() {
+            if let (Some(m), Some((off, st))) = (ms, mgeom) {
+                let start = off + bi as isize * st[0] + h as isize * st[1] + i as isize * st[2];
+                for (j, s) in row.iter_mut().enumerate() {
+                    *s += m[(start + j as isize * st[3]) as usize];
+                }
+            }
+            softmax_in_place(row);
+        }
+        // SAFETY: as above.
+        unsafe {
+            gemm::gemm(
+                n_q,
+                dh,
+                n_k,
+                out_ptr.get().add(bi * n_q * d + h * dh),
+                1,
+                d as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                n_k as isize,
+                vs.as_ptr().offset(base(vg)),
+                1,
+                vg.2,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    {
+        use rayon::prelude::*;
+        (0..b * heads)
+            .into_par_iter()
+            .for_each_init(Vec::new, |s, bh| pair(bh, s));
+    }
+    let data = TensorData::new(out, [b, n_q, d]);
+    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
+}
+
+/// A raw pointer that rayon's tasks may share: each writes a disjoint part.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the tasks that share it write disjoint elements (see `attention`).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `row ← softmax(row)`, with the maximum subtracted first. Masked entries (large negative
+/// additive masks) get `e^-87` relative weight at most, not exactly 0; a row that is all `-inf`
+/// becomes NaN, as in burn's softmax.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for x in row.iter_mut() {
+        *x -= max;
+    }
+    map_in_place(Kernel::Exp, row);
+    let inv = 1.0 / row.iter().sum::<f32>();
+    for x in row.iter_mut() {
+        *x *= inv;
     }
 }
