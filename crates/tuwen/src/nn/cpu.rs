@@ -47,26 +47,14 @@ pub fn apply<const D: usize>(kernel: Kernel, x: Tensor<D>) -> Result<Tensor<D>, 
         return Err(Box::new(x));
     };
     drop(x);
-    let run = |src: &[f32], dst: &mut [f32]| {
-        use rayon::prelude::*;
-        if src.len() < PARALLEL_MIN {
-            map(kernel, src, dst);
-        } else {
-            let chunk = PARALLEL_MIN.max(src.len().div_ceil(4 * rayon::current_num_threads()));
-            src.par_chunks(chunk)
-                .zip(dst.par_chunks_mut(chunk))
-                .for_each(|(s, d)| map(kernel, s, d));
-        }
-    };
     // In place when this is the only reference to the buffer (a fresh activation), else into
     // a new one.
     if let Some(buf) = t.try_storage_mut::<f32>() {
         run_in_place(kernel, &mut buf[start..end]);
         return Ok(Tensor::from_primitive::<Flex>(t));
     }
-    let src = &t.storage::<f32>()[start..end];
-    let mut out = vec![0.0f32; src.len()];
-    run(src, &mut out);
+    let mut out = t.storage::<f32>()[start..end].to_vec();
+    run_in_place(kernel, &mut out);
     let shape = t.layout().shape().clone();
     let data = TensorData::new(out, shape);
     Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))

@@ -61,6 +61,18 @@ pub fn time_folder(
             "--text needs a CLIP or SigLIP model, not {kind:?}"
         )));
     }
+    // The random inputs alone must fit (an absurd --batch-size is an error, not an abort).
+    let per_input = ModelConfig::read(folder)?.json;
+    let side = per_input["image_size"]
+        .as_u64()
+        .or(per_input["vision_config"]["image_size"].as_u64())
+        .unwrap_or(224) as u128;
+    crate::memory::check(
+        device,
+        crate::memory::f32_bytes((batch as u128).saturating_mul(3 * side * side)),
+        &format!("random inputs for a batch of {batch}"),
+        "--batch-size",
+    )?;
     device.seed(0);
     let t0 = Instant::now();
     let mut step: Box<dyn FnMut() -> Result<()>> = match workload {
@@ -110,6 +122,13 @@ pub fn peak_rss_mb() -> f64 {
 /// Milliseconds of an `n × n` by `n × n` matrix product on `device`: `(median, runs)`. Its
 /// `2n³` floating-point operations over the median give the machine's SGEMM ceiling.
 pub fn time_gemm(n: usize, warmup: usize, steps: usize, device: &Device) -> Result<Vec<f64>> {
+    let n2 = (n as u128).saturating_mul(n as u128);
+    crate::memory::check(
+        device,
+        crate::memory::f32_bytes(n2.saturating_mul(3)),
+        &format!("three {n} x {n} matrices"),
+        "--size",
+    )?;
     let a = Tensor::<2>::random([n, n], Distribution::Default, device);
     let b = Tensor::<2>::random([n, n], Distribution::Default, device);
     let mut runs = Vec::new();
