@@ -38,7 +38,7 @@ pub enum LossArg {
     Softmax,
     /// SigLIP's pairwise sigmoid loss.
     Sigmoid,
-    /// The sigmoid loss computed in --devices chunks, as across devices.
+    /// The sigmoid loss computed in --loss-chunks blocks, as across devices.
     SigmoidChunked,
 }
 
@@ -149,9 +149,15 @@ pub struct TrainArgs {
     /// The loss (default: the family's own).
     #[arg(long)]
     loss: Option<LossArg>,
-    /// Simulated devices of the chunked sigmoid loss.
-    #[arg(long, default_value_t = 4)]
-    devices: usize,
+    /// Blocks of the chunked sigmoid loss, as that many devices compute it (default: the
+    /// number of --devices, or 4).
+    #[arg(long)]
+    loss_chunks: Option<usize>,
+    /// Data-parallel training on these devices, e.g. cpu,cpu or cuda:0,cuda:1: each embeds its
+    /// share of every batch, the loss spans them all and the gradients are summed. The model
+    /// lives on the first (--device is then not used).
+    #[arg(long)]
+    devices: Option<String>,
     /// LiT: keep the image tower (from --init) as it is and train the rest.
     #[arg(long)]
     lock_image: bool,
@@ -220,7 +226,8 @@ impl TrainArgs {
             weight_decay: 0.05,
             image_size: 32,
             loss: None,
-            devices: 4,
+            loss_chunks: None,
+            devices: None,
             lock_image: false,
             lock_text: false,
             patch_dropout: 0.0,
@@ -273,7 +280,16 @@ pub fn fit(args: &TrainArgs, device: &Device) -> Result<Outcome> {
     let loss = args
         .loss
         .map_or(LossKind::default_for(family), LossKind::from);
-    let chunks = loss.chunks(family, args.devices, args.batch_size)?;
+    let devices = match &args.devices {
+        Some(list) => tuwen::train::parallel::parse_devices(list)?,
+        None => Vec::new(),
+    };
+    let chunks = loss.chunks(
+        family,
+        args.loss_chunks
+            .unwrap_or(if devices.len() > 1 { devices.len() } else { 4 }),
+        args.batch_size,
+    )?;
     if args.init.is_none() && tuwen::train::contrastive::arch_spec(&args.arch).is_none() {
         bail!(
             "unknown --arch {:?} (known: {})",
@@ -310,7 +326,7 @@ pub fn fit(args: &TrainArgs, device: &Device) -> Result<Outcome> {
         }
         Some(e) => epochs_to_steps(e, samples.len(), args.batch_size)?,
     };
-    let device = device.clone().autodiff();
+    let device = devices.first().unwrap_or(device).clone().autodiff();
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
         Some(crate::train::resume_dir(&ckpt_dir)?)
@@ -368,6 +384,7 @@ pub fn fit(args: &TrainArgs, device: &Device) -> Result<Outcome> {
         },
         val_every: args.val_every,
         same_caption_positives: !args.duplicates_as_negatives,
+        devices,
         ..TrainConfig::default()
     };
     let mut progress = Progress::start(steps, resume_from.as_deref())?;

@@ -836,7 +836,7 @@ fn misleading_messages_and_silently_accepted_flags() {
             &s.s("run"),
             "--loss",
             "sigmoid-chunked",
-            "--devices",
+            "--loss-chunks",
             "0",
             "--steps",
             "1",
@@ -844,7 +844,7 @@ fn misleading_messages_and_silently_accepted_flags() {
             "2",
         ],
     );
-    fails(&o, "--devices must be at least 1");
+    fails(&o, "--loss-chunks must be at least 1");
     assert!(!s.join("run").exists());
 }
 

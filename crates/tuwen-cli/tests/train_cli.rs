@@ -142,8 +142,26 @@ fn shapes_train_eval() {
         "16",
         "--loss",
         "sigmoid-chunked",
-        "--devices",
+        "--loss-chunks",
         "4",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Data-parallel on two CPU devices, the chunked loss one block per device.
+    let o = tuwen(&[
+        "train",
+        "siglip",
+        "--data",
+        train_csv.to_str().unwrap(),
+        "--out",
+        m.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--loss",
+        "sigmoid-chunked",
+        "--devices",
+        "cpu,cpu",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
@@ -234,12 +252,26 @@ fn shapes_train_eval() {
             m.to_str().unwrap(),
             "--loss",
             "sigmoid-chunked",
-            "--devices",
+            "--loss-chunks",
             "5",
             "--batch-size",
             "16",
         ]),
         "multiple",
+    );
+    // --devices names devices; a count gets a hint towards --loss-chunks.
+    one_line_error(
+        &tuwen(&[
+            "train",
+            "siglip",
+            "--data",
+            train_csv.to_str().unwrap(),
+            "--out",
+            m.to_str().unwrap(),
+            "--devices",
+            "4",
+        ]),
+        "--loss-chunks",
     );
     one_line_error(
         &tuwen(&[

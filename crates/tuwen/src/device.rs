@@ -90,7 +90,7 @@ pub fn flush_denormals() {
 
 /// Sets the flush-to-zero and denormals-are-zero bits of this thread's MXCSR (x86-64; a no-op
 /// elsewhere).
-fn flush_denormals_here() {
+pub(crate) fn flush_denormals_here() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: setting FTZ (bit 15) and DAZ (bit 6) changes only how SSE/AVX arithmetic treats
     // subnormal numbers on this thread; every x86-64 CPU has both bits.

@@ -9,13 +9,19 @@ use safetensors::{Dtype, SafeTensors};
 use tuwen::burn;
 use tuwen::pipeline::{ImageText, to_vec};
 use tuwen::train::contrastive::{
-    LossSpec, accumulated_grads, contrastive_loss, named_grads, named_param_grads,
+    LossSpec, accumulated_grads, contrastive_loss, data_parallel_grads, named_grads,
+    named_param_grads,
 };
 
 const IMAGES: [&str; 4] = ["astronaut.png", "coffee.bmp", "rocket.webp", "hubble.gif"];
 
 /// `micro` > 1: the gradients accumulated GradCache-style over that many micro-batches.
 fn check(tag: &str, chunks: usize, micro: usize) {
+    check_on(tag, chunks, micro, 1)
+}
+
+/// [`check`] with the batch split across `devices` CPU devices (data-parallel, `devices` > 1).
+fn check_on(tag: &str, chunks: usize, micro: usize, devices: usize) {
     let bytes = std::fs::read(fixtures().join("grad_reference.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let f32s = |key: &str| -> Vec<f32> {
@@ -53,7 +59,21 @@ fn check(tag: &str, chunks: usize, micro: usize) {
     let pixels = m.processor.load_batch(&paths, &device).unwrap();
 
     let expect = f32s(&format!("{tag}/loss"))[0];
-    let grads = if micro == 1 {
+    let grads = if devices > 1 {
+        let groups: Vec<usize> = (0..4).collect();
+        let spec = LossSpec {
+            micro,
+            chunks,
+            lock_image: false,
+            lock_text: false,
+            groups: &groups,
+        };
+        let on = vec![device.clone(); devices];
+        let seeds = vec![0; devices];
+        let (got, g) = data_parallel_grads(&m, pixels, ids, &spec, &on, &seeds).unwrap();
+        assert!((got - expect).abs() < 1e-5, "{tag}: loss {got} vs {expect}");
+        named_param_grads(&m, &g)
+    } else if micro == 1 {
         let loss = contrastive_loss(&m, pixels, ids, chunks).unwrap();
         let got = to_vec(loss.clone()).unwrap()[0];
         assert!((got - expect).abs() < 1e-5, "{tag}: loss {got} vs {expect}");
@@ -99,7 +119,7 @@ fn check(tag: &str, chunks: usize, micro: usize) {
     }
     assert_eq!(grads.len(), names.len(), "{tag}: parameter sets differ");
     eprintln!(
-        "{tag} (chunks {chunks}, micro-batches {micro}): {} gradients, worst relative difference {:.1e} ({})",
+        "{tag} (chunks {chunks}, micro-batches {micro}, devices {devices}): {} gradients, worst relative difference {:.1e} ({})",
         names.len(),
         worst.0,
         worst.1
@@ -130,4 +150,16 @@ fn gradcache_micro_batches_give_the_full_batch_gradients() {
     check("clip-legacy", 1, 4);
     check("siglip-spiece", 1, 2);
     check("siglip-spiece", 2, 4);
+}
+
+/// `--devices cpu,cpu`: each device embeds its share of the batch, the loss spans them all,
+/// and the summed gradients are the whole batch's on one device, as PyTorch computes them
+/// (temperature and bias included; shards of unequal size with 3 devices).
+#[test]
+fn data_parallel_devices_give_the_full_batch_gradients() {
+    check_on("clip-legacy", 1, 1, 2);
+    check_on("clip-legacy", 1, 1, 3);
+    check_on("siglip-spiece", 1, 1, 2);
+    check_on("siglip-spiece", 2, 1, 2);
+    check_on("siglip-spiece", 4, 1, 4);
 }

@@ -238,3 +238,83 @@ fn resumed_run_equals_uninterrupted_run() {
     assert!(err.to_string().contains("lr"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Data-parallel training on two CPU devices (`--devices cpu,cpu`) gives the losses and the
+/// model of training on one device with the combined batch: CLIP's softmax loss, and SigLIP's
+/// chunked sigmoid loss with one block per device.
+#[test]
+fn two_device_data_parallel_run_equals_one_device_run() {
+    let dir = std::env::temp_dir().join(format!("tuwen-ddp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    shapes::generate(&dir.join("data"), 64, 32, 4).unwrap();
+    let set = open(&dir.join("data/train.csv"), &CsvSpec::default(), "{}").unwrap();
+    let captions: Vec<String> = set.iter().map(|s| s.caption.clone()).collect();
+    let device = Device::flex().autodiff();
+    let probe: Vec<_> = set[..4].iter().map(|s| s.image.clone()).collect();
+    for (family, chunks) in [(Family::Clip, 1), (Family::Siglip, 2)] {
+        let init = dir.join(format!("init-{chunks}"));
+        {
+            let _turn = rng_turn();
+            init_folder(&init, family, "tiny", 32, &captions, 3).unwrap();
+        }
+        let cfg = |devices: Vec<Device>| TrainConfig {
+            steps: 4,
+            batch_size: 16,
+            lr: 2e-3,
+            warmup: 1,
+            seed: 11,
+            loss_chunks: chunks,
+            devices,
+            ..TrainConfig::default()
+        };
+        let one = ImageText::load_folder(&init, &device).unwrap();
+        let (one, one_run) = train(one, &set, &cfg(Vec::new()), |_, _| true).unwrap();
+        let two = ImageText::load_folder(&init, &device).unwrap();
+        let (two, two_run) = train(
+            two,
+            &set,
+            &cfg(vec![device.clone(), device.clone()]),
+            |_, _| true,
+        )
+        .unwrap();
+        eprintln!(
+            "{family:?}: one device {:?}\n  two devices {:?}",
+            one_run.losses, two_run.losses
+        );
+        assert_eq!(one_run.losses.len(), 4);
+        assert_eq!(two_run.losses.len(), 4);
+        for ((s1, l1), (s2, l2)) in one_run.losses.iter().zip(&two_run.losses) {
+            assert_eq!(s1, s2);
+            assert!((l1 - l2).abs() < 1e-4, "step {s1}: loss {l1} vs {l2}");
+        }
+        // The runs trained: the loss moved.
+        assert!((one_run.losses[0].1 - one_run.losses[3].1).abs() > 1e-3);
+        let (e1, e2) = (
+            one.valid().encode_images(&probe, 4).unwrap(),
+            two.valid().encode_images(&probe, 4).unwrap(),
+        );
+        assert_eq!(e1.len(), e2.len());
+        let worst = e1
+            .iter()
+            .flatten()
+            .zip(e2.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(
+                0.0f32,
+                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+            );
+        assert!(worst < 1e-4, "{family:?}: embeddings differ by {worst}");
+    }
+    // A batch smaller than the devices is refused.
+    let init = dir.join("init-1");
+    let model = ImageText::load_folder(&init, &device).unwrap();
+    let small = TrainConfig {
+        steps: 1,
+        batch_size: 2,
+        devices: vec![device.clone(); 3],
+        ..TrainConfig::default()
+    };
+    let err = train(model, &set, &small, |_, _| true).err().unwrap();
+    assert!(err.to_string().contains("devices"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

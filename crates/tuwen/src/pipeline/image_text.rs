@@ -360,6 +360,20 @@ impl ImageText {
         }
     }
 
+    /// A replica on `device` for data-parallel training: the same parameter ids, its own
+    /// autodiff leaves ([`burn::module::Module::fork`]).
+    pub fn fork(&self, device: &Device) -> ImageText {
+        use burn::module::Module;
+        ImageText {
+            towers: self.towers.clone().fork(device),
+            processor: self.processor.clone(),
+            tokenizer: self.tokenizer.clone(),
+            config: self.config.clone(),
+            side_files: self.side_files.clone(),
+            device: device.clone(),
+        }
+    }
+
     /// config.json as read (written back unchanged on save).
     pub fn config(&self) -> &serde_json::Value {
         &self.config

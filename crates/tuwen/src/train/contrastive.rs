@@ -39,7 +39,7 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     /// Seed of the data order and the initialisation.
     pub seed: u64,
-    /// Simulated devices of the chunked sigmoid loss (1: dense loss).
+    /// Blocks of the chunked sigmoid loss, as that many devices compute it (1: dense loss).
     pub loss_chunks: usize,
     /// LiT: keep the image tower as it is.
     pub lock_image: bool,
@@ -69,6 +69,10 @@ pub struct TrainConfig {
     pub metrics: Option<PathBuf>,
     /// Set to stop after the current step (with a checkpoint).
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Data-parallel devices, the first the model's own (empty or one: the model's device
+    /// alone): each embeds its share of the batch and the loss spans all of them
+    /// ([`data_parallel_grads`]).
+    pub devices: Vec<Device>,
 }
 
 /// Zero-shot validation during training: labelled samples and the prompt templates.
@@ -106,6 +110,7 @@ impl Default for TrainConfig {
             val_every: 0,
             metrics: None,
             stop: None,
+            devices: Vec::new(),
         }
     }
 }
@@ -128,6 +133,7 @@ impl TrainConfig {
             metrics: self.metrics.clone(),
             stop: self.stop.clone(),
             constant_lr: false,
+            devices: self.devices.clone(),
         }
     }
 }
@@ -283,15 +289,15 @@ impl LossKind {
     }
 
     /// The number of loss chunks ([`TrainConfig::loss_chunks`]) of this loss for `family`
-    /// with `devices` simulated devices and batches of `batch_size`; an error when the loss
-    /// does not fit the family or the batch does not split into the devices.
-    pub fn chunks(self, family: Family, devices: usize, batch_size: usize) -> Result<usize> {
+    /// in `blocks` blocks (as that many devices compute it) and batches of `batch_size`; an
+    /// error when the loss does not fit the family or the batch does not split into the blocks.
+    pub fn chunks(self, family: Family, blocks: usize, batch_size: usize) -> Result<usize> {
         let chunks = match (family, self) {
             (Family::Clip, LossKind::Softmax) | (Family::Siglip, LossKind::Sigmoid) => 1,
-            (Family::Siglip, LossKind::SigmoidChunked) if devices == 0 => {
-                return Err(Error::InvalidInput("--devices must be at least 1".into()));
+            (Family::Siglip, LossKind::SigmoidChunked) if blocks == 0 => {
+                return Err(Error::InvalidInput("--loss-chunks must be at least 1".into()));
             }
-            (Family::Siglip, LossKind::SigmoidChunked) => devices,
+            (Family::Siglip, LossKind::SigmoidChunked) => blocks,
             _ => return Err(Error::InvalidInput(
                 "--loss does not fit the model: CLIP trains with softmax, SigLIP with sigmoid or sigmoid-chunked".into(),
             )),
@@ -301,11 +307,11 @@ impl LossKind {
     }
 }
 
-/// Each simulated device of the chunked loss holds an equal share of the batch.
+/// Each block of the chunked loss holds an equal share of the batch.
 fn check_chunks(batch_size: usize, chunks: usize) -> Result<()> {
     if chunks > 1 && !batch_size.is_multiple_of(chunks) {
         return Err(Error::InvalidInput(format!(
-            "--batch-size {batch_size} is not a multiple of --devices {chunks}"
+            "--batch-size {batch_size} is not a multiple of --loss-chunks {chunks}"
         )));
     }
     Ok(())
@@ -558,6 +564,81 @@ pub fn accumulated_grads(
     Ok((loss_value, total.unwrap_or_default()))
 }
 
+/// The loss of a batch and its gradients computed on several devices, as open_clip trains
+/// with `--gather-with-grad` off: each device embeds its shard of the pairs (shards of
+/// [`super::parallel::shards`]), the embeddings are gathered from every device
+/// ([`super::parallel::Peer::all_gather`]), and each device computes the family's loss over
+/// the whole batch with only its own shard live (and the temperature and bias on the first
+/// device alone). The loss is the same on every device, so the gradients summed over the
+/// devices ([`super::parallel::sum_grads`]) are those of the whole batch on one device. The
+/// chunked sigmoid loss keeps its `spec.chunks` blocks. `seeds[j]` seeds device `j`'s patch
+/// dropout. GradCache micro-batches (`spec.micro` > 1) are refused.
+pub fn data_parallel_grads(
+    model: &ImageText,
+    pixels: Tensor<4>,
+    ids: Tensor<2, Int>,
+    spec: &LossSpec,
+    devices: &[Device],
+    seeds: &[u64],
+) -> Result<(f32, GradientsParams)> {
+    use super::parallel::{run_replicas, shards, sum_grads};
+    if spec.micro > 1 {
+        return Err(Error::InvalidInput(
+            "GradCache micro-batches (--accum-freq) and --devices do not combine yet".into(),
+        ));
+    }
+    let n = pixels.dims()[0];
+    let k = devices.len();
+    if n < k || seeds.len() != k {
+        return Err(Error::InvalidInput(format!(
+            "a batch of {n} pairs cannot be split across {k} devices"
+        )));
+    }
+    let inputs: Vec<_> = shards(n, k)
+        .into_iter()
+        .zip(devices)
+        .zip(seeds)
+        .map(|(((a, b), device), &seed)| {
+            let replica = model.fork(device);
+            let px = pixels.clone().slice(a..b).to_device(device);
+            let ids = ids.clone().slice(a..b).to_device(device);
+            (replica, px, ids, seed)
+        })
+        .collect();
+    let out = run_replicas(devices, inputs, |(replica, px, ids, seed), peer| {
+        set_draw_seed(&replica.towers, seed);
+        let mut img = replica.image_embeds(px);
+        let mut txt = replica.text_embeds(ids);
+        if spec.lock_image {
+            img = img.detach();
+        }
+        if spec.lock_text {
+            txt = txt.detach();
+        }
+        // Every device's embeddings, this device's own still on the graph.
+        let live = |mut all: Vec<Tensor<2>>, own: Tensor<2>| {
+            all[peer.rank] = own;
+            Tensor::cat(all, 0)
+        };
+        let all_img = live(peer.all_gather(img.clone())?, img);
+        let all_txt = live(peer.all_gather(txt.clone())?, txt);
+        let loss = embeds_loss(
+            &replica.towers,
+            all_img,
+            all_txt,
+            spec.chunks,
+            peer.rank == 0,
+            spec.groups,
+        )?;
+        let value = loss.clone().into_scalar();
+        let grads = GradientsParams::from_grads(loss.backward(), &replica.towers);
+        Ok((value, grads))
+    })?;
+    let loss = out[0].0;
+    let grads = sum_grads(&model.towers, out.into_iter().map(|(_, g)| g).collect());
+    Ok((loss, grads))
+}
+
 /// Every parameter's gradient by transformers' name, in PyTorch's layout.
 pub fn named_grads(
     model: &ImageText,
@@ -656,6 +737,10 @@ impl TrainStep for ContrastiveFamily<'_> {
         self.cfg.loss_chunks.max(2)
     }
 
+    fn data_parallel(&self) -> bool {
+        true
+    }
+
     fn device_draws(&self, _model: &ImageText) -> bool {
         // Patch dropout draws from the model's own seed; attention dropout from the device.
         self.device_draws
@@ -681,13 +766,18 @@ impl TrainStep for ContrastiveFamily<'_> {
             lock_text: cfg.lock_text,
             groups: &groups,
         };
-        let (loss, grads) = accumulated_grads(&model, pixels, ids, &spec, |j| {
-            set_draw_seed(&model.towers, ctx.seed(j));
-            // Attention dropout, when the config asks for it, draws from the device.
-            if device_draws {
-                ctx.device.seed(ctx.seed(j));
-            }
-        })?;
+        let (loss, grads) = if ctx.devices.len() > 1 {
+            let seeds: Vec<u64> = (0..ctx.devices.len()).map(|j| ctx.seed(j)).collect();
+            data_parallel_grads(&model, pixels, ids, &spec, ctx.devices, &seeds)?
+        } else {
+            accumulated_grads(&model, pixels, ids, &spec, |j| {
+                set_draw_seed(&model.towers, ctx.seed(j));
+                // Attention dropout, when the config asks for it, draws from the device.
+                if device_draws {
+                    ctx.device.seed(ctx.seed(j));
+                }
+            })?
+        };
         model.towers = ctx.update("model", model.towers, grads)?;
         Ok((model, StepOutput::loss(loss)))
     }
@@ -739,6 +829,13 @@ pub fn train<'a>(
         )));
     }
     check_chunks(cfg.batch_size, cfg.loss_chunks)?;
+    if cfg.devices.len() > 1 && draws_from_device(&model) {
+        return Err(Error::InvalidInput(
+            "attention dropout draws from one device's generator: set attention_dropout to 0 \
+             in config.json to train on several --devices"
+                .into(),
+        ));
+    }
     let data = data.into();
     // A contrastive batch needs distinct pairs: a list shorter than a batch would repeat them.
     if let TrainData::Samples(samples) = &data

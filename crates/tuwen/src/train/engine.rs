@@ -57,6 +57,10 @@ pub struct RunConfig {
     pub stop: Option<Arc<AtomicBool>>,
     /// Keep every optimiser at its peak learning rate (no warmup, no decay), as GANs train.
     pub constant_lr: bool,
+    /// Data-parallel devices (autodiff devices), the first the networks' own; empty or one:
+    /// the networks' device alone. Families that support it split each batch across them
+    /// ([`super::parallel`]); the others refuse more than one.
+    pub devices: Vec<Device>,
 }
 
 /// A named optimiser of a run and its peak learning rate.
@@ -143,6 +147,11 @@ pub trait TrainStep {
     fn device_draws(&self, _models: &Self::Models) -> bool {
         true
     }
+    /// Whether [`Self::step`] splits its batch across [`StepContext::devices`]; the engine
+    /// refuses several devices for a family that does not.
+    fn data_parallel(&self) -> bool {
+        false
+    }
     /// The smallest batch a step can use: smaller ones are skipped.
     fn min_batch(&self) -> usize {
         1
@@ -197,6 +206,8 @@ pub struct StepContext<'a> {
     pub weight: f32,
     /// The networks' device.
     pub device: &'a Device,
+    /// The data-parallel devices ([`RunConfig::devices`]): at least the networks' device.
+    pub devices: &'a [Device],
     seed: u64,
     factor: f64,
     max_grad_norm: f64,
@@ -369,6 +380,30 @@ pub fn run<'a, S: TrainStep>(
         return Err(Error::InvalidInput(
             "micro-batches are not supported by a run whose steps take several batches".into(),
         ));
+    }
+    if cfg.devices.len() > 1 {
+        if !family.data_parallel() {
+            return Err(Error::InvalidInput(
+                "this family trains on one device: drop --devices".into(),
+            ));
+        }
+        if cfg.devices[0].clone().inner() != family.device(&models).inner() {
+            return Err(Error::InvalidInput(
+                "the networks must be on the first of --devices".into(),
+            ));
+        }
+        if accumulate > 1 {
+            return Err(Error::InvalidInput(
+                "micro-batches and --devices do not combine yet: use one of them".into(),
+            ));
+        }
+        if cfg.batch_size < cfg.devices.len() {
+            return Err(Error::InvalidInput(format!(
+                "--batch-size {} is smaller than the {} devices",
+                cfg.batch_size,
+                cfg.devices.len()
+            )));
+        }
     }
     let micro = cfg.batch_size.div_ceil(accumulate);
     // Counting parameters materialises lazily initialised ones, which draw from the device's
@@ -549,12 +584,21 @@ fn one_step<S: TrainStep>(
     } else {
         super::warmup_cosine(step, 1.0, cfg.warmup, cfg.steps)
     };
+    let devices: Vec<Device> = if cfg.devices.len() > 1 {
+        cfg.devices
+            .iter()
+            .map(|d| d.clone().inner().autodiff())
+            .collect()
+    } else {
+        vec![device.clone()]
+    };
     let mut ctx = StepContext {
         step,
         micro: 0,
         micros: accumulate,
         weight: 1.0,
         device,
+        devices: &devices,
         seed: cfg.seed,
         factor,
         max_grad_norm: cfg.max_grad_norm,

@@ -11,6 +11,7 @@ pub mod gan;
 pub mod grads;
 pub mod mae;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod probe;
 pub mod vq_prior;
