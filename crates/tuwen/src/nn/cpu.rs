@@ -6,9 +6,12 @@
 //! were 10% and 40% of the time. Here each activation is one pass with a vectorisable
 //! polynomial `exp`, compiled for AVX-512 and for AVX2 + FMA and chosen at run time.
 //!
-//! The fast path applies to contiguous `f32` tensors on the CPU backend outside autodiff;
-//! every other tensor takes burn's own ops, so training and the GPU are unchanged. Upstream,
-//! these belong in burn-flex's activation ops (a vectorised `erf`/`exp`).
+//! The fast path applies to contiguous `f32` tensors on the CPU backend. In training (the
+//! autodiff backend over burn-flex) an activation is one node of the graph with its own
+//! backward, `dL/dx = dL/dy · f'(x)` in one pass, where burn records three to six elementary
+//! ops and recomputes `exp` for their gradients ([`apply`]). Every other tensor takes burn's
+//! own ops, so the GPU is unchanged. Upstream, these belong in burn-flex's activation ops (a
+//! vectorised `erf`/`exp`) and in burn-autodiff (fused activation nodes).
 
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::prelude::*;
@@ -35,10 +38,11 @@ pub enum Kernel {
 const PARALLEL_MIN: usize = 1 << 15;
 
 /// `kernel` applied to `x` in one fused pass when `x` is a contiguous `f32` tensor on the CPU
-/// backend (outside autodiff); otherwise `Err(x)`, untouched, for the caller's plain path.
+/// backend, with or without autodiff (then with a fused backward, [`FusedBackward`]);
+/// otherwise `Err(x)`, untouched, for the caller's plain path.
 pub fn apply<const D: usize>(kernel: Kernel, x: Tensor<D>) -> Result<Tensor<D>, Box<Tensor<D>>> {
     let Ok(mut t) = x.clone().try_into_primitive::<Flex>() else {
-        return Err(Box::new(x));
+        return apply_autodiff(kernel, x);
     };
     if t.dtype() != DType::F32 {
         return Err(Box::new(x));
@@ -58,6 +62,195 @@ pub fn apply<const D: usize>(kernel: Kernel, x: Tensor<D>) -> Result<Tensor<D>, 
     let shape = t.layout().shape().clone();
     let data = TensorData::new(out, shape);
     Ok(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
+}
+
+type Ad = burn::backend::Autodiff<Flex>;
+
+/// [`apply`] on the autodiff backend over burn-flex: the output is computed from a copy of
+/// the input, which the node keeps for its backward.
+fn apply_autodiff<const D: usize>(
+    kernel: Kernel,
+    x: Tensor<D>,
+) -> Result<Tensor<D>, Box<Tensor<D>>> {
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::ops::{Backward, OpsKind};
+    let Ok(t) = x.clone().try_into_primitive::<Ad>() else {
+        return Err(Box::new(x));
+    };
+    let p = t.primitive();
+    if p.dtype() != DType::F32 || p.layout().contiguous_offsets().is_none() {
+        return Err(Box::new(x));
+    }
+    drop(x);
+    let (input, guard) = t.into_parts();
+    let (start, end) = input.layout().contiguous_offsets().expect("checked above");
+    let mut out = vec![0.0f32; end - start];
+    run_map(kernel, &input.storage::<f32>()[start..end], &mut out);
+    let shape = input.layout().shape().clone();
+    let output = FlexTensor::from_data(TensorData::new(out, shape));
+    let node = match FusedBackward(kernel)
+        .prepare::<NoCheckpointing>([guard])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(input, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    Ok(Tensor::from_primitive::<Ad>(node))
+}
+
+/// The backward of a fused activation node: `dL/dx = dL/dy · f'(x)` in one pass over the
+/// kept input `x` (its state) and the incoming gradient.
+#[derive(Debug)]
+pub struct FusedBackward(Kernel);
+
+impl burn::backend::autodiff::ops::Backward<Flex, 1> for FusedBackward {
+    type State = FlexTensor;
+
+    fn backward(
+        self,
+        ops: burn::backend::autodiff::ops::Ops<FlexTensor, 1>,
+        grads: &mut burn::backend::autodiff::grads::Gradients,
+        _checkpointer: &mut burn::backend::autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let kernel = self.0;
+        let x = ops.state;
+        burn::backend::autodiff::ops::unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
+            grad_input(kernel, &x, g)
+        });
+    }
+}
+
+/// `g · f'(x)` for contiguous `x`, in `g`'s buffer when it is unshared.
+fn grad_input(kernel: Kernel, x: &FlexTensor, g: FlexTensor) -> FlexTensor {
+    let (xs, xe) = x.layout().contiguous_offsets().expect("kept contiguous");
+    let xv = &x.storage::<f32>()[xs..xe];
+    let mut g = if g.dtype() == DType::F32 && g.layout().contiguous_offsets().is_some() {
+        g
+    } else {
+        // A broadcast or strided gradient (or another float type) is made dense f32 first.
+        FlexTensor::from_data(g.into_data().convert::<f32>())
+    };
+    let (gs, ge) = g.layout().contiguous_offsets().expect("made contiguous");
+    assert_eq!(ge - gs, xv.len(), "gradient and input sizes differ");
+    if let Some(buf) = g.try_storage_mut::<f32>() {
+        run_grad(kernel, xv, &mut buf[gs..ge]);
+        return g;
+    }
+    let mut out = g.storage::<f32>()[gs..ge].to_vec();
+    run_grad(kernel, xv, &mut out);
+    let shape = g.layout().shape().clone();
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// [`map`] across the thread pool for large buffers.
+fn run_map(kernel: Kernel, src: &[f32], dst: &mut [f32]) {
+    use rayon::prelude::*;
+    if src.len() < PARALLEL_MIN {
+        map(kernel, src, dst);
+    } else {
+        let chunk = PARALLEL_MIN.max(src.len().div_ceil(4 * rayon::current_num_threads()));
+        src.par_chunks(chunk)
+            .zip(dst.par_chunks_mut(chunk))
+            .for_each(|(s, d)| map(kernel, s, d));
+    }
+}
+
+/// [`grad_map`] across the thread pool for large buffers.
+fn run_grad(kernel: Kernel, x: &[f32], g: &mut [f32]) {
+    use rayon::prelude::*;
+    if x.len() < PARALLEL_MIN {
+        grad_map(kernel, x, g);
+    } else {
+        let chunk = PARALLEL_MIN.max(x.len().div_ceil(4 * rayon::current_num_threads()));
+        x.par_chunks(chunk)
+            .zip(g.par_chunks_mut(chunk))
+            .for_each(|(x, g)| grad_map(kernel, x, g));
+    }
+}
+
+/// `g[i] *= kernel'(x[i])`, dispatched at run time as [`map_in_place`] is.
+pub fn grad_map(kernel: Kernel, x: &[f32], g: &mut [f32]) {
+    assert_eq!(x.len(), g.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { grad_avx512(kernel, x, g) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            return unsafe { grad_avx2(kernel, x, g) };
+        }
+    }
+    grad_generic(kernel, x, g)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+unsafe fn grad_avx512(kernel: Kernel, x: &[f32], g: &mut [f32]) {
+    grad_generic(kernel, x, g)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_avx2(kernel: Kernel, x: &[f32], g: &mut [f32]) {
+    grad_generic(kernel, x, g)
+}
+
+#[inline(always)]
+fn grad_generic(kernel: Kernel, x: &[f32], g: &mut [f32]) {
+    let apply = |f: fn(f32) -> f32, g: &mut [f32]| {
+        g.iter_mut().zip(x).for_each(|(g, &x)| *g *= f(x));
+    };
+    match kernel {
+        Kernel::Gelu => apply(gelu_grad, g),
+        Kernel::GeluTanh => apply(gelu_tanh_grad, g),
+        Kernel::QuickGelu => apply(quick_gelu_grad, g),
+        Kernel::Silu => apply(silu_grad, g),
+        Kernel::Sigmoid => apply(sigmoid_grad, g),
+        Kernel::Exp => apply(exp, g),
+    }
+}
+
+/// `d/dx x Φ(x) = Φ(x) + x φ(x)`.
+#[inline(always)]
+pub fn gelu_grad(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+}
+
+/// The derivative of [`gelu_tanh`]: `0.5 (1 + t) + 0.5 x (1 - t²) u'` with `t = tanh(u)`.
+#[inline(always)]
+pub fn gelu_tanh_grad(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6;
+    let u = C * (x + 0.044_715 * x * x * x);
+    let t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+    let du = C * (1.0 + 3.0 * 0.044_715 * x * x);
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+}
+
+/// `d/dx x σ(a x) = σ + a x σ (1 - σ)` at `a` = 1.702.
+#[inline(always)]
+pub fn quick_gelu_grad(x: f32) -> f32 {
+    let s = sigmoid(1.702 * x);
+    s + 1.702 * x * s * (1.0 - s)
+}
+
+/// `d/dx x σ(x) = σ + x σ (1 - σ)`.
+#[inline(always)]
+pub fn silu_grad(x: f32) -> f32 {
+    let s = sigmoid(x);
+    s + x * s * (1.0 - s)
+}
+
+/// `σ (1 - σ)`.
+#[inline(always)]
+pub fn sigmoid_grad(x: f32) -> f32 {
+    let s = sigmoid(x);
+    s * (1.0 - s)
 }
 
 fn run_in_place(kernel: Kernel, buf: &mut [f32]) {
@@ -296,6 +489,122 @@ mod tests {
                 "gelu_tanh({x})"
             );
         }
+    }
+
+    /// Each derivative against a central difference of its function in f64.
+    #[test]
+    fn derivatives_match_central_differences() {
+        let f64s: [(Kernel, fn(f64) -> f64); 6] = [
+            (Kernel::Gelu, |x| {
+                0.5 * x * (1.0 + libm::erf(x / 2f64.sqrt()))
+            }),
+            (Kernel::GeluTanh, |x| {
+                let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                0.5 * x * (1.0 + u.tanh())
+            }),
+            (Kernel::QuickGelu, |x| x / (1.0 + (-1.702 * x).exp())),
+            (Kernel::Silu, |x| x / (1.0 + (-x).exp())),
+            (Kernel::Sigmoid, |x| 1.0 / (1.0 + (-x).exp())),
+            (Kernel::Exp, f64::exp),
+        ];
+        let xs: Vec<f32> = (-600..=600).map(|i| i as f32 / 60.0).collect();
+        for (kernel, f) in f64s {
+            let mut g = vec![1.0f32; xs.len()];
+            grad_map(kernel, &xs, &mut g);
+            for (&x, &got) in xs.iter().zip(&g) {
+                let h = 1e-4;
+                let x = x as f64;
+                let want = (f(x + h) - f(x - h)) / (2.0 * h);
+                let tol = 2e-5 * want.abs().max(1.0);
+                assert!(
+                    (got as f64 - want).abs() < tol,
+                    "{kernel:?}'({x}) = {got}, want {want}"
+                );
+            }
+        }
+    }
+
+    /// On the autodiff backend the fused node's output and input gradient equal those of
+    /// burn's elementary ops, for every activation, with an uneven upstream gradient; a
+    /// strided input takes burn's path and still agrees.
+    #[test]
+    fn fused_autodiff_nodes_match_burns_gradients() {
+        use crate::nn::activation::Activation;
+        use burn::tensor::Distribution;
+        let dev = Device::flex().autodiff();
+        dev.seed(5);
+        let base = Tensor::<2>::random([37, 300], Distribution::Normal(0.0, 2.5), &dev);
+        let weight = Tensor::<2>::random([37, 300], Distribution::Normal(0.0, 1.0), &dev);
+        let acts = [
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::QuickGelu,
+            Activation::Silu,
+        ];
+        // An autodiff tensor takes the fused node, a strided one does not.
+        let x = base.clone().detach().require_grad();
+        assert!(apply(Kernel::Gelu, x.clone()).is_ok());
+        assert!(apply(Kernel::Gelu, x.swap_dims(0, 1)).is_err());
+        for act in acts {
+            for strided in [false, true] {
+                let run = |fused: bool| {
+                    let x = base.clone().detach().require_grad();
+                    let input = if strided {
+                        x.clone().swap_dims(0, 1)
+                    } else {
+                        x.clone()
+                    };
+                    let y = if fused {
+                        act.forward(input)
+                    } else {
+                        act.plain(input)
+                    };
+                    let y = if strided { y.swap_dims(0, 1) } else { y };
+                    let loss = (y.clone() * weight.clone()).sum();
+                    let grads = loss.backward();
+                    let gx = x.grad(&grads).unwrap();
+                    (
+                        y.inner().into_data().try_to_vec::<f32>().unwrap(),
+                        gx.into_data().try_to_vec::<f32>().unwrap(),
+                    )
+                };
+                let (y1, g1) = run(true);
+                let (y0, g0) = run(false);
+                assert_eq!(y1.len(), y0.len());
+                assert_eq!(g1.len(), g0.len());
+                let worst = |a: &[f32], b: &[f32]| {
+                    a.iter()
+                        .zip(b)
+                        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                        .fold(
+                            0.0f32,
+                            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                        )
+                };
+                assert!(
+                    worst(&y1, &y0) < 1e-5,
+                    "{act:?} output: {}",
+                    worst(&y1, &y0)
+                );
+                assert!(
+                    worst(&g1, &g0) < 1e-5,
+                    "{act:?} gradient: {}",
+                    worst(&g1, &g0)
+                );
+            }
+        }
+        // The sigmoid of squeeze-excitation.
+        let x = base.clone().detach().require_grad();
+        let y = crate::nn::activation::sigmoid(x.clone());
+        let g = x.grad(&(y * weight.clone()).sum().backward()).unwrap();
+        let x0 = base.detach().require_grad();
+        let y0 = burn::tensor::activation::sigmoid(x0.clone());
+        let g0 = x0.grad(&(y0 * weight).sum().backward()).unwrap();
+        let (g, g0) = (
+            g.into_data().try_to_vec::<f32>().unwrap(),
+            g0.into_data().try_to_vec::<f32>().unwrap(),
+        );
+        assert!(g.iter().zip(&g0).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 
     #[test]
