@@ -449,10 +449,9 @@ mod tests {
             assert!(diff < 1e-5, "max difference {diff}");
             assert!(got.iter().all(|x| x.is_finite()));
         }
-        // Autodiff tensors are not taken.
-        let ad = dev.clone().autodiff();
-        let qa = Tensor::<3>::zeros([1, 2, 4], &ad);
-        assert!(attention(&qa, &qa, &qa, 2, None, 1.0).is_none());
+        // A view whose last dimension is strided is not taken.
+        let qt = Tensor::<3>::zeros([1, 4, 4], &dev).swap_dims(1, 2);
+        assert!(attention(&qt, &qt, &qt, 2, None, 1.0).is_none());
     }
 
     fn grid() -> Vec<f32> {
@@ -489,6 +488,83 @@ mod tests {
                 "gelu_tanh({x})"
             );
         }
+    }
+
+    /// On the autodiff backend the fused attention node's output and the gradients of q, k
+    /// and v (strided slices of one fused projection) equal those of burn's ops, without and
+    /// with broadcast masks; a mask that needs a gradient takes burn's path.
+    #[test]
+    fn fused_attention_gradients_match_burns() {
+        use burn::tensor::Distribution;
+        let dev = Device::flex().autodiff();
+        dev.seed(9);
+        let (b, n_q, n_k, heads, dh) = (3, 6, 6, 4, 5);
+        let d = heads * dh;
+        let qkv0 = Tensor::<3>::random([b, n_q, 3 * d], Distribution::Normal(0.0, 1.0), &dev);
+        let weight = Tensor::<3>::random([b, n_q, d], Distribution::Normal(0.0, 1.0), &dev);
+        let scale = 0.41;
+        let masks = [
+            None,
+            Some(Tensor::<4>::random(
+                [b, 1, 1, n_k],
+                Distribution::Uniform(-5.0, 0.0),
+                &dev,
+            )),
+            Some(Tensor::<4>::random(
+                [1, heads, n_q, n_k],
+                Distribution::Uniform(-5.0, 0.0),
+                &dev,
+            )),
+        ];
+        let plain = |q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, mask: Option<Tensor<4>>| {
+            let split = |t: Tensor<3>, n: usize| t.reshape([b, n, heads, dh]).swap_dims(1, 2);
+            let s = split(q, n_q).matmul(split(k, n_k).swap_dims(2, 3)) * scale;
+            let s = match mask {
+                Some(m) => s + m,
+                None => s,
+            };
+            let p = burn::tensor::activation::softmax(s, 3);
+            p.matmul(split(v, n_k)).swap_dims(1, 2).reshape([b, n_q, d])
+        };
+        for mask in masks {
+            let run = |fused: bool| {
+                let qkv = qkv0.clone().detach().require_grad();
+                let part = |i: usize| qkv.clone().slice([0..b, 0..n_q, i * d..(i + 1) * d]);
+                let (q, k, v) = (part(0), part(1), part(2));
+                let out = if fused {
+                    attention(&q, &k, &v, heads, mask.as_ref(), scale)
+                        .expect("autodiff CPU tensors take the fused node")
+                } else {
+                    plain(q, k, v, mask.clone())
+                };
+                let g = qkv
+                    .grad(&(out.clone() * weight.clone()).sum().backward())
+                    .unwrap();
+                (
+                    out.inner().into_data().try_to_vec::<f32>().unwrap(),
+                    g.into_data().try_to_vec::<f32>().unwrap(),
+                )
+            };
+            let (y1, g1) = run(true);
+            let (y0, g0) = run(false);
+            assert_eq!((y1.len(), g1.len()), (y0.len(), g0.len()));
+            let worst = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(
+                        0.0f32,
+                        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                    )
+            };
+            assert!(worst(&y1, &y0) < 1e-5, "output {}", worst(&y1, &y0));
+            assert!(worst(&g1, &g0) < 1e-5, "gradient {}", worst(&g1, &g0));
+            // The gradient is not trivially zero.
+            assert!(g0.iter().map(|x| x.abs()).sum::<f32>() > 1.0);
+        }
+        let tracked = Tensor::<4>::zeros([1, 1, 1, n_k], &dev).require_grad();
+        let part = |i: usize| qkv0.clone().slice([0..b, 0..n_q, i * d..(i + 1) * d]);
+        assert!(attention(&part(0), &part(1), &part(2), heads, Some(&tracked), scale).is_none());
     }
 
     /// Each derivative against a central difference of its function in f64.
@@ -639,13 +715,18 @@ mod tests {
 }
 
 /// Multi-head attention `softmax(q kᵀ · scale + mask) v` straight on the `[batch, n, heads ·
-/// d_head]` projections, for inference on the CPU backend: each (image, head) pair reads its
-/// queries, keys and values in place through strides (burn's op copies q, k and v into
-/// `[batch, heads, n, d_head]` first and the result back), the scores of one pair live in a
-/// scratch buffer, and the softmax uses the vectorised `exp`. `mask` is added to the scores and
-/// broadcasts to `[batch, heads, n_q, n_k]`. Returns `[batch, n_q, heads · d_head]`, or `None`
-/// when a tensor is not an `f32` CPU tensor outside autodiff with unit stride along its last
-/// dimension (the caller then takes burn's path).
+/// d_head]` projections, on the CPU backend: each (image, head) pair reads its queries, keys
+/// and values in place through strides (burn's op copies q, k and v into `[batch, heads, n,
+/// d_head]` first and the result back), the scores of one pair live in a scratch buffer, and
+/// the softmax uses the vectorised `exp`. `mask` is added to the scores and broadcasts to
+/// `[batch, heads, n_q, n_k]`. Returns `[batch, n_q, heads · d_head]`, or `None` when a tensor
+/// is not an `f32` CPU tensor whose last dimension is contiguous, or the shapes do not fit
+/// (the caller then takes burn's op).
+///
+/// On the autodiff backend the result is one graph node whose backward ([`AttentionBackward`])
+/// computes the gradients of q, k and v pair by pair from the kept probabilities, where burn
+/// records a dozen ops (reshapes, transposes, two batched matmuls, the softmax) and their
+/// gradients. A mask that itself needs a gradient takes burn's path.
 pub fn attention(
     q: &Tensor<3>,
     k: &Tensor<3>,
@@ -654,127 +735,472 @@ pub fn attention(
     mask: Option<&Tensor<4>>,
     scale: f32,
 ) -> Option<Tensor<3>> {
-    let view = |t: &Tensor<3>| {
-        let p = t.clone().try_into_primitive::<Flex>().ok()?;
-        let s = p.layout().strides();
-        (p.dtype() == DType::F32 && s[2] == 1).then_some(p)
+    let Ok(qp) = q.clone().try_into_primitive::<Flex>() else {
+        return attention_autodiff(q, k, v, heads, mask, scale);
     };
-    let (qp, kp, vp) = (view(q)?, view(k)?, view(v)?);
+    let kp = k.clone().try_into_primitive::<Flex>().ok()?;
+    let vp = v.clone().try_into_primitive::<Flex>().ok()?;
+    let mp = match mask {
+        Some(m) => Some(m.clone().try_into_primitive::<Flex>().ok()?),
+        None => None,
+    };
+    let views = Views::new(qp, kp, vp, mp, heads)?;
+    let (out, _) = views.forward(scale, false);
+    let data = TensorData::new(out, [views.b, views.n_q, views.d]);
+    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
+}
+
+/// [`attention`] on the autodiff backend over burn-flex.
+fn attention_autodiff(
+    q: &Tensor<3>,
+    k: &Tensor<3>,
+    v: &Tensor<3>,
+    heads: usize,
+    mask: Option<&Tensor<4>>,
+    scale: f32,
+) -> Option<Tensor<3>> {
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::ops::{Backward, OpsKind};
+    let qa = q.clone().try_into_primitive::<Ad>().ok()?;
+    let ka = k.clone().try_into_primitive::<Ad>().ok()?;
+    let va = v.clone().try_into_primitive::<Ad>().ok()?;
     let mp = match mask {
         Some(m) => {
-            let p = m.clone().try_into_primitive::<Flex>().ok()?;
-            (p.dtype() == DType::F32).then_some(Some(p))?
+            let ma = m.clone().try_into_primitive::<Ad>().ok()?;
+            if ma.is_tracked() {
+                return None;
+            }
+            Some(ma.into_primitive())
         }
         None => None,
     };
-    let [b, n_q, d] = q.dims();
-    let n_k = k.dims()[1];
-    if heads == 0 || d % heads != 0 || k.dims()[2] != d || v.dims() != k.dims() || k.dims()[0] != b
-    {
-        return None;
-    }
-    let dh = d / heads;
-    // Element (i, j) of a [b, n, d] view: offset + i·row + j; image bi starts at bi·img.
-    let geom = |p: &FlexTensor| {
-        let s = p.layout().strides();
-        (p.layout().start_offset() as isize, s[0], s[1])
+    let views = Views::new(
+        qa.primitive().clone(),
+        ka.primitive().clone(),
+        va.primitive().clone(),
+        mp,
+        heads,
+    )?;
+    let (_, qg) = qa.into_parts();
+    let (_, kg) = ka.into_parts();
+    let (_, vg) = va.into_parts();
+    let prep = AttentionBackward { scale }
+        .prepare::<NoCheckpointing>([qg, kg, vg])
+        .compute_bound()
+        .stateful();
+    let tracked = matches!(prep, OpsKind::Tracked(_));
+    let (out, probs) = views.forward(scale, tracked);
+    let output = FlexTensor::from_data(TensorData::new(out, [views.b, views.n_q, views.d]));
+    let node = match prep {
+        OpsKind::Tracked(prep) => {
+            let state = AttentionState {
+                views: std::sync::Arc::new(views),
+                probs: std::sync::Arc::new(probs.expect("kept when tracked")),
+            };
+            prep.finish(state, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(output),
     };
-    let (qg, kg, vg) = (geom(&qp), geom(&kp), geom(&vp));
-    let (qs, ks, vs) = (
-        qp.storage::<f32>(),
-        kp.storage::<f32>(),
-        vp.storage::<f32>(),
-    );
-    // The mask's strides with broadcast dimensions at 0.
-    let mgeom = mp.as_ref().map(|p| {
-        let l = p.layout();
-        let dims = l.shape();
-        let st = l.strides();
-        let s = |i: usize| if dims[i] == 1 { 0 } else { st[i] };
-        (l.start_offset() as isize, [s(0), s(1), s(2), s(3)])
-    });
-    if let Some(p) = &mp {
-        let dims = p.layout().shape();
-        let ok = |i: usize, want: usize| dims[i] == 1 || dims[i] == want;
-        if !(ok(0, b) && ok(1, heads) && ok(2, n_q) && dims[3] == n_k) {
+    Some(Tensor::from_primitive::<Ad>(node))
+}
+
+/// q, k and v as strided `[batch, n, heads · d_head]` views (last dimension contiguous) and
+/// the mask, checked to fit one another.
+#[derive(Debug)]
+struct Views {
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    mask: Option<FlexTensor>,
+    b: usize,
+    n_q: usize,
+    n_k: usize,
+    d: usize,
+    heads: usize,
+}
+
+/// Where element (i, j) of image `bi` of a `[b, n, d]` view is: `offset + bi·img + i·row + j`.
+#[derive(Clone, Copy)]
+struct Geom {
+    offset: isize,
+    img: isize,
+    row: isize,
+}
+
+impl Views {
+    fn new(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        mask: Option<FlexTensor>,
+        heads: usize,
+    ) -> Option<Views> {
+        let fits = |p: &FlexTensor| {
+            p.dtype() == DType::F32
+                && p.layout().shape().num_dims() == 3
+                && p.layout().strides()[2] == 1
+        };
+        if !(fits(&q) && fits(&k) && fits(&v)) {
             return None;
         }
-    }
-    let ms = mp.as_ref().map(|p| p.storage::<f32>());
-    let mut out = vec![0.0f32; b * n_q * d];
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let pair = |bh: usize, scores: &mut Vec<f32>| {
-        let (bi, h) = (bh / heads, bh % heads);
-        let base = |g: (isize, isize, isize)| g.0 + bi as isize * g.1 + (h * dh) as isize;
-        scores.resize(n_q * n_k, 0.0);
-        // SAFETY: every index below stays inside its tensor: rows < n, columns < d_head, and
-        // the views' strides come from their layouts; each pair writes its own columns of
-        // `out` (its head's slice of its image's rows), so no two pairs write the same place.
-        unsafe {
-            gemm::gemm(
-                n_q,
-                n_k,
-                dh,
-                scores.as_mut_ptr(),
-                1,
-                n_k as isize,
-                false,
-                qs.as_ptr().offset(base(qg)),
-                1,
-                qg.2,
-                ks.as_ptr().offset(base(kg)),
-                kg.2,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        let dims = |p: &FlexTensor| {
+            let s = p.layout().shape();
+            [s[0], s[1], s[2]]
+        };
+        let [b, n_q, d] = dims(&q);
+        let [kb, n_k, kd] = dims(&k);
+        if heads == 0 || d % heads != 0 || kd != d || dims(&v) != [kb, n_k, kd] || kb != b {
+            return None;
         }
-        for (i, row) in scores.chunks_mut(n_k).enumerate() {
-            if let (Some(m), Some((off, st))) = (ms, mgeom) {
-                let start = off + bi as isize * st[0] + h as isize * st[1] + i as isize * st[2];
-                for (j, s) in row.iter_mut().enumerate() {
-                    *s += m[(start + j as isize * st[3]) as usize];
+        if let Some(p) = &mask {
+            let m = p.layout().shape();
+            let ok = |i: usize, want: usize| m[i] == 1 || m[i] == want;
+            if p.dtype() != DType::F32
+                || m.num_dims() != 4
+                || !(ok(0, b) && ok(1, heads) && ok(2, n_q) && m[3] == n_k)
+            {
+                return None;
+            }
+        }
+        Some(Views {
+            q,
+            k,
+            v,
+            mask,
+            b,
+            n_q,
+            n_k,
+            d,
+            heads,
+        })
+    }
+
+    fn geom(p: &FlexTensor) -> Geom {
+        let s = p.layout().strides();
+        Geom {
+            offset: p.layout().start_offset() as isize,
+            img: s[0],
+            row: s[1],
+        }
+    }
+
+    /// The output `[b, n_q, d]` and, with `keep_probs`, every pair's probabilities
+    /// `[b · heads, n_q, n_k]`.
+    fn forward(&self, scale: f32, keep_probs: bool) -> (Vec<f32>, Option<Vec<f32>>) {
+        let Views {
+            b,
+            n_q,
+            n_k,
+            d,
+            heads,
+            ..
+        } = *self;
+        let dh = d / heads;
+        let (qg, kg, vg) = (
+            Self::geom(&self.q),
+            Self::geom(&self.k),
+            Self::geom(&self.v),
+        );
+        let (qs, ks, vs) = (
+            self.q.storage::<f32>(),
+            self.k.storage::<f32>(),
+            self.v.storage::<f32>(),
+        );
+        // The mask's strides with broadcast dimensions at 0.
+        let mgeom = self.mask.as_ref().map(|p| {
+            let l = p.layout();
+            let dims = l.shape();
+            let st = l.strides();
+            let s = |i: usize| if dims[i] == 1 { 0 } else { st[i] };
+            (l.start_offset() as isize, [s(0), s(1), s(2), s(3)])
+        });
+        let ms = self.mask.as_ref().map(|p| p.storage::<f32>());
+        let mut out = vec![0.0f32; b * n_q * d];
+        let mut probs = if keep_probs {
+            vec![0.0f32; b * heads * n_q * n_k]
+        } else {
+            Vec::new()
+        };
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let probs_ptr = SendPtr(probs.as_mut_ptr());
+        let pair = |bh: usize, scratch: &mut Vec<f32>| {
+            let (bi, h) = (bh / heads, bh % heads);
+            let base = |g: Geom| g.offset + bi as isize * g.img + (h * dh) as isize;
+            let scores: &mut [f32] = if keep_probs {
+                // SAFETY: pair bh owns block bh of `probs` (n_q · n_k elements); no other
+                // pair touches it.
+                unsafe {
+                    std::slice::from_raw_parts_mut(probs_ptr.get().add(bh * n_q * n_k), n_q * n_k)
+                }
+            } else {
+                scratch.resize(n_q * n_k, 0.0);
+                scratch
+            };
+            // SAFETY: every index below stays inside its tensor: rows < n, columns < d_head,
+            // and the views' strides come from their layouts; each pair writes its own columns
+            // of `out` (its head's slice of its image's rows), so no two pairs write the same
+            // place.
+            unsafe {
+                gemm::gemm(
+                    n_q,
+                    n_k,
+                    dh,
+                    scores.as_mut_ptr(),
+                    1,
+                    n_k as isize,
+                    false,
+                    qs.as_ptr().offset(base(qg)),
+                    1,
+                    qg.row,
+                    ks.as_ptr().offset(base(kg)),
+                    kg.row,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (i, row) in scores.chunks_mut(n_k).enumerate() {
+                if let (Some(m), Some((off, st))) = (ms, mgeom) {
+                    let start = off + bi as isize * st[0] + h as isize * st[1] + i as isize * st[2];
+                    for (j, s) in row.iter_mut().enumerate() {
+                        *s += m[(start + j as isize * st[3]) as usize];
+                    }
+                }
+                softmax_in_place(row);
+            }
+            // SAFETY: as above.
+            unsafe {
+                gemm::gemm(
+                    n_q,
+                    dh,
+                    n_k,
+                    out_ptr.get().add(bi * n_q * d + h * dh),
+                    1,
+                    d as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    n_k as isize,
+                    vs.as_ptr().offset(base(vg)),
+                    1,
+                    vg.row,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        {
+            use rayon::prelude::*;
+            (0..b * heads)
+                .into_par_iter()
+                .for_each_init(Vec::new, |s, bh| pair(bh, s));
+        }
+        (out, keep_probs.then_some(probs))
+    }
+
+    /// The gradients of q, k and v (each `[b, n, d]`, contiguous) from the output's gradient
+    /// `dout` (contiguous `[b, n_q, d]`) and the kept probabilities:
+    /// `dV = Pᵀ dO`, `dP = dO Vᵀ`, `dS = P ⊙ (dP - rowsum(dP ⊙ P))`, `dQ = scale dS K`,
+    /// `dK = scale dSᵀ Q`, pair by pair.
+    fn backward(&self, scale: f32, probs: &[f32], dout: &[f32]) -> [Vec<f32>; 3] {
+        let Views {
+            b,
+            n_q,
+            n_k,
+            d,
+            heads,
+            ..
+        } = *self;
+        let dh = d / heads;
+        let (qg, kg, vg) = (
+            Self::geom(&self.q),
+            Self::geom(&self.k),
+            Self::geom(&self.v),
+        );
+        let (qs, ks, vs) = (
+            self.q.storage::<f32>(),
+            self.k.storage::<f32>(),
+            self.v.storage::<f32>(),
+        );
+        let mut dq = vec![0.0f32; b * n_q * d];
+        let mut dk = vec![0.0f32; b * n_k * d];
+        let mut dv = vec![0.0f32; b * n_k * d];
+        let (dq_ptr, dk_ptr, dv_ptr) = (
+            SendPtr(dq.as_mut_ptr()),
+            SendPtr(dk.as_mut_ptr()),
+            SendPtr(dv.as_mut_ptr()),
+        );
+        let pair = |bh: usize, ds: &mut Vec<f32>| {
+            let (bi, h) = (bh / heads, bh % heads);
+            let base = |g: Geom| g.offset + bi as isize * g.img + (h * dh) as isize;
+            let p = &probs[bh * n_q * n_k..(bh + 1) * n_q * n_k];
+            let dout = dout[bi * n_q * d + h * dh..].as_ptr();
+            ds.resize(n_q * n_k, 0.0);
+            // SAFETY: as in `forward`: every read stays inside its view or buffer, and pair
+            // (bi, h) writes only its head's columns of image bi in dq, dk and dv.
+            unsafe {
+                // dV = Pᵀ dO: [n_k, dh].
+                gemm::gemm(
+                    n_k,
+                    dh,
+                    n_q,
+                    dv_ptr.get().add(bi * n_k * d + h * dh),
+                    1,
+                    d as isize,
+                    false,
+                    p.as_ptr(),
+                    n_k as isize,
+                    1,
+                    dout,
+                    1,
+                    d as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                // dP = dO Vᵀ: [n_q, n_k].
+                gemm::gemm(
+                    n_q,
+                    n_k,
+                    dh,
+                    ds.as_mut_ptr(),
+                    1,
+                    n_k as isize,
+                    false,
+                    dout,
+                    1,
+                    d as isize,
+                    vs.as_ptr().offset(base(vg)),
+                    vg.row,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            // dS = P ⊙ (dP - rowsum(dP ⊙ P)).
+            for (drow, prow) in ds.chunks_mut(n_k).zip(p.chunks(n_k)) {
+                let c: f32 = drow.iter().zip(prow).map(|(a, b)| a * b).sum();
+                for (x, &pv) in drow.iter_mut().zip(prow) {
+                    *x = pv * (*x - c);
                 }
             }
-            softmax_in_place(row);
+            // SAFETY: as above.
+            unsafe {
+                // dQ = scale dS K: [n_q, dh].
+                gemm::gemm(
+                    n_q,
+                    dh,
+                    n_k,
+                    dq_ptr.get().add(bi * n_q * d + h * dh),
+                    1,
+                    d as isize,
+                    false,
+                    ds.as_ptr(),
+                    1,
+                    n_k as isize,
+                    ks.as_ptr().offset(base(kg)),
+                    1,
+                    kg.row,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                // dK = scale dSᵀ Q: [n_k, dh].
+                gemm::gemm(
+                    n_k,
+                    dh,
+                    n_q,
+                    dk_ptr.get().add(bi * n_k * d + h * dh),
+                    1,
+                    d as isize,
+                    false,
+                    ds.as_ptr(),
+                    n_k as isize,
+                    1,
+                    qs.as_ptr().offset(base(qg)),
+                    1,
+                    qg.row,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        {
+            use rayon::prelude::*;
+            (0..b * heads)
+                .into_par_iter()
+                .for_each_init(Vec::new, |s, bh| pair(bh, s));
         }
-        // SAFETY: as above.
-        unsafe {
-            gemm::gemm(
-                n_q,
-                dh,
-                n_k,
-                out_ptr.get().add(bi * n_q * d + h * dh),
-                1,
-                d as isize,
-                false,
-                scores.as_ptr(),
-                1,
-                n_k as isize,
-                vs.as_ptr().offset(base(vg)),
-                1,
-                vg.2,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    };
-    {
-        use rayon::prelude::*;
-        (0..b * heads)
-            .into_par_iter()
-            .for_each_init(Vec::new, |s, bh| pair(bh, s));
+        [dq, dk, dv]
     }
-    let data = TensorData::new(out, [b, n_q, d]);
-    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(data)))
+}
+
+/// What [`AttentionBackward`] keeps: the views of q, k and v and the probabilities.
+#[derive(Clone, Debug)]
+pub struct AttentionState {
+    views: std::sync::Arc<Views>,
+    probs: std::sync::Arc<Vec<f32>>,
+}
+
+/// The backward of a fused attention node ([`attention`] on the autodiff backend).
+#[derive(Debug)]
+pub struct AttentionBackward {
+    scale: f32,
+}
+
+impl burn::backend::autodiff::ops::Backward<Flex, 3> for AttentionBackward {
+    type State = AttentionState;
+
+    fn backward(
+        self,
+        ops: burn::backend::autodiff::ops::Ops<AttentionState, 3>,
+        grads: &mut burn::backend::autodiff::grads::Gradients,
+        _checkpointer: &mut burn::backend::autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let dout = grads.consume::<Flex>(&ops.node);
+        let dout = if dout.dtype() == DType::F32 && dout.is_contiguous() {
+            dout
+        } else {
+            FlexTensor::from_data(dout.into_data().convert::<f32>())
+        };
+        let (start, end) = dout.layout().contiguous_offsets().expect("made contiguous");
+        let views = &ops.state.views;
+        let [dq, dk, dv] = views.backward(
+            self.scale,
+            &ops.state.probs,
+            &dout.storage::<f32>()[start..end],
+        );
+        let (b, n_q, n_k, d) = (views.b, views.n_q, views.n_k, views.d);
+        let [pq, pk, pv] = ops.parents;
+        for (parent, g, n) in [(pq, dq, n_q), (pk, dk, n_k), (pv, dv, n_k)] {
+            if let Some(node) = parent {
+                let g = FlexTensor::from_data(TensorData::new(g, [b, n, d]));
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
 }
 
 /// A raw pointer that rayon's tasks may share: each writes a disjoint part.
