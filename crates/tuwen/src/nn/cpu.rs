@@ -567,10 +567,108 @@ mod tests {
         assert!(attention(&part(0), &part(1), &part(2), heads, Some(&tracked), scale).is_none());
     }
 
+    /// The fused linear layer against burn's, at inference and on the autodiff backend
+    /// (output and the gradients of x, W and b), with and without bias, for a 3-d input and
+    /// for a weight that is a transposed view.
+    #[test]
+    fn fused_linear_matches_burns_layer() {
+        use burn::tensor::Distribution;
+        for autodiff in [false, true] {
+            let dev = if autodiff {
+                Device::flex().autodiff()
+            } else {
+                Device::flex()
+            };
+            dev.seed(13);
+            let x0 = Tensor::<3>::random([3, 7, 40], Distribution::Normal(0.0, 1.0), &dev);
+            let w0 = Tensor::<2>::random([40, 24], Distribution::Normal(0.0, 0.3), &dev);
+            let wt0 = Tensor::<2>::random([24, 40], Distribution::Normal(0.0, 0.3), &dev);
+            let b0 = Tensor::<1>::random([24], Distribution::Normal(0.0, 1.0), &dev);
+            let up = Tensor::<3>::random([3, 7, 24], Distribution::Normal(0.0, 1.0), &dev);
+            for (bias, transposed) in [(true, false), (false, false), (true, true)] {
+                let run = |fused: bool| {
+                    let track = |t: Tensor<2>| {
+                        if autodiff {
+                            t.detach().require_grad()
+                        } else {
+                            t
+                        }
+                    };
+                    let x = if autodiff {
+                        x0.clone().detach().require_grad()
+                    } else {
+                        x0.clone()
+                    };
+                    let w_leaf = track(if transposed { wt0.clone() } else { w0.clone() });
+                    let w = if transposed {
+                        w_leaf.clone().transpose()
+                    } else {
+                        w_leaf.clone()
+                    };
+                    let b = if autodiff {
+                        b0.clone().detach().require_grad()
+                    } else {
+                        b0.clone()
+                    };
+                    let bias_t = bias.then(|| b.clone());
+                    let y = if fused {
+                        linear(&x, &w, bias_t.as_ref()).expect("CPU f32 tensors are fused")
+                    } else {
+                        burn::tensor::module::linear(x.clone(), w.clone(), bias_t.clone())
+                    };
+                    let flat = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+                    let mut out = vec![if autodiff {
+                        flat(y.clone().inner())
+                    } else {
+                        flat(y.clone())
+                    }];
+                    if autodiff {
+                        let grads = (y * up.clone()).sum().backward();
+                        out.push(x.grad(&grads).unwrap().into_data().try_to_vec().unwrap());
+                        out.push(
+                            w_leaf
+                                .grad(&grads)
+                                .unwrap()
+                                .into_data()
+                                .try_to_vec()
+                                .unwrap(),
+                        );
+                        if bias {
+                            out.push(b.grad(&grads).unwrap().into_data().try_to_vec().unwrap());
+                        }
+                    }
+                    out
+                };
+                let (got, want) = (run(true), run(false));
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.len(), w.len());
+                    let worst = g
+                        .iter()
+                        .zip(w)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(
+                            0.0f32,
+                            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                        );
+                    assert!(
+                        worst < 1e-4,
+                        "autodiff {autodiff} bias {bias} transposed {transposed}: {worst}"
+                    );
+                }
+            }
+        }
+        // A non-contiguous input is left to burn.
+        let dev = Device::flex();
+        let x = Tensor::<2>::zeros([4, 6], &dev).transpose();
+        assert!(linear(&x, &Tensor::<2>::zeros([4, 3], &dev), None).is_none());
+    }
+
     /// Each derivative against a central difference of its function in f64.
     #[test]
     fn derivatives_match_central_differences() {
-        let f64s: [(Kernel, fn(f64) -> f64); 6] = [
+        type Reference = (Kernel, fn(f64) -> f64);
+        let f64s: [Reference; 6] = [
             (Kernel::Gelu, |x| {
                 0.5 * x * (1.0 + libm::erf(x / 2f64.sqrt()))
             }),
@@ -1199,6 +1297,315 @@ impl burn::backend::autodiff::ops::Backward<Flex, 3> for AttentionBackward {
                 let g = FlexTensor::from_data(TensorData::new(g, [b, n, d]));
                 grads.register::<Flex>(node.id, g);
             }
+        }
+    }
+}
+
+/// A linear layer `x W + b` (`W`: `[d_in, d_out]`, burn's layout) on the CPU backend: one
+/// GEMM into a buffer that starts as the bias, where burn's op zeroes a buffer, copies it to
+/// realign it, multiplies into it and adds the bias in another pass. `x` is `[.., d_in]` and
+/// contiguous (its leading dimensions are the GEMM's rows). `None` when a tensor is not a
+/// contiguous `f32` CPU tensor or the shapes do not fit: the caller takes burn's op.
+///
+/// On the autodiff backend the layer is one node ([`LinearBackward`]): `dx = dy Wᵀ`,
+/// `dW = xᵀ dy` (the rows summed by the GEMM itself) and `db` the column sums of `dy`.
+pub fn linear<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    let Ok(xp) = x.clone().try_into_primitive::<Flex>() else {
+        return linear_autodiff(x, weight, bias);
+    };
+    let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
+    let bp = match bias {
+        Some(b) => Some(b.clone().try_into_primitive::<Flex>().ok()?),
+        None => None,
+    };
+    let dense = Dense::new(xp, wp, bp)?;
+    Some(Tensor::from_primitive::<Flex>(dense.forward()))
+}
+
+/// [`linear`] on the autodiff backend over burn-flex.
+fn linear_autodiff<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::ops::{Backward, OpsKind};
+    let xa = x.clone().try_into_primitive::<Ad>().ok()?;
+    let wa = weight.clone().try_into_primitive::<Ad>().ok()?;
+    let ba = match bias {
+        Some(b) => Some(b.clone().try_into_primitive::<Ad>().ok()?),
+        None => None,
+    };
+    let dense = Dense::new(
+        xa.primitive().clone(),
+        wa.primitive().clone(),
+        ba.as_ref().map(|b| b.primitive().clone()),
+    )?;
+    let output = dense.forward();
+    let dense = std::sync::Arc::new(dense);
+    let (_, xg) = xa.into_parts();
+    let (_, wg) = wa.into_parts();
+    let node = match ba {
+        Some(ba) => {
+            let (_, bg) = ba.into_parts();
+            match LinearBackward
+                .prepare::<NoCheckpointing>([xg, wg, bg])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(dense, output),
+                OpsKind::UnTracked(prep) => prep.finish(output),
+            }
+        }
+        None => match LinearBackward
+            .prepare::<NoCheckpointing>([xg, wg])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(dense, output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        },
+    };
+    Some(Tensor::from_primitive::<Ad>(node))
+}
+
+/// The operands of a linear layer, checked: `x` contiguous `[rows, d_in]` (any leading
+/// dimensions), `w` a `[d_in, d_out]` view, `b` contiguous `[d_out]`.
+#[derive(Debug)]
+pub struct Dense {
+    x: FlexTensor,
+    w: FlexTensor,
+    b: Option<FlexTensor>,
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+}
+
+impl Dense {
+    fn new(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>) -> Option<Dense> {
+        let f32s = |p: &FlexTensor| p.dtype() == DType::F32;
+        if !(f32s(&x) && f32s(&w)) || x.layout().contiguous_offsets().is_none() {
+            return None;
+        }
+        let xs = x.layout().shape();
+        let ws = w.layout().shape();
+        if xs.num_dims() == 0 || ws.num_dims() != 2 || xs[xs.num_dims() - 1] != ws[0] {
+            return None;
+        }
+        let (d_in, d_out) = (ws[0], ws[1]);
+        if let Some(b) = &b {
+            let bs = b.layout().shape();
+            if !f32s(b)
+                || bs.num_dims() != 1
+                || bs[0] != d_out
+                || b.layout().contiguous_offsets().is_none()
+            {
+                return None;
+            }
+        }
+        let rows = xs.num_elements() / d_in.max(1);
+        if d_in == 0 || d_out == 0 || rows == 0 {
+            return None;
+        }
+        Some(Dense {
+            x,
+            w,
+            b,
+            rows,
+            d_in,
+            d_out,
+        })
+    }
+
+    fn x(&self) -> &[f32] {
+        let (s, e) = self.x.layout().contiguous_offsets().expect("checked");
+        &self.x.storage::<f32>()[s..e]
+    }
+
+    /// `W`'s start and its (row, column) strides.
+    fn w(&self) -> (*const f32, isize, isize) {
+        let l = self.w.layout();
+        let s = l.strides();
+        let ptr = self.w.storage::<f32>().as_ptr();
+        // SAFETY: the view's start offset lies inside its storage.
+        (unsafe { ptr.add(l.start_offset()) }, s[0], s[1])
+    }
+
+    fn parallelism(&self) -> gemm::Parallelism {
+        let work = self.rows * self.d_in * self.d_out;
+        if work >= 1 << 18 && rayon::current_num_threads() > 1 {
+            gemm::Parallelism::Rayon(rayon::current_num_threads())
+        } else {
+            gemm::Parallelism::None
+        }
+    }
+
+    fn forward(&self) -> FlexTensor {
+        let (rows, d_in, d_out) = (self.rows, self.d_in, self.d_out);
+        let x = self.x();
+        let mut out = match &self.b {
+            Some(b) => {
+                let (s, e) = b.layout().contiguous_offsets().expect("checked");
+                let bias = &b.storage::<f32>()[s..e];
+                let mut v = Vec::with_capacity(rows * d_out);
+                for _ in 0..rows {
+                    v.extend_from_slice(bias);
+                }
+                v
+            }
+            None => vec![0.0f32; rows * d_out],
+        };
+        let (w, w_rs, w_cs) = self.w();
+        // SAFETY: x is rows × d_in contiguous, W a d_in × d_out view with its own strides,
+        // out rows × d_out contiguous.
+        unsafe {
+            gemm::gemm(
+                rows,
+                d_out,
+                d_in,
+                out.as_mut_ptr(),
+                1,
+                d_out as isize,
+                self.b.is_some(),
+                x.as_ptr(),
+                1,
+                d_in as isize,
+                w,
+                w_cs,
+                w_rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                self.parallelism(),
+            );
+        }
+        let mut shape = self.x.layout().shape().clone();
+        let last = shape.num_dims() - 1;
+        shape[last] = d_out;
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    /// `(dx, dW, db)` from `dy` (contiguous `[rows, d_out]`), each only when asked for.
+    fn backward(&self, dy: &[f32], need: [bool; 3]) -> [Option<Vec<f32>>; 3] {
+        let (rows, d_in, d_out) = (self.rows, self.d_in, self.d_out);
+        let par = self.parallelism();
+        let dx = need[0].then(|| {
+            let mut dx = vec![0.0f32; rows * d_in];
+            let (w, w_rs, w_cs) = self.w();
+            // SAFETY: dy rows × d_out, Wᵀ read through W's strides, dx rows × d_in.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    d_in,
+                    d_out,
+                    dx.as_mut_ptr(),
+                    1,
+                    d_in as isize,
+                    false,
+                    dy.as_ptr(),
+                    1,
+                    d_out as isize,
+                    w,
+                    w_rs,
+                    w_cs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            dx
+        });
+        let dw = need[1].then(|| {
+            let mut dw = vec![0.0f32; d_in * d_out];
+            let x = self.x();
+            // SAFETY: xᵀ read through x's strides (d_in × rows), dy rows × d_out, dW d_in ×
+            // d_out.
+            unsafe {
+                gemm::gemm(
+                    d_in,
+                    d_out,
+                    rows,
+                    dw.as_mut_ptr(),
+                    1,
+                    d_out as isize,
+                    false,
+                    x.as_ptr(),
+                    d_in as isize,
+                    1,
+                    dy.as_ptr(),
+                    1,
+                    d_out as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            dw
+        });
+        let db = (need[2] && self.b.is_some()).then(|| {
+            let mut db = vec![0.0f32; d_out];
+            for row in dy.chunks(d_out) {
+                db.iter_mut().zip(row).for_each(|(s, g)| *s += g);
+            }
+            db
+        });
+        [dx, dw, db]
+    }
+}
+
+/// The backward of a fused linear node ([`linear`] on the autodiff backend); its parents
+/// are x, W and (when there is one) b.
+#[derive(Debug)]
+pub struct LinearBackward;
+
+impl<const N: usize> burn::backend::autodiff::ops::Backward<Flex, N> for LinearBackward {
+    type State = std::sync::Arc<Dense>;
+
+    fn backward(
+        self,
+        ops: burn::backend::autodiff::ops::Ops<Self::State, N>,
+        grads: &mut burn::backend::autodiff::grads::Gradients,
+        _checkpointer: &mut burn::backend::autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let dy = grads.consume::<Flex>(&ops.node);
+        let dy = if dy.dtype() == DType::F32 && dy.is_contiguous() {
+            dy
+        } else {
+            FlexTensor::from_data(dy.into_data().convert::<f32>())
+        };
+        let (s, e) = dy.layout().contiguous_offsets().expect("made contiguous");
+        let dense = &ops.state;
+        let mut parents = ops.parents.into_iter();
+        let (px, pw, pb) = (
+            parents.next().flatten(),
+            parents.next().flatten(),
+            parents.next().flatten(),
+        );
+        let need = [px.is_some(), pw.is_some(), pb.is_some()];
+        let [dx, dw, db] = dense.backward(&dy.storage::<f32>()[s..e], need);
+        if let (Some(node), Some(g)) = (px, dx) {
+            let shape = dense.x.layout().shape().clone();
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(g, shape)));
+        }
+        if let (Some(node), Some(g)) = (pw, dw) {
+            let shape = [dense.d_in, dense.d_out];
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(g, shape)));
+        }
+        if let (Some(node), Some(g)) = (pb, db) {
+            let shape = [dense.d_out];
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(g, shape)));
         }
     }
 }

@@ -37,6 +37,14 @@ pub fn linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) 
         .init(device)
 }
 
+/// `l` applied to `x`: the fused CPU layer ([`super::cpu::linear`]) where it applies, burn's
+/// `Linear::forward` otherwise.
+pub fn dense<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let w = l.weight.val();
+    let b = l.bias.as_ref().map(|b| b.val());
+    super::cpu::linear(&x, &w, b.as_ref()).unwrap_or_else(|| l.forward(x))
+}
+
 /// Multi-head self-attention with separate q, k, v and output projections.
 #[derive(Module, Debug)]
 pub struct SelfAttention {
@@ -58,14 +66,14 @@ impl SelfAttention {
     /// `[b, t, d]` to `[b, t, d]`; `mask` is added to the attention scores.
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
         let ctx = scaled_dot_product_attention(
-            self.q_proj.forward(x.clone()),
-            self.k_proj.forward(x.clone()),
-            self.v_proj.forward(x),
+            dense(&self.q_proj, x.clone()),
+            dense(&self.k_proj, x.clone()),
+            dense(&self.v_proj, x),
             self.num_heads,
             mask,
             &self.dropout,
         );
-        self.out_proj.forward(ctx)
+        dense(&self.out_proj, ctx)
     }
 }
 
@@ -93,7 +101,7 @@ impl Mlp {
 
     /// `[.., d]` to `[.., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.fc2.forward(self.act.forward(self.fc1.forward(x)))
+        dense(&self.fc2, self.act.forward(dense(&self.fc1, x)))
     }
 }
 
