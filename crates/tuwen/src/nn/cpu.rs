@@ -664,6 +664,95 @@ mod tests {
         assert!(linear(&x, &Tensor::<2>::zeros([4, 3], &dev), None).is_none());
     }
 
+    /// The fused layer norm against burn's, at inference and on the autodiff backend (output
+    /// and the gradients of x, γ and β), with and without β, on rows whose mean and scale
+    /// differ.
+    #[test]
+    fn fused_layer_norm_matches_burns() {
+        use burn::nn::LayerNormConfig;
+        use burn::tensor::Distribution;
+        for autodiff in [false, true] {
+            let dev = if autodiff {
+                Device::flex().autodiff()
+            } else {
+                Device::flex()
+            };
+            dev.seed(17);
+            let d = 96;
+            let shift = Tensor::<3>::random([3, 15, 1], Distribution::Uniform(-3.0, 3.0), &dev);
+            let x0 = Tensor::<3>::random([3, 15, d], Distribution::Normal(0.0, 2.0), &dev) + shift;
+            let up = Tensor::<3>::random([3, 15, d], Distribution::Normal(0.0, 1.0), &dev);
+            for bias in [true, false] {
+                let mut ln = LayerNormConfig::new(d)
+                    .with_epsilon(1e-6)
+                    .with_bias(bias)
+                    .init(&dev);
+                ln.gamma = burn::module::Param::from_tensor(Tensor::<1>::random(
+                    [d],
+                    Distribution::Normal(1.0, 0.5),
+                    &dev,
+                ));
+                if let Some(b) = &mut ln.beta {
+                    *b = burn::module::Param::from_tensor(Tensor::<1>::random(
+                        [d],
+                        Distribution::Normal(0.0, 0.5),
+                        &dev,
+                    ));
+                }
+                let run = |fused: bool| {
+                    let x = if autodiff {
+                        x0.clone().detach().require_grad()
+                    } else {
+                        x0.clone()
+                    };
+                    let (gamma, beta) = (ln.gamma.val(), ln.beta.as_ref().map(|b| b.val()));
+                    let y = if fused {
+                        layer_norm(&x, &gamma, beta.as_ref(), 1e-6).expect("fused")
+                    } else {
+                        ln.forward(x.clone())
+                    };
+                    let flat = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+                    let mut out = vec![flat(if autodiff {
+                        y.clone().inner()
+                    } else {
+                        y.clone()
+                    })];
+                    if autodiff {
+                        let grads = (y * up.clone()).sum().backward();
+                        out.push(x.grad(&grads).unwrap().into_data().try_to_vec().unwrap());
+                        out.push(
+                            gamma
+                                .grad(&grads)
+                                .unwrap()
+                                .into_data()
+                                .try_to_vec()
+                                .unwrap(),
+                        );
+                        if let Some(b) = &beta {
+                            out.push(b.grad(&grads).unwrap().into_data().try_to_vec().unwrap());
+                        }
+                    }
+                    out
+                };
+                let (got, want) = (run(true), run(false));
+                assert_eq!(got.len(), want.len());
+                assert_eq!(got.len(), if autodiff { 3 + bias as usize } else { 1 });
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.len(), w.len());
+                    let worst = g
+                        .iter()
+                        .zip(w)
+                        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                        .fold(
+                            0.0f32,
+                            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                        );
+                    assert!(worst < 1e-4, "autodiff {autodiff} bias {bias}: {worst}");
+                }
+            }
+        }
+    }
+
     /// Each derivative against a central difference of its function in f64.
     #[test]
     fn derivatives_match_central_differences() {
@@ -1606,6 +1695,280 @@ impl<const N: usize> burn::backend::autodiff::ops::Backward<Flex, N> for LinearB
         if let (Some(node), Some(g)) = (pb, db) {
             let shape = [dense.d_out];
             grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(g, shape)));
+        }
+    }
+}
+
+/// Layer norm over the last dimension, `(x - μ) / √(σ² + ε) · γ + β`, on the CPU backend: one
+/// pass for the row statistics and one for the output, where burn's op is eight tensor ops
+/// (two means, a subtraction, a square, a square root, a division, the scale and the shift),
+/// each a pass over memory and, in training, a graph node. `x` must be contiguous. `None`
+/// when a tensor is not a contiguous `f32` CPU tensor or the shapes do not fit.
+///
+/// On the autodiff backend the norm is one node ([`LayerNormBackward`]) that keeps each row's
+/// mean and `1 / σ`: `dβ = Σ dy`, `dγ = Σ dy x̂`, `dx = (g - mean(g) - x̂ mean(g x̂)) / σ` with
+/// `g = dy γ`.
+pub fn layer_norm<const D: usize>(
+    x: &Tensor<D>,
+    gamma: &Tensor<1>,
+    beta: Option<&Tensor<1>>,
+    eps: f64,
+) -> Option<Tensor<D>> {
+    let Ok(xp) = x.clone().try_into_primitive::<Flex>() else {
+        return layer_norm_autodiff(x, gamma, beta, eps);
+    };
+    let gp = gamma.clone().try_into_primitive::<Flex>().ok()?;
+    let bp = match beta {
+        Some(b) => Some(b.clone().try_into_primitive::<Flex>().ok()?),
+        None => None,
+    };
+    let norm = Norm::new(xp, gp, bp, eps)?;
+    Some(Tensor::from_primitive::<Flex>(norm.forward(false).0))
+}
+
+/// [`layer_norm`] on the autodiff backend over burn-flex.
+fn layer_norm_autodiff<const D: usize>(
+    x: &Tensor<D>,
+    gamma: &Tensor<1>,
+    beta: Option<&Tensor<1>>,
+    eps: f64,
+) -> Option<Tensor<D>> {
+    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+    use burn::backend::autodiff::ops::{Backward, OpsKind};
+    let xa = x.clone().try_into_primitive::<Ad>().ok()?;
+    let ga = gamma.clone().try_into_primitive::<Ad>().ok()?;
+    let ba = match beta {
+        Some(b) => Some(b.clone().try_into_primitive::<Ad>().ok()?),
+        None => None,
+    };
+    let mut norm = Norm::new(
+        xa.primitive().clone(),
+        ga.primitive().clone(),
+        ba.as_ref().map(|b| b.primitive().clone()),
+        eps,
+    )?;
+    let (output, stats) = norm.forward(true);
+    norm.stats = stats;
+    let norm = std::sync::Arc::new(norm);
+    let (_, xg) = xa.into_parts();
+    let (_, gg) = ga.into_parts();
+    let node = match ba {
+        Some(ba) => {
+            let (_, bg) = ba.into_parts();
+            match LayerNormBackward
+                .prepare::<NoCheckpointing>([xg, gg, bg])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(norm, output),
+                OpsKind::UnTracked(prep) => prep.finish(output),
+            }
+        }
+        None => match LayerNormBackward
+            .prepare::<NoCheckpointing>([xg, gg])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(norm, output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        },
+    };
+    Some(Tensor::from_primitive::<Ad>(node))
+}
+
+/// The operands of a layer norm, checked (`x` contiguous `[rows, d]`, γ and β contiguous
+/// `[d]`), and after a tracked forward each row's `(mean, 1 / σ)`.
+#[derive(Debug)]
+pub struct Norm {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: Option<FlexTensor>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+    stats: Vec<(f32, f32)>,
+}
+
+/// Rows per task of the row-parallel loops.
+const NORM_ROWS: usize = 16;
+
+impl Norm {
+    fn new(x: FlexTensor, gamma: FlexTensor, beta: Option<FlexTensor>, eps: f64) -> Option<Norm> {
+        let vector = |p: &FlexTensor, d: usize| {
+            p.dtype() == DType::F32
+                && p.layout().shape().num_dims() == 1
+                && p.layout().shape()[0] == d
+                && p.layout().contiguous_offsets().is_some()
+        };
+        let xs = x.layout().shape();
+        if x.dtype() != DType::F32
+            || xs.num_dims() == 0
+            || x.layout().contiguous_offsets().is_none()
+        {
+            return None;
+        }
+        let d = xs[xs.num_dims() - 1];
+        if d == 0 || !vector(&gamma, d) || beta.as_ref().is_some_and(|b| !vector(b, d)) {
+            return None;
+        }
+        Some(Norm {
+            rows: xs.num_elements() / d,
+            x,
+            gamma,
+            beta,
+            d,
+            eps: eps as f32,
+            stats: Vec::new(),
+        })
+    }
+
+    fn slice(p: &FlexTensor) -> &[f32] {
+        let (s, e) = p.layout().contiguous_offsets().expect("checked");
+        &p.storage::<f32>()[s..e]
+    }
+
+    /// The output, and every row's `(mean, 1 / σ)`.
+    fn forward(&self, keep_stats: bool) -> (FlexTensor, Vec<(f32, f32)>) {
+        use rayon::prelude::*;
+        let d = self.d;
+        let x = Self::slice(&self.x);
+        let gamma = Self::slice(&self.gamma);
+        let beta = self.beta.as_ref().map(Self::slice);
+        let mut out = vec![0.0f32; self.rows * d];
+        let mut stats = vec![(0.0f32, 0.0f32); self.rows];
+        out.par_chunks_mut(NORM_ROWS * d)
+            .zip(x.par_chunks(NORM_ROWS * d))
+            .zip(stats.par_chunks_mut(NORM_ROWS))
+            .for_each(|((out, x), stats)| {
+                for ((y, x), st) in out.chunks_mut(d).zip(x.chunks(d)).zip(stats.iter_mut()) {
+                    let mean = x.iter().sum::<f32>() / d as f32;
+                    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                    let rstd = 1.0 / (var + self.eps).sqrt();
+                    match beta {
+                        Some(beta) => {
+                            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+                                *y = (x - mean) * rstd * g + b;
+                            }
+                        }
+                        None => {
+                            for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
+                                *y = (x - mean) * rstd * g;
+                            }
+                        }
+                    }
+                    *st = (mean, rstd);
+                }
+            });
+        let shape = self.x.layout().shape().clone();
+        let out = FlexTensor::from_data(TensorData::new(out, shape));
+        (out, if keep_stats { stats } else { Vec::new() })
+    }
+
+    /// `(dx, dγ, dβ)` from `dy` (contiguous, `x`'s shape), each only when asked for.
+    fn backward(&self, dy: &[f32], need: [bool; 3]) -> [Option<Vec<f32>>; 3] {
+        use rayon::prelude::*;
+        let d = self.d;
+        let x = Self::slice(&self.x);
+        let gamma = Self::slice(&self.gamma);
+        let chunk = NORM_ROWS * d;
+        // Per task: its rows' dx, and partial sums of dγ and dβ.
+        let mut dx = if need[0] {
+            vec![0.0f32; self.rows * d]
+        } else {
+            Vec::new()
+        };
+        let partial = |(i, dy): (usize, &[f32]), dx: Option<&mut [f32]>| {
+            let mut dgamma = vec![0.0f32; d];
+            let mut dbeta = vec![0.0f32; d];
+            let x = &x[i * chunk..i * chunk + dy.len()];
+            let stats = &self.stats[i * NORM_ROWS..];
+            let mut dx = dx;
+            for (r, (dy, x)) in dy.chunks(d).zip(x.chunks(d)).enumerate() {
+                let (mean, rstd) = stats[r];
+                let (mut mg, mut mgx) = (0.0f32, 0.0f32);
+                for j in 0..d {
+                    let xh = (x[j] - mean) * rstd;
+                    dgamma[j] += dy[j] * xh;
+                    dbeta[j] += dy[j];
+                    let g = dy[j] * gamma[j];
+                    mg += g;
+                    mgx += g * xh;
+                }
+                if let Some(dx) = dx.as_deref_mut() {
+                    let (mg, mgx) = (mg / d as f32, mgx / d as f32);
+                    let row = &mut dx[r * d..(r + 1) * d];
+                    for j in 0..d {
+                        let xh = (x[j] - mean) * rstd;
+                        row[j] = (dy[j] * gamma[j] - mg - xh * mgx) * rstd;
+                    }
+                }
+            }
+            (dgamma, dbeta)
+        };
+        let sums: Vec<(Vec<f32>, Vec<f32>)> = if need[0] {
+            dy.par_chunks(chunk)
+                .enumerate()
+                .zip(dx.par_chunks_mut(chunk))
+                .map(|(c, dx)| partial(c, Some(dx)))
+                .collect()
+        } else {
+            dy.par_chunks(chunk)
+                .enumerate()
+                .map(|c| partial(c, None))
+                .collect()
+        };
+        let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+        for (g, b) in sums {
+            dgamma.iter_mut().zip(g).for_each(|(s, v)| *s += v);
+            dbeta.iter_mut().zip(b).for_each(|(s, v)| *s += v);
+        }
+        [
+            need[0].then_some(dx),
+            need[1].then_some(dgamma),
+            (need[2] && self.beta.is_some()).then_some(dbeta),
+        ]
+    }
+}
+
+/// The backward of a fused layer-norm node ([`layer_norm`] on the autodiff backend); its
+/// parents are x, γ and (when there is one) β.
+#[derive(Debug)]
+pub struct LayerNormBackward;
+
+impl<const N: usize> burn::backend::autodiff::ops::Backward<Flex, N> for LayerNormBackward {
+    type State = std::sync::Arc<Norm>;
+
+    fn backward(
+        self,
+        ops: burn::backend::autodiff::ops::Ops<Self::State, N>,
+        grads: &mut burn::backend::autodiff::grads::Gradients,
+        _checkpointer: &mut burn::backend::autodiff::checkpoint::base::Checkpointer,
+    ) {
+        let dy = grads.consume::<Flex>(&ops.node);
+        let dy = if dy.dtype() == DType::F32 && dy.is_contiguous() {
+            dy
+        } else {
+            FlexTensor::from_data(dy.into_data().convert::<f32>())
+        };
+        let (s, e) = dy.layout().contiguous_offsets().expect("made contiguous");
+        let norm = &ops.state;
+        let mut parents = ops.parents.into_iter();
+        let (px, pg, pb) = (
+            parents.next().flatten(),
+            parents.next().flatten(),
+            parents.next().flatten(),
+        );
+        let need = [px.is_some(), pg.is_some(), pb.is_some()];
+        let [dx, dgamma, dbeta] = norm.backward(&dy.storage::<f32>()[s..e], need);
+        if let (Some(node), Some(g)) = (px, dx) {
+            let shape = norm.x.layout().shape().clone();
+            grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(g, shape)));
+        }
+        for (parent, g) in [(pg, dgamma), (pb, dbeta)] {
+            if let (Some(node), Some(g)) = (parent, g) {
+                grads
+                    .register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(g, [norm.d])));
+            }
         }
     }
 }

@@ -116,14 +116,27 @@ pub struct EncoderLayer {
     pub mlp: Mlp,
     /// Norm before the MLP.
     pub layer_norm2: LayerNorm,
+    /// The norms' ε (burn's `LayerNorm` keeps its own private).
+    #[module(skip)]
+    pub eps: f64,
 }
 
 impl EncoderLayer {
     /// `[b, t, d]` to `[b, t, d]`.
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
-        let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x), mask);
-        x.clone() + self.mlp.forward(self.layer_norm2.forward(x))
+        let h = norm(&self.layer_norm1, self.eps, x.clone());
+        let x = x + self.self_attn.forward(h, mask);
+        let h = norm(&self.layer_norm2, self.eps, x.clone());
+        x + self.mlp.forward(h)
     }
+}
+
+/// `ln` (built with `eps`) applied to `x`: the fused CPU norm ([`super::cpu::layer_norm`])
+/// where it applies, burn's `LayerNorm::forward` otherwise.
+pub fn norm<const D: usize>(ln: &LayerNorm, eps: f64, x: Tensor<D>) -> Tensor<D> {
+    let gamma = ln.gamma.val();
+    let beta = ln.beta.as_ref().map(|b| b.val());
+    super::cpu::layer_norm(&x, &gamma, beta.as_ref(), eps).unwrap_or_else(|| ln.forward(x))
 }
 
 /// A stack of [`EncoderLayer`]s.
@@ -155,6 +168,7 @@ impl Encoder {
                 layer_norm1: layer_norm(d, spec.eps, device),
                 mlp: Mlp::new(d, spec.intermediate, spec.act, std, device),
                 layer_norm2: layer_norm(d, spec.eps, device),
+                eps: spec.eps,
             })
             .collect();
         Encoder { layers }
