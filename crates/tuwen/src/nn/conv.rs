@@ -5,6 +5,28 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::prelude::*;
 
+/// `conv` applied to `x`: in training, the fused CPU convolution ([`super::cpu::conv2d`]:
+/// pointwise and depthwise, symmetric padding) where it applies; burn's `Conv2d::forward`
+/// otherwise.
+pub fn apply(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => Some([0, 0]),
+        PaddingConfig2d::Explicit(t, l, b, r) if t == b && l == r => Some([t, l]),
+        _ => None,
+    };
+    if let Some(padding) = padding
+        && conv.dilation == [1, 1]
+    {
+        let w = conv.weight.val();
+        let b = conv.bias.as_ref().map(|b| b.val());
+        let fused = super::cpu::conv2d(&x, &w, b.as_ref(), conv.stride, padding, conv.groups);
+        if let Some(y) = fused {
+            return y;
+        }
+    }
+    conv.forward(x)
+}
+
 /// Pads `x` `[b, c, h, w]` with zeros: `(top, bottom, left, right)`.
 pub fn pad(x: Tensor<4>, (t, b, l, r): (usize, usize, usize, usize)) -> Tensor<4> {
     if t + b + l + r == 0 {
