@@ -16,7 +16,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::{self, ModelConfig};
-use crate::nn::encoder::linear;
+use crate::nn::encoder::{dense, linear, norm};
 use crate::nn::{Activation, pos_embed, scaled_dot_product_attention};
 use crate::{Error, Result};
 
@@ -346,14 +346,14 @@ impl ViTAttention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let a = &self.attention;
         let ctx = scaled_dot_product_attention(
-            a.query.forward(x.clone()),
-            a.key.forward(x.clone()),
-            a.value.forward(x),
+            dense(&a.query, x.clone()),
+            dense(&a.key, x.clone()),
+            dense(&a.value, x),
             a.num_heads,
             None,
             &a.dropout,
         );
-        self.output.dense.forward(ctx)
+        dense(&self.output.dense, ctx)
     }
 }
 
@@ -389,6 +389,9 @@ pub struct ViTLayer {
     /// The MLP's activation.
     #[module(skip)]
     pub act: Activation,
+    /// The norms' ε (burn's `LayerNorm` keeps its own private).
+    #[module(skip)]
+    pub eps: f64,
 }
 
 impl ViTLayer {
@@ -423,6 +426,7 @@ impl ViTLayer {
             layernorm_after: ln(),
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             act: config.hidden_act,
+            eps: config.layer_norm_eps,
         }
     }
 
@@ -430,14 +434,11 @@ impl ViTLayer {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self
             .attention
-            .forward(self.layernorm_before.forward(x.clone()));
+            .forward(norm(&self.layernorm_before, self.eps, x.clone()));
         let x = x + self.dropout.forward(h);
-        let h = self.act.forward(
-            self.intermediate
-                .dense
-                .forward(self.layernorm_after.forward(x.clone())),
-        );
-        let h = self.output.dense.forward(h);
+        let h = norm(&self.layernorm_after, self.eps, x.clone());
+        let h = self.act.forward(dense(&self.intermediate.dense, h));
+        let h = dense(&self.output.dense, h);
         x + self.dropout.forward(h)
     }
 }
