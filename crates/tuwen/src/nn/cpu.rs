@@ -893,6 +893,11 @@ impl Views {
         }
     }
 
+    /// q, k and v: each one's geometry and storage.
+    fn operands(&self) -> [(Geom, &[f32]); 3] {
+        [&self.q, &self.k, &self.v].map(|p| (Self::geom(p), p.storage::<f32>()))
+    }
+
     /// The output `[b, n_q, d]` and, with `keep_probs`, every pair's probabilities
     /// `[b · heads, n_q, n_k]`.
     fn forward(&self, scale: f32, keep_probs: bool) -> (Vec<f32>, Option<Vec<f32>>) {
@@ -905,16 +910,7 @@ impl Views {
             ..
         } = *self;
         let dh = d / heads;
-        let (qg, kg, vg) = (
-            Self::geom(&self.q),
-            Self::geom(&self.k),
-            Self::geom(&self.v),
-        );
-        let (qs, ks, vs) = (
-            self.q.storage::<f32>(),
-            self.k.storage::<f32>(),
-            self.v.storage::<f32>(),
-        );
+        let [(qg, qs), (kg, ks), (vg, vs)] = self.operands();
         // The mask's strides with broadcast dimensions at 0.
         let mgeom = self.mask.as_ref().map(|p| {
             let l = p.layout();
@@ -950,25 +946,16 @@ impl Views {
             // of `out` (its head's slice of its image's rows), so no two pairs write the same
             // place.
             unsafe {
-                gemm::gemm(
+                gemm_f32(
                     n_q,
                     n_k,
                     dh,
-                    scores.as_mut_ptr(),
-                    1,
-                    n_k as isize,
+                    (scores.as_mut_ptr(), 1, n_k as isize),
                     false,
-                    qs.as_ptr().offset(base(qg)),
-                    1,
-                    qg.row,
-                    ks.as_ptr().offset(base(kg)),
-                    kg.row,
-                    1,
+                    (qs.as_ptr().offset(base(qg)), 1, qg.row),
+                    (ks.as_ptr().offset(base(kg)), kg.row, 1),
                     0.0,
                     scale,
-                    false,
-                    false,
-                    false,
                     gemm::Parallelism::None,
                 );
             }
@@ -983,25 +970,16 @@ impl Views {
             }
             // SAFETY: as above.
             unsafe {
-                gemm::gemm(
+                gemm_f32(
                     n_q,
                     dh,
                     n_k,
-                    out_ptr.get().add(bi * n_q * d + h * dh),
-                    1,
-                    d as isize,
+                    (out_ptr.get().add(bi * n_q * d + h * dh), 1, d as isize),
                     false,
-                    scores.as_ptr(),
-                    1,
-                    n_k as isize,
-                    vs.as_ptr().offset(base(vg)),
-                    1,
-                    vg.row,
+                    (scores.as_ptr(), 1, n_k as isize),
+                    (vs.as_ptr().offset(base(vg)), 1, vg.row),
                     0.0,
                     1.0,
-                    false,
-                    false,
-                    false,
                     gemm::Parallelism::None,
                 );
             }
@@ -1029,16 +1007,7 @@ impl Views {
             ..
         } = *self;
         let dh = d / heads;
-        let (qg, kg, vg) = (
-            Self::geom(&self.q),
-            Self::geom(&self.k),
-            Self::geom(&self.v),
-        );
-        let (qs, ks, vs) = (
-            self.q.storage::<f32>(),
-            self.k.storage::<f32>(),
-            self.v.storage::<f32>(),
-        );
+        let [(qg, qs), (kg, ks), (vg, vs)] = self.operands();
         let mut dq = vec![0.0f32; b * n_q * d];
         let mut dk = vec![0.0f32; b * n_k * d];
         let mut dv = vec![0.0f32; b * n_k * d];
@@ -1057,47 +1026,29 @@ impl Views {
             // (bi, h) writes only its head's columns of image bi in dq, dk and dv.
             unsafe {
                 // dV = Pᵀ dO: [n_k, dh].
-                gemm::gemm(
+                gemm_f32(
                     n_k,
                     dh,
                     n_q,
-                    dv_ptr.get().add(bi * n_k * d + h * dh),
-                    1,
-                    d as isize,
+                    (dv_ptr.get().add(bi * n_k * d + h * dh), 1, d as isize),
                     false,
-                    p.as_ptr(),
-                    n_k as isize,
-                    1,
-                    dout,
-                    1,
-                    d as isize,
+                    (p.as_ptr(), n_k as isize, 1),
+                    (dout, 1, d as isize),
                     0.0,
                     1.0,
-                    false,
-                    false,
-                    false,
                     gemm::Parallelism::None,
                 );
                 // dP = dO Vᵀ: [n_q, n_k].
-                gemm::gemm(
+                gemm_f32(
                     n_q,
                     n_k,
                     dh,
-                    ds.as_mut_ptr(),
-                    1,
-                    n_k as isize,
+                    (ds.as_mut_ptr(), 1, n_k as isize),
                     false,
-                    dout,
-                    1,
-                    d as isize,
-                    vs.as_ptr().offset(base(vg)),
-                    vg.row,
-                    1,
+                    (dout, 1, d as isize),
+                    (vs.as_ptr().offset(base(vg)), vg.row, 1),
                     0.0,
                     1.0,
-                    false,
-                    false,
-                    false,
                     gemm::Parallelism::None,
                 );
             }
@@ -1111,47 +1062,29 @@ impl Views {
             // SAFETY: as above.
             unsafe {
                 // dQ = scale dS K: [n_q, dh].
-                gemm::gemm(
+                gemm_f32(
                     n_q,
                     dh,
                     n_k,
-                    dq_ptr.get().add(bi * n_q * d + h * dh),
-                    1,
-                    d as isize,
+                    (dq_ptr.get().add(bi * n_q * d + h * dh), 1, d as isize),
                     false,
-                    ds.as_ptr(),
-                    1,
-                    n_k as isize,
-                    ks.as_ptr().offset(base(kg)),
-                    1,
-                    kg.row,
+                    (ds.as_ptr(), 1, n_k as isize),
+                    (ks.as_ptr().offset(base(kg)), 1, kg.row),
                     0.0,
                     scale,
-                    false,
-                    false,
-                    false,
                     gemm::Parallelism::None,
                 );
                 // dK = scale dSᵀ Q: [n_k, dh].
-                gemm::gemm(
+                gemm_f32(
                     n_k,
                     dh,
                     n_q,
-                    dk_ptr.get().add(bi * n_k * d + h * dh),
-                    1,
-                    d as isize,
+                    (dk_ptr.get().add(bi * n_k * d + h * dh), 1, d as isize),
                     false,
-                    ds.as_ptr(),
-                    n_k as isize,
-                    1,
-                    qs.as_ptr().offset(base(qg)),
-                    1,
-                    qg.row,
+                    (ds.as_ptr(), n_k as isize, 1),
+                    (qs.as_ptr().offset(base(qg)), 1, qg.row),
                     0.0,
                     scale,
-                    false,
-                    false,
-                    false,
                     gemm::Parallelism::None,
                 );
             }
@@ -1204,6 +1137,52 @@ impl burn::backend::autodiff::ops::Backward<Flex, 3> for AttentionBackward {
                 grads.register::<Flex>(node.id, g);
             }
         }
+    }
+}
+
+/// `dst ← alpha · dst + beta · lhs · rhs` (`alpha` only with `read_dst`), an `m × n` result
+/// over `k`: gemm's call with each operand as (start, column stride, row stride) and no
+/// conjugation.
+///
+/// # Safety
+/// Every operand's `m × k`, `k × n` and `m × n` elements, through its strides, must lie in
+/// its buffer, and no other thread may write `dst`'s elements during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (*mut f32, isize, isize),
+    read_dst: bool,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    alpha: f32,
+    beta: f32,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            dst.1,
+            dst.2,
+            read_dst,
+            lhs.0,
+            lhs.1,
+            lhs.2,
+            rhs.0,
+            rhs.1,
+            rhs.2,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
     }
 }
 

@@ -18,7 +18,7 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::prelude::*;
 use burn::tensor::DType;
 
-use super::Ad;
+use super::{Ad, gemm_f32};
 
 /// A fused op of an input, a weight and an optional bias.
 pub trait Fused3: Debug + Send + Sync + Sized + 'static {
@@ -264,25 +264,16 @@ impl Dense {
         // SAFETY: x is rows × d_in contiguous, W a d_in × d_out view with its own strides,
         // out rows × d_out contiguous.
         unsafe {
-            gemm::gemm(
+            gemm_f32(
                 rows,
                 d_out,
                 d_in,
-                out.as_mut_ptr(),
-                1,
-                d_out as isize,
+                (out.as_mut_ptr(), 1, d_out as isize),
                 self.b.is_some(),
-                x.as_ptr(),
-                1,
-                d_in as isize,
-                w,
-                w_cs,
-                w_rs,
+                (x.as_ptr(), 1, d_in as isize),
+                (w, w_cs, w_rs),
                 1.0,
                 1.0,
-                false,
-                false,
-                false,
                 self.parallelism(),
             );
         }
@@ -301,25 +292,16 @@ impl Dense {
             let (w, w_rs, w_cs) = self.w();
             // SAFETY: dy rows × d_out, Wᵀ read through W's strides, dx rows × d_in.
             unsafe {
-                gemm::gemm(
+                gemm_f32(
                     rows,
                     d_in,
                     d_out,
-                    dx.as_mut_ptr(),
-                    1,
-                    d_in as isize,
+                    (dx.as_mut_ptr(), 1, d_in as isize),
                     false,
-                    dy.as_ptr(),
-                    1,
-                    d_out as isize,
-                    w,
-                    w_rs,
-                    w_cs,
+                    (dy.as_ptr(), 1, d_out as isize),
+                    (w, w_rs, w_cs),
                     0.0,
                     1.0,
-                    false,
-                    false,
-                    false,
                     par,
                 );
             }
@@ -331,25 +313,16 @@ impl Dense {
             // SAFETY: xᵀ read through x's strides (d_in × rows), dy rows × d_out, dW d_in ×
             // d_out.
             unsafe {
-                gemm::gemm(
+                gemm_f32(
                     d_in,
                     d_out,
                     rows,
-                    dw.as_mut_ptr(),
-                    1,
-                    d_out as isize,
+                    (dw.as_mut_ptr(), 1, d_out as isize),
                     false,
-                    x.as_ptr(),
-                    d_in as isize,
-                    1,
-                    dy.as_ptr(),
-                    1,
-                    d_out as isize,
+                    (x.as_ptr(), d_in as isize, 1),
+                    (dy.as_ptr(), 1, d_out as isize),
                     0.0,
                     1.0,
-                    false,
-                    false,
-                    false,
                     par,
                 );
             }
@@ -705,7 +678,9 @@ impl Conv {
         } else {
             0
         };
-        lo..hi.max(lo)
+        // Empty when no output column reads this kernel column (a kernel wider than the
+        // padded image's interior).
+        lo.min(hi)..hi
     }
 
     #[inline(always)]
@@ -725,25 +700,16 @@ impl Conv {
             .for_each(|(out, x)| {
                 // SAFETY: W c_out × c_in, x c_in × hw and out c_out × hw, all contiguous.
                 unsafe {
-                    gemm::gemm(
+                    gemm_f32(
                         c_out,
                         hw,
                         c_in,
-                        out.as_mut_ptr(),
-                        1,
-                        hw as isize,
+                        (out.as_mut_ptr(), 1, hw as isize),
                         read,
-                        w.as_ptr(),
-                        1,
-                        c_in as isize,
-                        x.as_ptr(),
-                        1,
-                        hw as isize,
+                        (w.as_ptr(), 1, c_in as isize),
+                        (x.as_ptr(), 1, hw as isize),
                         1.0,
                         1.0,
-                        false,
-                        false,
-                        false,
                         gemm::Parallelism::None,
                     );
                 }
@@ -769,6 +735,9 @@ impl Conv {
                             for j in 0..self.kw {
                                 let wij = w[i * self.kw + j];
                                 let cols = self.columns(j);
+                                if cols.is_empty() {
+                                    continue;
+                                }
                                 if s == 1 {
                                     let start = cols.start + j - p;
                                     let src = &x_row[start..start + cols.len()];
@@ -823,25 +792,16 @@ impl Conv {
                     // SAFETY: Wᵀ read through W's strides (c_in × c_out), dy c_out × hw,
                     // dx c_in × hw.
                     unsafe {
-                        gemm::gemm(
+                        gemm_f32(
                             c_in,
                             hw,
                             c_out,
-                            dx.as_mut_ptr(),
-                            1,
-                            hw as isize,
+                            (dx.as_mut_ptr(), 1, hw as isize),
                             false,
-                            w.as_ptr(),
-                            c_in as isize,
-                            1,
-                            dy.as_ptr(),
-                            1,
-                            hw as isize,
+                            (w.as_ptr(), c_in as isize, 1),
+                            (dy.as_ptr(), 1, hw as isize),
                             0.0,
                             1.0,
-                            false,
-                            false,
-                            false,
                             gemm::Parallelism::None,
                         );
                     }
@@ -859,25 +819,16 @@ impl Conv {
                 // SAFETY: dy c_out × hw, xᵀ read through x's strides (hw × c_in), dW
                 // c_out × c_in; the images accumulate into dW one after another.
                 unsafe {
-                    gemm::gemm(
+                    gemm_f32(
                         c_out,
                         c_in,
                         hw,
-                        dw.as_mut_ptr(),
-                        1,
-                        c_in as isize,
+                        (dw.as_mut_ptr(), 1, c_in as isize),
                         img > 0,
-                        dy.as_ptr(),
-                        1,
-                        hw as isize,
-                        x.as_ptr(),
-                        hw as isize,
-                        1,
+                        (dy.as_ptr(), 1, hw as isize),
+                        (x.as_ptr(), hw as isize, 1),
                         1.0,
                         1.0,
-                        false,
-                        false,
-                        false,
                         par,
                     );
                 }
@@ -910,6 +861,9 @@ impl Conv {
                                 for j in 0..kw {
                                     let wij = w[i * kw + j];
                                     let cols = self.columns(j);
+                                    if cols.is_empty() {
+                                        continue;
+                                    }
                                     if s == 1 {
                                         let start = cols.start + j - p;
                                         let dst = &mut dx_row[start..start + cols.len()];
@@ -943,6 +897,9 @@ impl Conv {
                                 let x_row = &x[r * wd..(r + 1) * wd];
                                 for j in 0..kw {
                                     let cols = self.columns(j);
+                                    if cols.is_empty() {
+                                        continue;
+                                    }
                                     let sum: f32 = if s == 1 {
                                         let start = cols.start + j - p;
                                         let src = &x_row[start..start + cols.len()];
@@ -1205,9 +1162,15 @@ mod tests {
                 Device::flex()
             };
             dev.seed(21);
-            for (c_in, c_out, k, stride, pad, groups, bias) in cases {
+            // Odd sizes, and images smaller than the kernel (the last MBConv stages).
+            let sizes = [(11, 9), (2, 3), (1, 1)];
+            let all = cases
+                .iter()
+                .flat_map(|&c| sizes.iter().map(move |&hw| (c, hw)))
+                .filter(|&((_, _, k, _, pad, _, _), (h, w))| h + 2 * pad >= k && w + 2 * pad >= k);
+            for ((c_in, c_out, k, stride, pad, groups, bias), (h, wd)) in all {
                 let x0 =
-                    Tensor::<4>::random([2, c_in, 11, 9], Distribution::Normal(0.0, 1.0), &dev);
+                    Tensor::<4>::random([2, c_in, h, wd], Distribution::Normal(0.0, 1.0), &dev);
                 let w0 = Tensor::<4>::random(
                     [c_out, c_in / groups, k, k],
                     Distribution::Normal(0.0, 0.5),
@@ -1216,8 +1179,8 @@ mod tests {
                 let b0 = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &dev);
                 // Drawn once for both runs (other tests draw from the same generator).
                 let (oh, ow) = (
-                    (11 + 2 * pad - k) / stride + 1,
-                    (9 + 2 * pad - k) / stride + 1,
+                    (h + 2 * pad - k) / stride + 1,
+                    (wd + 2 * pad - k) / stride + 1,
                 );
                 let up =
                     Tensor::<4>::random([2, c_out, oh, ow], Distribution::Normal(0.0, 1.0), &dev);
@@ -1275,7 +1238,7 @@ mod tests {
                         );
                     assert!(
                         worst < 1e-4,
-                        "autodiff {autodiff} k {k} stride {stride} pad {pad} groups {groups}: {worst}"
+                        "autodiff {autodiff} {h}x{wd} k {k} stride {stride} pad {pad} groups {groups}: {worst}"
                     );
                 }
             }
