@@ -391,6 +391,26 @@ pub fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh)
 }
 
+/// The largest difference between `a` and `b` (relative to `max(|b|, 1)` when `relative`);
+/// infinite when an element is NaN or the lengths differ, so that a comparison cannot pass
+/// on either.
+#[cfg(test)]
+fn worst_diff(a: &[f32], b: &[f32], relative: bool) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| {
+            let d = (a - b).abs();
+            if relative { d / b.abs().max(1.0) } else { d }
+        })
+        .fold(
+            0.0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,15 +576,7 @@ mod tests {
             let (y1, g1) = run(true);
             let (y0, g0) = run(false);
             assert_eq!((y1.len(), g1.len()), (y0.len(), g0.len()));
-            let worst = |a: &[f32], b: &[f32]| {
-                a.iter()
-                    .zip(b)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(
-                        0.0f32,
-                        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                    )
-            };
+            let worst = |a: &[f32], b: &[f32]| worst_diff(a, b, false);
             assert!(worst(&y1, &y0) < 1e-5, "output {}", worst(&y1, &y0));
             assert!(worst(&g1, &g0) < 1e-5, "gradient {}", worst(&g1, &g0));
             // The gradient is not trivially zero.
@@ -657,15 +669,7 @@ mod tests {
                 let (y0, g0) = run(false);
                 assert_eq!(y1.len(), y0.len());
                 assert_eq!(g1.len(), g0.len());
-                let worst = |a: &[f32], b: &[f32]| {
-                    a.iter()
-                        .zip(b)
-                        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-                        .fold(
-                            0.0f32,
-                            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                        )
-                };
+                let worst = |a: &[f32], b: &[f32]| worst_diff(a, b, true);
                 assert!(
                     worst(&y1, &y0) < 1e-5,
                     "{act:?} output: {}",

@@ -1027,14 +1027,7 @@ mod tests {
                 assert_eq!(got.len(), want.len());
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!(g.len(), w.len());
-                    let worst = g
-                        .iter()
-                        .zip(w)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(
-                            0.0f32,
-                            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                        );
+                    let worst = super::super::worst_diff(g, w, false);
                     assert!(
                         worst < 1e-4,
                         "autodiff {autodiff} bias {bias} transposed {transposed}: {worst}"
@@ -1123,14 +1116,7 @@ mod tests {
                 assert_eq!(got.len(), if autodiff { 3 + bias as usize } else { 1 });
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!(g.len(), w.len());
-                    let worst = g
-                        .iter()
-                        .zip(w)
-                        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-                        .fold(
-                            0.0f32,
-                            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                        );
+                    let worst = super::super::worst_diff(g, w, true);
                     assert!(worst < 1e-4, "autodiff {autodiff} bias {bias}: {worst}");
                 }
             }
@@ -1228,14 +1214,7 @@ mod tests {
                 assert_eq!(got.len(), want.len());
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!(g.len(), w.len());
-                    let worst = g
-                        .iter()
-                        .zip(w)
-                        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-                        .fold(
-                            0.0f32,
-                            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                        );
+                    let worst = super::super::worst_diff(g, w, true);
                     assert!(
                         worst < 1e-4,
                         "autodiff {autodiff} {h}x{wd} k {k} stride {stride} pad {pad} groups {groups}: {worst}"
