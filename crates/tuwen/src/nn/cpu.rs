@@ -67,6 +67,7 @@ pub fn apply<const D: usize>(kernel: Kernel, x: Tensor<D>) -> Result<Tensor<D>, 
 type Ad = burn::backend::Autodiff<Flex>;
 
 pub mod layers;
+pub mod sgemm;
 pub use layers::{conv2d, layer_norm, linear};
 
 /// `t` as a contiguous `f32` tensor (a copy when it is strided, broadcast or of another type).

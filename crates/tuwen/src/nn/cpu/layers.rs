@@ -283,6 +283,23 @@ impl Dense {
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
+    /// The output through [`super::sgemm`]'s kernel with the weight packed once (inference:
+    /// the weight's packing is cached); `None` without AVX-512F or for more rows than
+    /// [`super::sgemm::MAX_ROWS`], where the general GEMM's packing pays for itself.
+    fn compute_packed(&self) -> Option<FlexTensor> {
+        if !super::sgemm::available() || self.rows > super::sgemm::MAX_ROWS {
+            return None;
+        }
+        let w = super::sgemm::packed(&self.w)?;
+        let bias = self.b.as_ref().map(slice);
+        let mut out = vec![0.0f32; self.rows * self.d_out];
+        super::sgemm::matmul(self.x(), self.rows, &w, bias, &mut out);
+        let mut shape = self.x.layout().shape().clone();
+        let last = shape.num_dims() - 1;
+        shape[last] = self.d_out;
+        Some(tensor(out, shape))
+    }
+
     /// `(dx, dW, db)` from `dy` (contiguous `[rows, d_out]`), each only when asked for.
     fn grads(&self, dy: &[f32], need: [bool; 3]) -> [Option<Vec<f32>>; 3] {
         let (rows, d_in, d_out) = (self.rows, self.d_in, self.d_out);
@@ -340,7 +357,10 @@ impl Dense {
 }
 
 impl Fused3 for Dense {
-    fn forward(&mut self, _tracked: bool) -> FlexTensor {
+    fn forward(&mut self, tracked: bool) -> FlexTensor {
+        if !tracked && let Some(out) = self.compute_packed() {
+            return out;
+        }
         self.compute()
     }
 
