@@ -262,6 +262,7 @@ unsafe impl Sync for OutPtr {}
 ///
 /// # Safety
 /// `out` points at `m × w.n` floats that no other thread writes in this block; AVX-512F.
+#[allow(clippy::too_many_arguments)]
 unsafe fn block(
     xt: &[f32],
     r0: usize,
