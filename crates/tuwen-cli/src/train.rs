@@ -807,6 +807,9 @@ pub fn run_bench(cmd: BenchCommand, device: &Device) -> Result<()> {
             t.load_ms,
             t.peak_rss_mb
         );
+        if let Some(c) = t.cosine_to_fp32 {
+            println!("bf16 against fp32 on the same batch: smallest cosine {c:.6}");
+        }
     }
     Ok(())
 }

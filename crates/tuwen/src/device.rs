@@ -78,6 +78,28 @@ pub fn set_threads(n: usize) -> Result<()> {
         .map_err(|e| Error::InvalidInput(format!("cannot set threads: {e}")))
 }
 
+pub use crate::nn::cpu::sgemm::Precision;
+
+/// Sets the precision of the CPU backend's linear layers at inference (untracked weights),
+/// for the whole process: [`Precision::Bf16`] rounds weights and inputs to bfloat16 and sums
+/// the products in `f32` on the AMX tile unit, several times faster than `f32` (BENCHMARKS.md);
+/// everything else (attention, norms, activations, training) stays `f32`. Errors on a CPU
+/// without AMX-BF16.
+pub fn set_precision(p: Precision) -> Result<()> {
+    crate::nn::cpu::sgemm::set_precision(p).map_err(Error::InvalidInput)
+}
+
+/// `--precision`: `fp32` (or `f32`) and `bf16`.
+pub fn parse_precision(name: &str) -> Result<Precision> {
+    match name.to_ascii_lowercase().as_str() {
+        "fp32" | "f32" | "float32" => Ok(Precision::F32),
+        "bf16" | "bfloat16" => Ok(Precision::Bf16),
+        _ => Err(Error::InvalidInput(format!(
+            "unknown --precision {name:?}: use fp32 or bf16"
+        ))),
+    }
+}
+
 /// Flushes denormal (subnormal) floats to zero on this thread and on every thread of the CPU
 /// backend's pool, as PyTorch's CPU kernels do. Arithmetic on denormals is about 20 times slower
 /// on x86: a network whose activations decay into them (measured: EfficientNet-B0's middle

@@ -38,6 +38,10 @@ pub struct Timing {
     pub peak_rss_mb: f64,
     /// Milliseconds to load the folder.
     pub load_ms: f64,
+    /// Inference in bfloat16 ([`crate::device::set_precision`]): the smallest cosine
+    /// similarity, over the batch, between an output row and the same row in `f32`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cosine_to_fp32: Option<f64>,
 }
 
 /// Times `workload` of the checkpoint in `folder`: `warmup` untimed batches of `batch`, then
@@ -75,15 +79,29 @@ pub fn time_folder(
     )?;
     device.seed(0);
     let t0 = Instant::now();
+    let mut cosine_to_fp32 = None;
     let mut step: Box<dyn FnMut() -> Result<()>> = match workload {
         Workload::Train => train_step(folder, &kind, batch, &device.clone().autodiff())?,
-        _ => infer_step(
-            folder,
-            &kind,
-            batch,
-            workload == Workload::InferText,
-            device,
-        )?,
+        _ => {
+            let mut infer = infer_step(
+                folder,
+                &kind,
+                batch,
+                workload == Workload::InferText,
+                device,
+            )?;
+            let precision = crate::device::Precision::default();
+            if crate::nn::cpu::sgemm::precision() != precision {
+                // The same batch in f32 and in the precision asked for.
+                let asked = crate::nn::cpu::sgemm::precision();
+                crate::device::set_precision(precision)?;
+                let reference = infer();
+                crate::device::set_precision(asked)?;
+                let (reference, reduced) = (reference?, infer()?);
+                cosine_to_fp32 = Some(min_row_cosine(&reference, &reduced, batch));
+            }
+            Box::new(move || infer().map(drop))
+        }
     };
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut runs = Vec::with_capacity(steps);
@@ -99,7 +117,31 @@ pub fn time_folder(
         runs,
         peak_rss_mb: peak_rss_mb(),
         load_ms,
+        cosine_to_fp32,
     })
+}
+
+/// The smallest cosine similarity between matching rows of `a` and `b` (each `rows` equal
+/// rows); NaN when the lengths differ or a value is not finite.
+pub fn min_row_cosine(a: &[f32], b: &[f32], rows: usize) -> f64 {
+    if a.len() != b.len() || rows == 0 || !a.len().is_multiple_of(rows) {
+        return f64::NAN;
+    }
+    let width = a.len() / rows;
+    a.chunks(width.max(1))
+        .zip(b.chunks(width.max(1)))
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|&p| p as f64 * p as f64).sum::<f64>().sqrt();
+            dot / (norm(x) * norm(y))
+        })
+        .fold(f64::INFINITY, |m, c| {
+            if c.is_nan() || m.is_nan() {
+                f64::NAN
+            } else {
+                m.min(c)
+            }
+        })
 }
 
 /// The median of `v` (the upper one of an even count, as `statistics.median_high`).
@@ -198,7 +240,16 @@ fn image_size(model: &ImageText) -> usize {
 
 type Step = Box<dyn FnMut() -> Result<()>>;
 
-fn infer_step(folder: &Path, kind: &str, batch: usize, text: bool, dev: &Device) -> Result<Step> {
+/// An inference step: its output, flattened.
+type InferStep = Box<dyn FnMut() -> Result<Vec<f32>>>;
+
+fn infer_step(
+    folder: &Path,
+    kind: &str,
+    batch: usize,
+    text: bool,
+    dev: &Device,
+) -> Result<InferStep> {
     use crate::pipeline::{ImageClassification, to_vec};
     Ok(match kind {
         "clip" | "siglip" => {
@@ -206,17 +257,17 @@ fn infer_step(folder: &Path, kind: &str, batch: usize, text: bool, dev: &Device)
             if text {
                 let (len, vocab, end) = text_shape(&model);
                 let ids = token_ids(batch, len, vocab, end, dev);
-                Box::new(move || to_vec(model.text_embeds(ids.clone())).map(drop))
+                Box::new(move || to_vec(model.text_embeds(ids.clone())))
             } else {
                 let px = pixels(batch, image_size(&model), dev);
-                Box::new(move || to_vec(model.image_embeds(px.clone())).map(drop))
+                Box::new(move || to_vec(model.image_embeds(px.clone())))
             }
         }
         "vit_mae" => {
             let (model, config) = ViTMAEForPreTraining::load(folder, dev)?;
             let px = pixels(batch, config.vit.image_size, dev);
             let masking = Masking::random(batch, config.num_patches(), config.mask_ratio, 0);
-            Box::new(move || to_vec(model.encode(px.clone(), &masking)).map(drop))
+            Box::new(move || to_vec(model.encode(px.clone(), &masking)))
         }
         _ => {
             let model = ImageClassification::load_folder(folder, dev)?;
@@ -224,7 +275,7 @@ fn infer_step(folder: &Path, kind: &str, batch: usize, text: bool, dev: &Device)
                 .as_u64()
                 .unwrap_or(224) as usize;
             let px = pixels(batch, size, dev);
-            Box::new(move || to_vec(model.forward(px.clone())).map(drop))
+            Box::new(move || to_vec(model.forward(px.clone())))
         }
     })
 }

@@ -284,13 +284,20 @@ impl Dense {
     }
 
     /// The output through [`super::sgemm`]'s kernel with the weight packed once (inference:
-    /// the weight's packing is cached); `None` without AVX-512F or for more rows than
-    /// [`super::sgemm::MAX_ROWS`], where the general GEMM's packing pays for itself.
+    /// the weight's packing is cached), in the precision [`super::sgemm::set_precision`] set.
+    /// `None` (the general GEMM) in `f32` without AVX-512F or for more rows than
+    /// [`super::sgemm::MAX_ROWS`], where the general GEMM's own packing pays for itself.
     fn compute_packed(&self) -> Option<FlexTensor> {
-        if !super::sgemm::available() || self.rows > super::sgemm::MAX_ROWS {
+        use super::sgemm::{self, Precision};
+        let precision = sgemm::precision();
+        let usable = match precision {
+            Precision::F32 => sgemm::available() && self.rows <= sgemm::MAX_ROWS,
+            Precision::Bf16 => sgemm::available_bf16(),
+        };
+        if !usable {
             return None;
         }
-        let w = super::sgemm::packed(&self.w)?;
+        let w = sgemm::packed(&self.w, precision)?;
         let bias = self.b.as_ref().map(slice);
         let mut out = vec![0.0f32; self.rows * self.d_out];
         super::sgemm::matmul(self.x(), self.rows, &w, bias, &mut out);

@@ -15,6 +15,7 @@
 //! AVX-512F ([`available`]); tested against the plain product on ragged sizes and strided
 //! weights.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use burn::backend::flex::FlexTensor;
@@ -27,6 +28,8 @@ pub const MR: usize = 12;
 const KC: usize = 256;
 /// Rows of `x` per task when the rows are split across threads.
 const MC: usize = 144;
+/// The reduction length of one AMX bfloat16 tile (64 bytes a row).
+const AMX_K: usize = 32;
 
 /// Above this many rows of `x` the general GEMM (`gemm` crate) measured faster: its packing
 /// of the weight is shared by enough rows, and its kernel reached 5-15% more of the peak on
@@ -46,12 +49,100 @@ pub fn available() -> bool {
     }
 }
 
-/// One cache line of floats; buffers of these are 64-byte aligned.
+/// The precision of the packed linear layers at inference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// `f32` weights and inputs (the default).
+    #[default]
+    F32,
+    /// Weights and inputs rounded to bfloat16 (round to nearest even), products summed in
+    /// `f32` by the AMX tile unit (`tdpbf16ps`). Needs [`available_bf16`].
+    Bf16,
+}
+
+static BF16: AtomicBool = AtomicBool::new(false);
+
+/// Sets the precision of the inference linear layers for the whole process.
+///
+/// # Errors
+/// [`Precision::Bf16`] on a CPU without AVX512-BF16.
+pub fn set_precision(p: Precision) -> Result<(), String> {
+    if p == Precision::Bf16 && !available_bf16() {
+        return Err(
+            "bf16 inference needs a CPU with AVX512-BF16 (this one has not); use fp32".into(),
+        );
+    }
+    BF16.store(p == Precision::Bf16, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The precision [`set_precision`] set.
+pub fn precision() -> Precision {
+    if BF16.load(Ordering::Relaxed) {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
+}
+
+/// Whether this CPU runs the bfloat16 kernel: AMX-TILE, AMX-BF16 and AVX512-BF16 (for the
+/// conversion of the inputs), with Linux's permission
+/// for the tile data (asked for once, for the whole process).
+pub fn available_bf16() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READY.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+            let c = std::arch::x86_64::__cpuid_count(7, 0);
+            if c.edx >> 22 & 1 == 0
+                || c.edx >> 24 & 1 == 0
+                || !available()
+                || !std::arch::is_x86_feature_detected!("avx512bf16")
+            {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_long = 18;
+            // SAFETY: arch_prctl with these arguments only changes this process's permission
+            // to use the AMX tile state.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                )
+            };
+            rc == 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        {
+            false
+        }
+    })
+}
+
+/// `x` rounded to bfloat16 (to nearest, ties to even; NaN stays NaN), in the low 16 bits.
+pub fn bf16(x: f32) -> u32 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        (b >> 16) | 0x40
+    } else {
+        b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
+    }
+}
+
+/// Two bfloat16 values in one word, `lo` in the low half (the pair layout `vdpbf16ps` reads).
+fn bf16_pair(lo: f32, hi: f32) -> u32 {
+    bf16(lo) | (bf16(hi) << 16)
+}
+
+/// One cache line of 32-bit words; buffers of these are 64-byte aligned.
 #[repr(C, align(64))]
 #[derive(Clone, Copy)]
-struct Line([f32; 16]);
+struct Line([u32; 16]);
 
-/// A zeroed, 64-byte-aligned `f32` buffer.
+/// A zeroed, 64-byte-aligned buffer of 32-bit words (`f32` or bfloat16 pairs).
 struct Aligned {
     lines: Vec<Line>,
     len: usize,
@@ -60,40 +151,57 @@ struct Aligned {
 impl Aligned {
     fn zeroed(len: usize) -> Aligned {
         Aligned {
-            lines: vec![Line([0.0; 16]); len.div_ceil(16)],
+            lines: vec![Line([0; 16]); len.div_ceil(16)],
             len,
         }
     }
 
-    fn as_slice(&self) -> &[f32] {
-        // SAFETY: `lines` holds at least `len` contiguous, initialised floats.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
+    fn as_slice(&self) -> &[u32] {
+        // SAFETY: `lines` holds at least `len` contiguous, initialised words.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u32>(), self.len) }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [f32] {
+    fn as_mut_slice(&mut self) -> &mut [u32] {
         // SAFETY: as above, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u32>(), self.len) }
     }
 }
 
-/// A `[k, n]` weight in column panels: panel `p` holds columns `p·NR ..`, row after row
-/// (`k × NR` floats, the last panel's missing columns zero).
+/// A `[k, n]` weight in column panels: panel `p` holds columns `p·NR ..`, one step after
+/// another, `NR` words a step (the last panel's missing columns zero). In `f32` a step is a row
+/// of the weight (the bits of its floats); in bfloat16 it is a pair of rows, each word
+/// holding one column's two values (the pair layout AMX's B tiles take: 16 steps, 32 rows of
+/// the weight, and 16 columns make a tile), and the rows are padded with zeros to a whole
+/// number of tiles.
 pub struct PackedWeight {
     k: usize,
     n: usize,
+    /// Rows (f32) or row pairs (bf16).
+    steps: usize,
+    precision: Precision,
     data: Aligned,
 }
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedWeight[{}, {}]", self.k, self.n)
+        write!(
+            f,
+            "PackedWeight[{}, {}, {:?}]",
+            self.k, self.n, self.precision
+        )
     }
 }
 
 impl PackedWeight {
     /// Packs `W[i, j] = w[start + i·rs + j·cs]` for `i < k`, `j < n`. `None` when an index
     /// falls outside `w` or a size is zero.
-    pub fn new(w: &[f32], start: usize, rs: isize, cs: isize, k: usize, n: usize) -> Option<Self> {
+    pub fn new(
+        w: &[f32],
+        (start, rs, cs): (usize, isize, isize),
+        k: usize,
+        n: usize,
+        precision: Precision,
+    ) -> Option<Self> {
         if k == 0 || n == 0 {
             return None;
         }
@@ -107,25 +215,37 @@ impl PackedWeight {
         if corners.iter().any(|&c| c < 0 || c as usize >= w.len()) {
             return None;
         }
+        let at = |i: usize, j: usize| w[index(i, j) as usize];
+        let steps = match precision {
+            Precision::F32 => k,
+            Precision::Bf16 => k.div_ceil(AMX_K) * (AMX_K / 2),
+        };
         let panels = n.div_ceil(NR);
-        let mut data = Aligned::zeroed(panels * k * NR);
+        let mut data = Aligned::zeroed(panels * steps * NR);
         let d = data.as_mut_slice();
         for p in 0..panels {
             let j0 = p * NR;
             let cols = NR.min(n - j0);
-            for i in 0..k {
-                let dst = &mut d[(p * k + i) * NR..][..cols];
-                if cs == 1 {
-                    let s = index(i, j0) as usize;
-                    dst.copy_from_slice(&w[s..s + cols]);
-                } else {
-                    for (c, v) in dst.iter_mut().enumerate() {
-                        *v = w[index(i, j0 + c) as usize];
-                    }
+            for s in 0..steps {
+                let dst = &mut d[(p * steps + s) * NR..][..cols];
+                for (c, v) in dst.iter_mut().enumerate() {
+                    *v = match precision {
+                        Precision::F32 => at(s, j0 + c).to_bits(),
+                        Precision::Bf16 => {
+                            let get = |i: usize| if i < k { at(i, j0 + c) } else { 0.0 };
+                            bf16_pair(get(2 * s), get(2 * s + 1))
+                        }
+                    };
                 }
             }
         }
-        Some(PackedWeight { k, n, data })
+        Some(PackedWeight {
+            k,
+            n,
+            steps,
+            precision,
+            data,
+        })
     }
 
     /// Rows (the reduction) and columns.
@@ -135,7 +255,7 @@ impl PackedWeight {
 }
 
 /// A weight tensor's identity: its storage, offset, shape and strides.
-type Key = (usize, usize, [usize; 2], [isize; 2]);
+type Key = (usize, usize, [usize; 2], [isize; 2], Precision);
 
 struct Entry {
     key: Key,
@@ -148,9 +268,10 @@ struct Entry {
 
 static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
-/// `w` (`[k, n]`, `f32`, any strides) packed, from the cache when this tensor was packed
-/// before. Entries whose weight nobody else holds any more are dropped on each miss.
-pub fn packed(w: &FlexTensor) -> Option<Arc<PackedWeight>> {
+/// `w` (`[k, n]`, `f32`, any strides) packed in `precision`, from the cache when this tensor
+/// was packed so before. Entries whose weight nobody else holds any more are dropped on each
+/// miss.
+pub fn packed(w: &FlexTensor, precision: Precision) -> Option<Arc<PackedWeight>> {
     let layout = w.layout();
     let shape = layout.shape();
     if w.dtype() != burn::tensor::DType::F32 || shape.num_dims() != 2 {
@@ -163,6 +284,7 @@ pub fn packed(w: &FlexTensor) -> Option<Arc<PackedWeight>> {
         layout.start_offset(),
         [shape[0], shape[1]],
         [strides[0], strides[1]],
+        precision,
     );
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(e) = cache.iter().find(|e| e.key == key) {
@@ -171,11 +293,10 @@ pub fn packed(w: &FlexTensor) -> Option<Arc<PackedWeight>> {
     cache.retain(|e| !e.keep.is_unique());
     let packed = Arc::new(PackedWeight::new(
         storage,
-        layout.start_offset(),
-        strides[0],
-        strides[1],
+        (layout.start_offset(), strides[0], strides[1]),
         shape[0],
         shape[1],
+        precision,
     )?);
     cache.push(Entry {
         key,
@@ -185,14 +306,18 @@ pub fn packed(w: &FlexTensor) -> Option<Arc<PackedWeight>> {
     Some(packed)
 }
 
-/// `out = x W + bias` for `x` `[m, k]` and `out` `[m, n]`, both row-major and contiguous.
-/// Must only be called when [`available`] says so.
+/// `out = x W + bias` for `x` `[m, k]` and `out` `[m, n]`, both row-major and contiguous,
+/// in the weight's precision. Must only be called when [`available`] (and for a bfloat16
+/// weight [`available_bf16`]) says so.
 ///
 /// # Panics
-/// When the sizes do not fit.
+/// When the sizes do not fit or the CPU lacks the kernel's instructions.
 pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: &mut [f32]) {
-    let (k, n) = (w.k, w.n);
-    assert!(available(), "sgemm::matmul needs AVX-512F");
+    let (k, n, steps) = (w.k, w.n, w.steps);
+    match w.precision {
+        Precision::F32 => assert!(available(), "sgemm::matmul needs AVX-512F"),
+        Precision::Bf16 => assert!(available_bf16(), "bf16 sgemm::matmul needs AVX512-BF16"),
+    }
     assert_eq!(x.len(), m * k, "x is not [m, k]");
     assert_eq!(out.len(), m * n, "out is not [m, n]");
     if let Some(b) = bias {
@@ -200,6 +325,9 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
     }
     if m == 0 {
         return;
+    }
+    if w.precision == Precision::Bf16 {
+        return amx::matmul(x, m, w, bias, out);
     }
     let panels = n.div_ceil(NR);
     let threads = if m * k * n < 1 << 18 {
@@ -220,14 +348,14 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
     let panels_per = panels.div_ceil(groups);
     let groups = panels.div_ceil(panels_per);
     let tasks = row_chunks * groups;
-    // x transposed (`[k, m]`), once for all tasks: the kernel reads a block's rows at one
+    // x transposed to `[k, m]`, once for all tasks: the kernel reads a block's rows at one
     // reduction index side by side.
-    let mut xt = vec![0.0f32; k * m];
+    let mut xt = vec![0u32; steps * m];
     for k0 in (0..k).step_by(16) {
         let k1 = (k0 + 16).min(k);
         for (r, row) in x.chunks_exact(k).enumerate() {
-            for (kk, &v) in row[k0..k1].iter().enumerate() {
-                xt[(k0 + kk) * m + r] = v;
+            for (i, &v) in row[k0..k1].iter().enumerate() {
+                xt[(k0 + i) * m + r] = v.to_bits();
             }
         }
     }
@@ -239,8 +367,8 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
         let p0 = group * panels_per;
         let p1 = (p0 + panels_per).min(panels);
         // SAFETY: the tasks write disjoint blocks of `out` (rows r0.., columns of panels
-        // p0..p1), which has m × n elements; AVX-512F was checked above.
-        unsafe { block(&xt, r0, rows, w, bias, p0..p1, out_ptr, m) };
+        // p0..p1), which has m × n elements; the CPU's features were checked above.
+        unsafe { block(&xt, (r0, rows, m), w, bias, p0..p1, out_ptr) };
     };
     if tasks == 1 {
         task(0);
@@ -258,34 +386,32 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// Rows `r0 .. r0 + rows` of the output, panels `panels` of the weight.
+/// Rows `r0 .. r0 + rows` (of `m`) of the output, panels `panels` of the weight.
 ///
 /// # Safety
-/// `out` points at `m × w.n` floats that no other thread writes in this block; AVX-512F.
-#[allow(clippy::too_many_arguments)]
+/// `out` points at `m × w.n` floats that no other thread writes in this block; the CPU has
+/// the weight's kernel's features.
 unsafe fn block(
-    xt: &[f32],
-    r0: usize,
-    rows: usize,
+    xt: &[u32],
+    (r0, rows, m): (usize, usize, usize),
     w: &PackedWeight,
     bias: Option<&[f32]>,
     panels: std::ops::Range<usize>,
     out: OutPtr,
-    m: usize,
 ) {
-    let (k, n) = (w.k, w.n);
-    debug_assert!(r0 + rows <= m && xt.len() == k * m);
-    let passes = k.div_ceil(KC);
-    let kc_max = k.div_ceil(passes);
+    let (n, steps) = (w.n, w.steps);
+    debug_assert!(r0 + rows <= m && xt.len() == steps * m);
+    let passes = steps.div_ceil(KC);
+    let kc_max = steps.div_ceil(passes);
     let wdata = w.data.as_slice();
     for pass in 0..passes {
         let k0 = pass * kc_max;
-        let kc = kc_max.min(k - k0);
+        let kc = kc_max.min(steps - k0);
+        let first = pass == 0;
         for p in panels.clone() {
             let j0 = p * NR;
             let cols = NR.min(n - j0);
-            let b = &wdata[(p * k + k0) * NR..][..kc * NR];
-            let first = pass == 0;
+            let b = &wdata[(p * steps + k0) * NR..][..kc * NR];
             let bias = if first {
                 bias.map(|b| &b[j0..j0 + cols])
             } else {
@@ -293,75 +419,77 @@ unsafe fn block(
             };
             for b0 in (0..rows).step_by(MR) {
                 let r = MR.min(rows - b0);
-                // Rows r0 + b0 .. + r of x at reduction indices k0 .., m floats apart.
+                // Rows r0 + b0 .. + r of x at steps k0 .., m words apart.
                 let a = &xt[k0 * m + r0 + b0..][..(kc - 1) * m + r];
                 // SAFETY: rows r0 + b0 .. + r and columns j0 .. j0 + cols lie inside `out`
                 // and belong to this block.
                 let c = unsafe { out.0.add((r0 + b0) * n + j0) };
-                // SAFETY: the kernel reads r floats at each of kc steps of m in `a`, kc × NR
-                // of `b` and writes r rows of `cols` floats at stride n from `c`; AVX-512F
-                // per the caller.
-                unsafe { kernel_any(r, kc, a.as_ptr(), m, b.as_ptr(), c, n, cols, first, bias) };
+                let tile = Tile {
+                    steps: kc,
+                    a: a.as_ptr(),
+                    lda: m,
+                    b: b.as_ptr(),
+                    c,
+                    ldc: n,
+                    cols,
+                    first,
+                    bias,
+                };
+                // SAFETY: the kernel reads r words at each of kc steps of m in `a`, kc × NR
+                // of `b` and writes r rows of `cols` floats at stride n from `c`; the CPU's
+                // features per the caller.
+                unsafe { tile.run(r) };
             }
         }
     }
 }
 
-/// [`kernel`] for `r` (1 ..= MR) rows.
-///
-/// # Safety
-/// As [`kernel`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel_any(
-    r: usize,
-    kc: usize,
-    a: *const f32,
+/// One kernel call: `C[R, cols] (+)= A B` over `steps` steps. `a` holds, at each step, `R`
+/// words (the rows side by side) `lda` apart; `b` `NR` words a step (64-byte aligned); `c`
+/// `R` rows of `cols` floats at stride `ldc`. `first`: overwrite `C` with the product plus
+/// `bias` (zero without one); otherwise add the product to `C`.
+struct Tile<'a> {
+    steps: usize,
+    a: *const u32,
     lda: usize,
-    b: *const f32,
+    b: *const u32,
     c: *mut f32,
     ldc: usize,
     cols: usize,
     first: bool,
-    bias: Option<&[f32]>,
-) {
-    macro_rules! go {
-        ($($r:literal)*) => {
-            match r {
-                $($r => unsafe { kernel::<$r>(kc, a, lda, b, c, ldc, cols, first, bias) },)*
-                _ => unreachable!("1 ..= MR rows"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+    bias: Option<&'a [f32]>,
 }
 
-/// `C[R, cols] (+)= A B`: `a` holds `kc` groups of `R` floats `lda` apart (the rows side by
-/// side), `b`
-/// `kc` rows of [`NR`] floats (64-byte aligned), `c` `R` rows of `cols` floats at stride
-/// `ldc`. `first`: overwrite `C` with the product plus `bias` (zero without one); otherwise add
-/// the product to `C`.
+impl Tile<'_> {
+    /// Runs the kernel for `r` (1 ..= MR) rows.
+    ///
+    /// # Safety
+    /// The pointers cover what [`Tile`] describes and the CPU has the kernel's features.
+    unsafe fn run(&self, r: usize) {
+        macro_rules! go {
+            ($($r:literal)*) => {
+                match r {
+                    $($r => unsafe { kernel_f32::<$r>(self) },)*
+                    _ => unreachable!("1 ..= MR rows"),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8 9 10 11 12)
+    }
+}
+
+/// The `f32` kernel: per step two vectors of `b`, `R` broadcasts of `a`, `2R` FMAs.
 ///
 /// # Safety
-/// The pointers cover what is described above and the CPU has AVX-512F.
+/// As [`Tile::run`], with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const R: usize>(
-    kc: usize,
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    cols: usize,
-    first: bool,
-    bias: Option<&[f32]>,
-) {
+unsafe fn kernel_f32<const R: usize>(t: &Tile) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
-        // SAFETY: `b` has NR aligned floats per step and `a` R floats (the caller's contract).
+    let (mut a, mut b) = (t.a.cast::<f32>(), t.b.cast::<f32>());
+    for _ in 0..t.steps {
+        // SAFETY: `b` has NR aligned words per step and `a` R (the caller's contract).
         let (b0, b1) = unsafe { (_mm512_load_ps(b), _mm512_load_ps(b.add(16))) };
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: as above.
@@ -369,29 +497,46 @@ unsafe fn kernel<const R: usize>(
             acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
             acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
         }
-        // SAFETY: stays within (or one past) the operands.
-        unsafe {
-            a = a.wrapping_add(lda);
-            b = b.add(NR);
-        }
+        a = a.wrapping_add(t.lda);
+        // SAFETY: stays within (or one past) `b`.
+        b = unsafe { b.add(NR) };
     }
-    let lo: __mmask16 = if cols >= 16 {
+    // SAFETY: the caller's contract.
+    unsafe { store(t, &acc) }
+}
+
+/// The lane masks of the first `cols` (at most 32) floats of a row, in two vectors.
+fn masks(cols: usize) -> (u16, u16) {
+    let lo = if cols >= 16 {
         0xffff
     } else {
-        ((1u32 << cols) - 1) as __mmask16
+        (1u32 << cols) - 1
     };
-    let hi: __mmask16 = if cols >= 32 {
+    let hi = if cols >= 32 {
         0xffff
     } else if cols > 16 {
-        ((1u32 << (cols - 16)) - 1) as __mmask16
+        (1u32 << (cols - 16)) - 1
     } else {
         0
     };
+    (lo as u16, hi as u16)
+}
+
+/// Writes the accumulators to `C` (see [`Tile`]).
+///
+/// # Safety
+/// As [`Tile::run`], with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store<const R: usize>(t: &Tile, acc: &[[std::arch::x86_64::__m512; 2]; R]) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = masks(t.cols);
     // SAFETY: masked loads and stores touch only the first `cols` floats of each row; the
     // masked-out lanes are neither read nor written (AVX-512 suppresses their faults), and
     // the second half's address is formed with wrapping arithmetic.
     unsafe {
-        let (base0, base1) = match bias {
+        let (base0, base1) = match t.bias {
             Some(bv) => (
                 _mm512_maskz_loadu_ps(lo, bv.as_ptr()),
                 _mm512_maskz_loadu_ps(hi, bv.as_ptr().wrapping_add(16)),
@@ -399,9 +544,9 @@ unsafe fn kernel<const R: usize>(
             None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
         };
         for (i, acc) in acc.iter().enumerate() {
-            let row = c.add(i * ldc);
+            let row = t.c.add(i * t.ldc);
             let row_hi = row.wrapping_add(16);
-            let (c0, c1) = if first {
+            let (c0, c1) = if t.first {
                 (base0, base1)
             } else {
                 (
@@ -416,19 +561,291 @@ unsafe fn kernel<const R: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const R: usize>(
-    _kc: usize,
-    _a: *const f32,
-    _lda: usize,
-    _b: *const f32,
-    _c: *mut f32,
-    _ldc: usize,
-    _cols: usize,
-    _first: bool,
-    _bias: Option<&[f32]>,
-) {
+unsafe fn kernel_f32<const R: usize>(_t: &Tile) {
     unreachable!("matmul checks `available`")
+}
+
+/// The bfloat16 product on the AMX tile unit: `x` rounded to bfloat16 row by row, 32 rows
+/// (two A tiles) against a panel's 32 columns (two B tiles) into four 16 × 16 `f32`
+/// accumulator tiles, 32 reduction indices a step (`tdpbf16ps`: 16 × 16 × 32 products each).
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::{AMX_K, NR, OutPtr, PackedWeight, bf16};
+    use std::arch::asm;
+
+    /// Rows of `x` per kernel call: two A tiles of 16.
+    const TM: usize = 32;
+
+    /// The tile configuration (palette 1): tmm0 ..= tmm7, each 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    impl Config {
+        fn new() -> Config {
+            let mut c = [0u8; 64];
+            c[0] = 1;
+            for t in 0..8 {
+                c[16 + 2 * t] = 64;
+                c[48 + t] = 16;
+            }
+            Config(c)
+        }
+    }
+
+    /// See [`super::matmul`]; `w` is packed in bfloat16.
+    pub(super) fn matmul(
+        x: &[f32],
+        m: usize,
+        w: &PackedWeight,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        let (k, n, steps) = (w.k, w.n, w.steps);
+        let kp = 2 * steps;
+        let blocks = m.div_ceil(TM);
+        // x in bfloat16, row-major, padded with zero rows and columns to whole tiles.
+        let mut xb = vec![0u16; blocks * TM * kp];
+        for (row, dst) in x.chunks_exact(k).zip(xb.chunks_exact_mut(kp)) {
+            // SAFETY: `available_bf16` (checked by the caller) includes AVX512-BF16.
+            unsafe { to_bf16(row, &mut dst[..k]) };
+        }
+        let panels = n.div_ceil(NR);
+        let threads = if m * k * n < 1 << 18 {
+            1
+        } else {
+            rayon::current_num_threads().max(1)
+        };
+        // Each thread reads all of x and the weight's panels it is given, or the reverse: the
+        // larger operand is the one split.
+        let (row_groups, col_groups) = if m > n && blocks >= threads {
+            (threads, 1)
+        } else {
+            (1, threads.min(panels))
+        };
+        let blocks_per = blocks.div_ceil(row_groups);
+        let panels_per = panels.div_ceil(col_groups);
+        let (row_groups, col_groups) = (blocks.div_ceil(blocks_per), panels.div_ceil(panels_per));
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        let task = |t: usize| {
+            let (rg, cg) = (t / col_groups, t % col_groups);
+            let bs = rg * blocks_per..((rg + 1) * blocks_per).min(blocks);
+            let ps = cg * panels_per..((cg + 1) * panels_per).min(panels);
+            // SAFETY: the tasks write disjoint blocks of `out` (m × n floats); the caller
+            // checked AMX (`available_bf16`).
+            unsafe { run(&xb, kp, (m, bs), w, ps, bias, out_ptr) };
+        };
+        let tasks = row_groups * col_groups;
+        if tasks == 1 {
+            task(0);
+        } else {
+            use rayon::prelude::*;
+            (0..tasks).into_par_iter().for_each(task);
+        }
+    }
+
+    /// `dst = src` in bfloat16, rounded to nearest even by `vcvtneps2bf16` (which also flushes
+    /// denormal inputs and outputs to zero, as the CPU backend's threads do anyway).
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
+        use std::arch::x86_64::*;
+        let mut chunks = src.chunks_exact(16);
+        let mut out = dst.chunks_exact_mut(16);
+        for (s, d) in (&mut chunks).zip(&mut out) {
+            // SAFETY: 16 floats read from `s`, 16 halves written to `d`.
+            unsafe {
+                let v: __m256i =
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(s.as_ptr())));
+                _mm256_storeu_si256(d.as_mut_ptr().cast(), v);
+            }
+        }
+        for (d, &v) in out.into_remainder().iter_mut().zip(chunks.remainder()) {
+            *d = bf16(v) as u16;
+        }
+    }
+
+    /// Row blocks `blocks` (of `m` rows) against panels `panels`.
+    ///
+    /// # Safety
+    /// AMX is enabled for this process; `out` has `m × w.n` floats, this block of which no
+    /// other thread writes.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run(
+        xb: &[u16],
+        kp: usize,
+        (m, blocks): (usize, std::ops::Range<usize>),
+        w: &PackedWeight,
+        panels: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        out: OutPtr,
+    ) {
+        let config = Config::new();
+        let mut acc = super::Aligned::zeroed(TM * NR);
+        let lda = kp * 2;
+        // SAFETY: loads this thread's tile configuration (released below).
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
+        // Row blocks in chunks of about 1 MiB of x, which stay in L2 while every panel
+        // passes over them.
+        let per_chunk = ((1 << 20) / (TM * lda)).max(1);
+        let mut chunk = blocks.start;
+        while chunk < blocks.end {
+            let chunk_end = (chunk + per_chunk).min(blocks.end);
+            for p in panels.clone() {
+                // SAFETY: the caller's contract; the configuration is loaded.
+                unsafe { run_panel(xb, kp, (m, chunk..chunk_end), w, p, bias, out, &mut acc) };
+            }
+            chunk = chunk_end;
+        }
+        // SAFETY: returns the tile state taken above.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// Row blocks `blocks` against panel `p`, with the tile configuration loaded.
+    ///
+    /// # Safety
+    /// As [`run`], after its `ldtilecfg`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_panel(
+        xb: &[u16],
+        kp: usize,
+        (m, blocks): (usize, std::ops::Range<usize>),
+        w: &PackedWeight,
+        p: usize,
+        bias: Option<&[f32]>,
+        out: OutPtr,
+        acc: &mut super::Aligned,
+    ) {
+        let (n, steps) = (w.n, w.steps);
+        let wdata = w.data.as_slice();
+        let lda = kp * 2;
+        let ldb = NR * 4;
+        {
+            let j0 = p * NR;
+            let cols = NR.min(n - j0);
+            let b = wdata[p * steps * NR..][..steps * NR].as_ptr();
+            for blk in blocks {
+                let a = xb[blk * TM * kp..][..TM * kp].as_ptr();
+                let c = acc.as_mut_slice().as_mut_ptr().cast::<f32>();
+                // SAFETY: the tiles read 32 rows of `lda` bytes of `a` (kp / 32 steps of 64
+                // bytes each) and 16 rows of 128 bytes of `b` per step, inside both; the four
+                // accumulators are stored into `acc` (32 × 32 floats).
+                unsafe {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nostack, nomem)
+                    );
+                    for q in 0..kp / AMX_K {
+                        let a0 = a.add(q * AMX_K);
+                        let a1 = a0.add(16 * kp);
+                        let b0 = b.add(q * (AMX_K / 2) * NR);
+                        let b1 = b0.add(16);
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {lda}*1]",
+                            "tileloadd tmm5, [{a1} + {lda}*1]",
+                            "tileloadd tmm6, [{b0} + {ldb}*1]",
+                            "tileloadd tmm7, [{b1} + {ldb}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0,
+                            a1 = in(reg) a1,
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b1,
+                            lda = in(reg) lda,
+                            ldb = in(reg) ldb,
+                            options(nostack, readonly)
+                        );
+                    }
+                    let ldc = NR * 4;
+                    asm!(
+                        "tilestored [{c0} + {ldc}*1], tmm0",
+                        "tilestored [{c1} + {ldc}*1], tmm1",
+                        "tilestored [{c2} + {ldc}*1], tmm2",
+                        "tilestored [{c3} + {ldc}*1], tmm3",
+                        c0 = in(reg) c,
+                        c1 = in(reg) c.add(16),
+                        c2 = in(reg) c.add(16 * NR),
+                        c3 = in(reg) c.add(16 * NR + 16),
+                        ldc = in(reg) ldc,
+                        options(nostack)
+                    );
+                }
+                let r0 = blk * TM;
+                let rows = TM.min(m - r0);
+                // SAFETY: rows r0 .. r0 + rows and columns j0 .. j0 + cols of `out` belong to
+                // this block.
+                unsafe {
+                    write(
+                        acc,
+                        rows,
+                        cols,
+                        out.0.add(r0 * n + j0),
+                        n,
+                        bias.map(|b| &b[j0..j0 + cols]),
+                    )
+                };
+            }
+        }
+    }
+
+    /// `C[rows, cols] = acc + bias` (`acc`: 32 × NR floats, `C` at stride `ldc`).
+    ///
+    /// # Safety
+    /// `c` covers `rows` rows of `cols` floats at stride `ldc`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn write(
+        acc: &super::Aligned,
+        rows: usize,
+        cols: usize,
+        c: *mut f32,
+        ldc: usize,
+        bias: Option<&[f32]>,
+    ) {
+        use std::arch::x86_64::*;
+        let acc = acc.as_slice().as_ptr().cast::<f32>();
+        let (lo, hi) = super::masks(cols);
+        // SAFETY: masked lanes are neither read nor written; the rest lie inside `acc`, the
+        // bias and `c`'s rows.
+        unsafe {
+            let (b0, b1) = match bias {
+                Some(bv) => (
+                    _mm512_maskz_loadu_ps(lo, bv.as_ptr()),
+                    _mm512_maskz_loadu_ps(hi, bv.as_ptr().wrapping_add(16)),
+                ),
+                None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+            };
+            for r in 0..rows {
+                let src = acc.add(r * NR);
+                let row = c.add(r * ldc);
+                _mm512_mask_storeu_ps(row, lo, _mm512_add_ps(_mm512_load_ps(src), b0));
+                _mm512_mask_storeu_ps(
+                    row.wrapping_add(16),
+                    hi,
+                    _mm512_add_ps(_mm512_load_ps(src.add(16)), b1),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub(super) fn matmul(
+        _x: &[f32],
+        _m: usize,
+        _w: &super::PackedWeight,
+        _bias: Option<&[f32]>,
+        _out: &mut [f32],
+    ) {
+        unreachable!("matmul checks `available_bf16`")
+    }
 }
 
 #[cfg(test)]
@@ -488,30 +905,66 @@ mod tests {
             (151, 300, 65),
             (300, 520, 17),
         ];
-        for (case, &(m, k, n)) in cases.iter().enumerate() {
-            let x = values(m * k, 1 + case as u64);
-            let bias = values(n, 100 + case as u64);
-            for transposed in [false, true] {
-                // Row-major [k, n] or the transpose of a row-major [n, k] with an offset.
-                let (w, layout) = if transposed {
-                    (values(n * k + 3, 200 + case as u64), (3, 1, k as isize))
-                } else {
-                    (values(k * n, 300 + case as u64), (0, n as isize, 1))
-                };
-                let packed = PackedWeight::new(&w, layout.0, layout.1, layout.2, k, n).unwrap();
-                for b in [None, Some(&bias[..])] {
-                    let want = reference(&x, m, &w, layout, k, n, b);
-                    let mut got = vec![f32::NAN; m * n];
-                    matmul(&x, m, &packed, b, &mut got);
-                    let worst = crate::nn::cpu::worst_diff(&got, &want, false);
-                    assert!(
-                        worst < 1e-4 * (k as f32).sqrt(),
-                        "m {m} k {k} n {n} transposed {transposed} bias {}: {worst}",
-                        b.is_some()
-                    );
+        // In bfloat16 the reference takes the inputs rounded as the kernel rounds them: what
+        // is left is the f32 summation.
+        let rounded =
+            |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| f32::from_bits(bf16(x) << 16)).collect() };
+        let mut precisions = vec![Precision::F32];
+        if available_bf16() {
+            precisions.push(Precision::Bf16);
+        } else {
+            eprintln!("no AVX512-BF16 on this CPU: only the f32 kernel is tested here");
+        }
+        for precision in precisions {
+            for (case, &(m, k, n)) in cases.iter().enumerate() {
+                let x = values(m * k, 1 + case as u64);
+                let bias = values(n, 100 + case as u64);
+                for transposed in [false, true] {
+                    // Row-major [k, n] or the transpose of a row-major [n, k] with an offset.
+                    let (w, layout) = if transposed {
+                        (values(n * k + 3, 200 + case as u64), (3, 1, k as isize))
+                    } else {
+                        (values(k * n, 300 + case as u64), (0, n as isize, 1))
+                    };
+                    let packed = PackedWeight::new(&w, layout, k, n, precision).unwrap();
+                    let (xr, wr) = match precision {
+                        Precision::F32 => (x.clone(), w.clone()),
+                        Precision::Bf16 => (rounded(&x), rounded(&w)),
+                    };
+                    for b in [None, Some(&bias[..])] {
+                        let want = reference(&xr, m, &wr, layout, k, n, b);
+                        let mut got = vec![f32::NAN; m * n];
+                        matmul(&x, m, &packed, b, &mut got);
+                        let worst = crate::nn::cpu::worst_diff(&got, &want, false);
+                        assert!(
+                            worst < 1e-4 * (k as f32).sqrt(),
+                            "{precision:?} m {m} k {k} n {n} transposed {transposed} bias {}: \
+                             {worst}",
+                            b.is_some()
+                        );
+                    }
                 }
             }
         }
+    }
+
+    /// Rounding to bfloat16: to nearest with ties to even, overflow to infinity, NaN kept.
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        let back = |x: f32| f32::from_bits(bf16(x) << 16);
+        assert_eq!(back(1.0), 1.0);
+        assert_eq!(back(-2.5), -2.5);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even (1).
+        assert_eq!(back(1.0 + 2f32.powi(-8)), 1.0);
+        // 1 + 3·2^-8 lies halfway between 1 + 2^-7 and 1 + 2^-6: the even is 1 + 2^-6.
+        assert_eq!(back(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+        assert_eq!(
+            back(1.0 + 2f32.powi(-8) + 2f32.powi(-12)),
+            1.0 + 2f32.powi(-7)
+        );
+        assert_eq!(back(f32::MAX), f32::INFINITY);
+        assert!(back(f32::NAN).is_nan());
+        assert_eq!(back(0.1).to_bits(), 0x3dcd_0000);
     }
 
     /// The cache hands out one packing per weight tensor, and a weight changed by a tensor op
@@ -528,8 +981,11 @@ mod tests {
         let vals = values(k * n, 7);
         let w = Tensor::<2>::from_data(TensorData::new(vals.clone(), [k, n]), &Device::flex());
         let prim = |t: &Tensor<2>| t.clone().try_into_primitive::<Flex>().unwrap();
-        let first = packed(&prim(&w)).unwrap();
-        assert!(Arc::ptr_eq(&first, &packed(&prim(&w)).unwrap()));
+        let first = packed(&prim(&w), Precision::F32).unwrap();
+        assert!(Arc::ptr_eq(
+            &first,
+            &packed(&prim(&w), Precision::F32).unwrap()
+        ));
         // x = I: the product is the packed weight itself.
         let eye: Vec<f32> = (0..k * k)
             .map(|i| if i / k == i % k { 1.0 } else { 0.0 })
@@ -541,7 +997,7 @@ mod tests {
         };
         assert_eq!(unpack(&first), vals);
         let w = w + 1.0;
-        let second = packed(&prim(&w)).unwrap();
+        let second = packed(&prim(&w), Precision::F32).unwrap();
         assert!(!Arc::ptr_eq(&first, &second));
         let want: Vec<f32> = vals.iter().map(|v| v + 1.0).collect();
         assert_eq!(unpack(&second), want);
@@ -550,9 +1006,10 @@ mod tests {
     #[test]
     fn packing_refuses_indices_outside_the_storage() {
         let w = vec![0.0f32; 12];
-        assert!(PackedWeight::new(&w, 0, 4, 1, 3, 4).is_some());
-        assert!(PackedWeight::new(&w, 1, 4, 1, 3, 4).is_none());
-        assert!(PackedWeight::new(&w, 0, 4, 1, 4, 4).is_none());
-        assert!(PackedWeight::new(&w, 0, 4, 1, 0, 4).is_none());
+        let f32 = Precision::F32;
+        assert!(PackedWeight::new(&w, (0, 4, 1), 3, 4, f32).is_some());
+        assert!(PackedWeight::new(&w, (1, 4, 1), 3, 4, f32).is_none());
+        assert!(PackedWeight::new(&w, (0, 4, 1), 4, 4, f32).is_none());
+        assert!(PackedWeight::new(&w, (0, 4, 1), 0, 4, f32).is_none());
     }
 }
