@@ -826,3 +826,66 @@ fn image_takes_several_paths_per_flag() {
     let reversed = run(&["--image", &c, &b, &a]);
     assert_eq!(reversed["logits"][0], single["logits"][2]);
 }
+
+/// Cosine similarity of two equal-length rows.
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// `--precision bf16`: where the CPU has AMX-BF16, `embed` runs the linear layers in
+/// bfloat16 and the embeddings stay within cosine 0.999 of fp32 (and are not the fp32 ones:
+/// the path ran); elsewhere it is a one-line error. A bad value is a one-line error.
+#[test]
+fn bf16_precision_embeds_within_cosine_0_999_of_fp32() {
+    let images: Vec<String> = ["coffee.bmp", "chelsea.jpg", "astronaut.png"]
+        .iter()
+        .map(|f| fixtures().join("images").join(f).to_string_lossy().into_owned())
+        .collect();
+    for tag in ["clip-tiny", "siglip-tiny"] {
+        let model = fixtures().join(tag);
+        let embed = |precision: &str| {
+            let mut args = vec!["embed", "--model", model.to_str().unwrap(), "--json"];
+            for img in &images {
+                args.extend(["--image", img]);
+            }
+            args.extend(["--text", "a cat on a sofa", "--precision", precision]);
+            tuwen(&args)
+        };
+        let fp32 = embed("fp32");
+        assert!(fp32.status.success(), "{}", String::from_utf8_lossy(&fp32.stderr));
+        let bf16 = embed("bf16");
+        if !bf16.status.success() {
+            assert_one_line_error(&bf16, "AMX");
+            eprintln!("{tag}: this CPU has no AMX-BF16; the error was checked instead");
+            continue;
+        }
+        let parse = |o: &Output| -> serde_json::Value { serde_json::from_str(&stdout(o)).unwrap() };
+        let (a, b) = (parse(&fp32), parse(&bf16));
+        for field in ["image_embeds", "text_embeds"] {
+            let (ra, rb) = (json_rows(&a[field]), json_rows(&b[field]));
+            assert_eq!(ra.len(), rb.len(), "{tag} {field}");
+            assert!(!ra.is_empty());
+            for (x, y) in ra.iter().zip(&rb) {
+                let c = cosine(x, y);
+                assert!(c >= 0.999, "{tag} {field}: cosine {c}");
+            }
+            assert_ne!(ra, rb, "{tag} {field}: bf16 gave the fp32 numbers");
+        }
+    }
+    let clip = fixtures().join("clip-tiny");
+    assert_one_line_error(
+        &tuwen(&[
+            "embed",
+            "--model",
+            clip.to_str().unwrap(),
+            "--text",
+            "x",
+            "--precision",
+            "fp8",
+        ]),
+        "--precision",
+    );
+}
