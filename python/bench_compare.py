@@ -53,7 +53,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", nargs="*", help="workload indices (from 0)")
     ap.add_argument("--json-out", help="also write every run here")
+    ap.add_argument("--bf16", action="store_true",
+                    help="inference workloads with tuwen --precision bf16, against PyTorch fp32 "
+                         "and PyTorch under CPU autocast to bfloat16")
     a = ap.parse_args()
+    if a.bf16:
+        return bf16(a)
     py = [sys.executable, os.path.join(HERE, "bench_hf.py")]
     tw = [a.tuwen, "--threads", str(a.threads), "bench"]
     peak = {"tuwen": [], "pytorch": []}
@@ -93,6 +98,43 @@ def main():
               f"**{med['pytorch'] / med['tuwen']:.2f}** | {g['tuwen']:.0f} ({g['tuwen'] / ceiling:.0%}) | "
               f"{g['pytorch']:.0f} ({g['pytorch'] / ceiling:.0%}) | {load['tuwen']:.0f} / {load['pytorch']:.0f} | "
               f"{rss['tuwen']:.0f} / {rss['pytorch']:.0f} |")
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            json.dump(log, f, indent=1)
+
+
+def bf16(a):
+    """tuwen's bfloat16 inference against PyTorch fp32 and PyTorch's autocast to bfloat16."""
+    py = [sys.executable, os.path.join(HERE, "bench_hf.py")]
+    tw = [a.tuwen, "--threads", str(a.threads), "--precision", "bf16", "bench"]
+    chosen = [WORKLOADS[int(i)] for i in a.only] if a.only else WORKLOADS
+    rows, log = [], {}
+    for name, folder, task, batch, extra, steps in chosen:
+        if task != "infer":
+            continue
+        path = os.path.join(a.models, folder)
+        common = ["--model", path, "--batch-size", str(batch), "--steps", str(steps),
+                  "--warmup", "2"] + extra
+        sides = {"tuwen bf16": tw + [task] + common + ["--json"],
+                 "pytorch fp32": py + [task] + common + ["--threads", str(a.threads)],
+                 "pytorch bf16": py + [task] + common + ["--threads", str(a.threads), "--bf16"]}
+        res = {s: [] for s in sides}
+        names = list(sides)
+        for r in range(a.rounds):
+            for side in (names if r % 2 == 0 else names[::-1]):
+                res[side].append(run(sides[side]))
+                print(f"{name} b{batch} {side}: {res[side][-1]['ms']:.1f} ms", file=sys.stderr)
+        med = {s: statistics.median(x["ms"] for x in v) for s, v in res.items()}
+        cos = min(x["cosine_to_fp32"] for x in res["tuwen bf16"])
+        rows.append((name, batch, med, cos))
+        log[f"{name} b{batch} bf16"] = res
+    print("| workload | batch | tuwen bf16 ms | PyTorch fp32 ms | PyTorch bf16 (autocast) ms | "
+          "tuwen bf16 / PyTorch fp32 | tuwen bf16 / PyTorch bf16 | smallest cosine to tuwen fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, batch, med, cos in rows:
+        t = med["tuwen bf16"]
+        print(f"| {name} | {batch} | {t:.1f} | {med['pytorch fp32']:.1f} | {med['pytorch bf16']:.1f} | "
+              f"**{med['pytorch fp32'] / t:.2f}** | **{med['pytorch bf16'] / t:.2f}** | {cos:.6f} |")
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(log, f, indent=1)

@@ -122,7 +122,8 @@ pub fn time_folder(
 }
 
 /// The smallest cosine similarity between matching rows of `a` and `b` (each `rows` equal
-/// rows); NaN when the lengths differ or a value is not finite.
+/// rows; two zero rows count as equal); NaN when the lengths differ or a value is not
+/// finite.
 pub fn min_row_cosine(a: &[f32], b: &[f32], rows: usize) -> f64 {
     if a.len() != b.len() || rows == 0 || !a.len().is_multiple_of(rows) {
         return f64::NAN;
@@ -133,7 +134,12 @@ pub fn min_row_cosine(a: &[f32], b: &[f32], rows: usize) -> f64 {
         .map(|(x, y)| {
             let dot: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum();
             let norm = |v: &[f32]| v.iter().map(|&p| p as f64 * p as f64).sum::<f64>().sqrt();
-            dot / (norm(x) * norm(y))
+            match (norm(x), norm(y)) {
+                // Two zero rows are the same row; one zero row is nothing like the other.
+                (0.0, 0.0) => 1.0,
+                (0.0, _) | (_, 0.0) => 0.0,
+                (nx, ny) => dot / (nx * ny),
+            }
         })
         .fold(f64::INFINITY, |m, c| {
             if c.is_nan() || m.is_nan() {
@@ -385,5 +391,24 @@ fn finite(loss: Tensor<1>) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidInput(format!("the loss became {v}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::min_row_cosine;
+
+    #[test]
+    fn min_row_cosine_takes_the_worst_row_and_fails_on_nan_and_lengths() {
+        // Row 0 identical (cosine 1), row 1 at 45 degrees (cosine 1/√2).
+        let a = [1.0, 0.0, 1.0, 0.0];
+        let b = [2.0, 0.0, 1.0, 1.0];
+        let c = min_row_cosine(&a, &b, 2);
+        assert!((c - 0.5f64.sqrt()).abs() < 1e-12, "{c}");
+        assert_eq!(min_row_cosine(&[0.0, 0.0], &[0.0, 0.0], 1), 1.0);
+        assert_eq!(min_row_cosine(&[0.0, 0.0], &[1.0, 0.0], 1), 0.0);
+        assert!(min_row_cosine(&[f32::NAN, 1.0], &[1.0, 1.0], 1).is_nan());
+        assert!(min_row_cosine(&[1.0, 1.0], &[1.0, 1.0, 1.0], 1).is_nan());
+        assert!(min_row_cosine(&[1.0, 1.0, 1.0], &[1.0, 1.0, 1.0], 2).is_nan());
     }
 }
