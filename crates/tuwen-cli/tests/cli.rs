@@ -842,7 +842,13 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 fn bf16_precision_embeds_within_cosine_0_999_of_fp32() {
     let images: Vec<String> = ["coffee.bmp", "chelsea.jpg", "astronaut.png"]
         .iter()
-        .map(|f| fixtures().join("images").join(f).to_string_lossy().into_owned())
+        .map(|f| {
+            fixtures()
+                .join("images")
+                .join(f)
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     for tag in ["clip-tiny", "siglip-tiny"] {
         let model = fixtures().join(tag);
@@ -855,7 +861,11 @@ fn bf16_precision_embeds_within_cosine_0_999_of_fp32() {
             tuwen(&args)
         };
         let fp32 = embed("fp32");
-        assert!(fp32.status.success(), "{}", String::from_utf8_lossy(&fp32.stderr));
+        assert!(
+            fp32.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fp32.stderr)
+        );
         let bf16 = embed("bf16");
         if !bf16.status.success() {
             assert_one_line_error(&bf16, "AMX");

@@ -420,10 +420,23 @@ mod tests {
     /// (q, k, v sliced out of one fused projection), and with masks that broadcast.
     #[test]
     fn attention_matches_the_plain_path() {
-        use burn::tensor::Distribution;
         let dev = Device::flex();
         dev.seed(3);
-        let (b, n_q, n_k, heads, dh) = (3, 7, 9, 4, 5);
+        // Tiny ragged heads, and heads as long and wide as a ViT's (several kernel blocks and
+        // panels, ragged tails).
+        for (b, n_q, n_k, heads, dh) in [(3, 7, 9, 4, 5), (2, 61, 50, 2, 64)] {
+            attention_case(&dev, b, n_q, n_k, heads, dh);
+        }
+        // A view whose last dimension is strided is not taken.
+        let qt = Tensor::<3>::zeros([1, 4, 4], &dev).swap_dims(1, 2);
+        assert!(attention(&qt, &qt, &qt, 2, None, 1.0).is_none());
+    }
+
+    /// The fused attention against burn's ops on random q, k, v (k and v strided views of one
+    /// tensor) with no mask and three mask shapes.
+    fn attention_case(dev: &Device, b: usize, n_q: usize, n_k: usize, heads: usize, dh: usize) {
+        use burn::tensor::Distribution;
+        let dev = dev.clone();
         let d = heads * dh;
         let q = Tensor::<3>::random([b, n_q, d], Distribution::Normal(0.0, 1.0), &dev);
         let qkv = Tensor::<3>::random([b, n_k, 3 * d], Distribution::Normal(0.0, 1.0), &dev);
@@ -475,12 +488,12 @@ mod tests {
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
-            assert!(diff < 1e-5, "max difference {diff}");
+            assert!(
+                diff < 1e-5,
+                "n_q {n_q} n_k {n_k} dh {dh}: max difference {diff}"
+            );
             assert!(got.iter().all(|x| x.is_finite()));
         }
-        // A view whose last dimension is strided is not taken.
-        let qt = Tensor::<3>::zeros([1, 4, 4], &dev).swap_dims(1, 2);
-        assert!(attention(&qt, &qt, &qt, 2, None, 1.0).is_none());
     }
 
     fn grid() -> Vec<f32> {
@@ -932,6 +945,33 @@ impl Views {
             Vec::new()
         };
         let out_ptr = SendPtr(out.as_mut_ptr());
+        if !keep_probs && sgemm::available() {
+            let pair = |bh: usize, scratch: &mut Scratch| {
+                let (bi, h) = (bh / heads, bh % heads);
+                let base = |g: Geom| g.offset + bi as isize * g.img + (h * dh) as isize;
+                let mask = match (ms, mgeom) {
+                    (Some(m), Some((off, st))) => {
+                        Some((m, off + bi as isize * st[0] + h as isize * st[1], st))
+                    }
+                    _ => None,
+                };
+                // SAFETY: pair (bi, h) writes only its head's columns of image bi's rows.
+                let dst = unsafe { out_ptr.get().add(bi * n_q * d + h * dh) };
+                let operands = [
+                    (qs, base(qg), qg.row),
+                    (ks, base(kg), kg.row),
+                    (vs, base(vg), vg.row),
+                ];
+                layers::simd(|| {
+                    head_attention(operands, (n_q, n_k, dh), scale, mask, (dst, d), scratch)
+                });
+            };
+            use rayon::prelude::*;
+            (0..b * heads)
+                .into_par_iter()
+                .for_each_init(Scratch::default, |s, bh| pair(bh, s));
+            return (out, None);
+        }
         let probs_ptr = SendPtr(probs.as_mut_ptr());
         let pair = |bh: usize, scratch: &mut Vec<f32>| {
             let (bi, h) = (bh / heads, bh % heads);
@@ -1189,6 +1229,89 @@ unsafe fn gemm_f32(
             parallelism,
         )
     }
+}
+
+/// Buffers one thread reuses from head to head: `Kᵀ` and the transposed scores.
+#[derive(Default)]
+struct Scratch {
+    kt: Vec<f32>,
+    st: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+/// The attention of one head of one image at inference, on the packed-weight kernel
+/// ([`sgemm`]): the scores are computed transposed, `Sᵀ = K Qᵀ` (`[n_k, n_q]`), so that the
+/// softmax over the keys runs down columns with every query in its own lane, and `Sᵀ` is then
+/// already the transposed left operand the kernel takes for `P V`. `q`, `k`, `v`: storage,
+/// the head's first element and the row stride; `mask`: storage, this pair's offset and the
+/// strides (broadcast dimensions at 0); the output goes to `dst`, rows `ldo` apart.
+#[allow(clippy::type_complexity)]
+#[inline(always)]
+fn head_attention(
+    [(qs, qb, qr), (ks, kb, kr), (vs, vb, vr)]: [(&[f32], isize, isize); 3],
+    (n_q, n_k, dh): (usize, usize, usize),
+    scale: f32,
+    mask: Option<(&[f32], isize, [isize; 4])>,
+    (dst, ldo): (*mut f32, usize),
+    scratch: &mut Scratch,
+) {
+    use sgemm::{PackedWeight, Precision};
+    let Scratch { kt, st, max, sum } = scratch;
+    kt.clear();
+    kt.resize(dh * n_k, 0.0);
+    for j in 0..n_k {
+        let row = &ks[(kb + j as isize * kr) as usize..][..dh];
+        for (dd, &x) in row.iter().enumerate() {
+            kt[dd * n_k + j] = x;
+        }
+    }
+    let qt = PackedWeight::new(qs, (qb as usize, 1, qr), dh, n_q, Precision::F32)
+        .expect("the view's rows lie inside q's storage");
+    st.clear();
+    st.resize(n_k * n_q, 0.0);
+    // SAFETY: st holds n_k rows of n_q floats; AVX-512F was checked by the caller.
+    unsafe { sgemm::product_t(kt, n_k, n_k, &qt, st.as_mut_ptr(), n_q) };
+    max.clear();
+    max.resize(n_q, f32::NEG_INFINITY);
+    for (j, row) in st.chunks_exact_mut(n_q).enumerate() {
+        match mask {
+            Some((m, off, s)) => {
+                let start = off + j as isize * s[3];
+                for (i, x) in row.iter_mut().enumerate() {
+                    *x = *x * scale + m[(start + i as isize * s[2]) as usize];
+                }
+            }
+            None => row.iter_mut().for_each(|x| *x *= scale),
+        }
+        for (x, m) in row.iter().zip(max.iter_mut()) {
+            *m = if *x > *m { *x } else { *m };
+        }
+    }
+    sum.clear();
+    sum.resize(n_q, 0.0);
+    for row in st.chunks_exact_mut(n_q) {
+        for (x, m) in row.iter_mut().zip(max.iter()) {
+            *x -= m;
+        }
+        map_in_place(Kernel::Exp, row);
+        for (x, s) in row.iter().zip(sum.iter_mut()) {
+            *s += x;
+        }
+    }
+    for s in sum.iter_mut() {
+        *s = 1.0 / *s;
+    }
+    for row in st.chunks_exact_mut(n_q) {
+        for (x, s) in row.iter_mut().zip(sum.iter()) {
+            *x *= s;
+        }
+    }
+    let vp = PackedWeight::new(vs, (vb as usize, vr, 1), n_k, dh, Precision::F32)
+        .expect("the view's rows lie inside v's storage");
+    // SAFETY: st is Pᵀ (n_k rows of n_q); dst covers n_q rows of dh floats ldo apart, which
+    // belong to this head (the caller's contract).
+    unsafe { sgemm::product_t(st, n_q, n_q, &vp, dst, ldo) };
 }
 
 /// A raw pointer that rayon's tasks may share: each writes a disjoint part.

@@ -133,7 +133,7 @@ fn tensor(v: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
 /// Runs `f` compiled for AVX-512 or AVX2 + FMA when this CPU has them (the closure is inlined
 /// into a function with those features enabled), plainly otherwise.
 #[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {

@@ -28,14 +28,17 @@ pub const MR: usize = 12;
 const KC: usize = 256;
 /// Rows of `x` per task when the rows are split across threads.
 const MC: usize = 144;
+/// How many steps ahead the f32 kernel prefetches the weight.
+const PREFETCH: usize = 32;
 /// The reduction length of one AMX bfloat16 tile (64 bytes a row).
 const AMX_K: usize = 32;
 
 /// Above this many rows of `x` the general GEMM (`gemm` crate) measured faster: its packing
-/// of the weight is shared by enough rows, and its kernel reached 5-15% more of the peak on
-/// the ViT-B shapes (768 × 2304 and 3072 × 768 weights, 150-1600 rows, 2 threads). At 50 rows
-/// this kernel is 1.5-2× faster.
-pub const MAX_ROWS: usize = 128;
+/// of the weight is shared by enough rows, and its kernel reached more of the peak. Measured
+/// on the 48 linear layers of a ViT-B (350 MB of weights, streamed from memory), 2 threads:
+/// at 50 rows this kernel took 44-47 ms against 93-129, at 77 rows 66-107 against 118-147,
+/// at 128 rows 106-137 against 99-102.
+pub const MAX_ROWS: usize = 96;
 
 /// Whether this CPU runs the kernel.
 pub fn available() -> bool {
@@ -350,12 +353,12 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
     let tasks = row_chunks * groups;
     // x transposed to `[k, m]`, once for all tasks: the kernel reads a block's rows at one
     // reduction index side by side.
-    let mut xt = vec![0u32; steps * m];
+    let mut xt = vec![0.0f32; steps * m];
     for k0 in (0..k).step_by(16) {
         let k1 = (k0 + 16).min(k);
         for (r, row) in x.chunks_exact(k).enumerate() {
             for (i, &v) in row[k0..k1].iter().enumerate() {
-                xt[(k0 + i) * m + r] = v.to_bits();
+                xt[(k0 + i) * m + r] = v;
             }
         }
     }
@@ -368,7 +371,7 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
         let p1 = (p0 + panels_per).min(panels);
         // SAFETY: the tasks write disjoint blocks of `out` (rows r0.., columns of panels
         // p0..p1), which has m × n elements; the CPU's features were checked above.
-        unsafe { block(&xt, (r0, rows, m), w, bias, p0..p1, out_ptr) };
+        unsafe { block(&xt, (r0, rows, m), w, bias, p0..p1, (out_ptr, n)) };
     };
     if tasks == 1 {
         task(0);
@@ -386,21 +389,23 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// Rows `r0 .. r0 + rows` (of `m`) of the output, panels `panels` of the weight.
+/// `x`'s rows `r0 .. r0 + rows` against panels `panels` of the weight (f32), into `out`'s
+/// rows at stride `ldc`. `xt` is `x` transposed: reduction index `i`, row `r` at
+/// `xt[i·lda + r]`.
 ///
 /// # Safety
-/// `out` points at `m × w.n` floats that no other thread writes in this block; the CPU has
-/// the weight's kernel's features.
+/// `out` covers those rows (`ldc` apart) and the panels' columns, which no other thread
+/// writes; `xt` holds `w.k` rows of `lda` floats; AVX-512F.
 unsafe fn block(
-    xt: &[u32],
-    (r0, rows, m): (usize, usize, usize),
+    xt: &[f32],
+    (r0, rows, lda): (usize, usize, usize),
     w: &PackedWeight,
     bias: Option<&[f32]>,
     panels: std::ops::Range<usize>,
-    out: OutPtr,
+    (out, ldc): (OutPtr, usize),
 ) {
     let (n, steps) = (w.n, w.steps);
-    debug_assert!(r0 + rows <= m && xt.len() == steps * m);
+    debug_assert!(w.precision == Precision::F32 && r0 + rows <= lda && xt.len() >= steps * lda);
     let passes = steps.div_ceil(KC);
     let kc_max = steps.div_ceil(passes);
     let wdata = w.data.as_slice();
@@ -419,29 +424,58 @@ unsafe fn block(
             };
             for b0 in (0..rows).step_by(MR) {
                 let r = MR.min(rows - b0);
-                // Rows r0 + b0 .. + r of x at steps k0 .., m words apart.
-                let a = &xt[k0 * m + r0 + b0..][..(kc - 1) * m + r];
+                // Rows r0 + b0 .. + r of x at reduction indices k0 .., lda floats apart.
+                let a = &xt[k0 * lda + r0 + b0..][..(kc - 1) * lda + r];
                 // SAFETY: rows r0 + b0 .. + r and columns j0 .. j0 + cols lie inside `out`
                 // and belong to this block.
-                let c = unsafe { out.0.add((r0 + b0) * n + j0) };
+                let c = unsafe { out.0.add((r0 + b0) * ldc + j0) };
                 let tile = Tile {
                     steps: kc,
-                    a: a.as_ptr(),
-                    lda: m,
+                    a: a.as_ptr().cast(),
+                    lda,
                     b: b.as_ptr(),
                     c,
-                    ldc: n,
+                    ldc,
                     cols,
                     first,
                     bias,
                 };
-                // SAFETY: the kernel reads r words at each of kc steps of m in `a`, kc × NR
-                // of `b` and writes r rows of `cols` floats at stride n from `c`; the CPU's
+                // SAFETY: the kernel reads r floats at each of kc steps of lda in `a`, kc × NR
+                // of `b` and writes r rows of `cols` floats at stride ldc from `c`; the CPU's
                 // features per the caller.
                 unsafe { tile.run(r) };
             }
         }
     }
+}
+
+/// `C = A W` on this thread, for `A` (`m × w.k`) given transposed: `at[i·lda + r]` is row `r`,
+/// reduction index `i` (`m ≤ lda`). `C`'s rows are `ldc` apart from `c`. The attention's
+/// per-head products use it.
+///
+/// # Safety
+/// `c` covers `m` rows of `w.n` floats at stride `ldc`; no other thread writes them; `w` is
+/// f32 and [`available`] holds.
+pub(crate) unsafe fn product_t(
+    at: &[f32],
+    lda: usize,
+    m: usize,
+    w: &PackedWeight,
+    c: *mut f32,
+    ldc: usize,
+) {
+    assert!(m <= lda && at.len() >= w.k * lda && w.precision == Precision::F32);
+    // SAFETY: the caller's contract.
+    unsafe {
+        block(
+            at,
+            (0, m, lda),
+            w,
+            None,
+            0..w.n.div_ceil(NR),
+            (OutPtr(c), ldc),
+        )
+    };
 }
 
 /// One kernel call: `C[R, cols] (+)= A B` over `steps` steps. `a` holds, at each step, `R`
@@ -491,6 +525,11 @@ unsafe fn kernel_f32<const R: usize>(t: &Tile) {
     for _ in 0..t.steps {
         // SAFETY: `b` has NR aligned words per step and `a` R (the caller's contract).
         let (b0, b1) = unsafe { (_mm512_load_ps(b), _mm512_load_ps(b.add(16))) };
+        // The weight streams from memory at small batches (a ViT-B's are 350 MB): fetch it
+        // PREFETCH steps ahead (measured on CLIP B/32's linear layers at 50 rows: 69-87 ms
+        // without, 58-63 ms with; a prefetch never faults, so past the end is harmless).
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH * NR).cast::<i8>());
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH * NR + 16).cast::<i8>());
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: as above.
             let av = _mm512_set1_ps(unsafe { *a.add(i) });
