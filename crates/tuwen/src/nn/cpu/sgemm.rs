@@ -316,7 +316,7 @@ pub fn packed(w: &FlexTensor, precision: Precision) -> Option<Arc<PackedWeight>>
 /// # Panics
 /// When the sizes do not fit or the CPU lacks the kernel's instructions.
 pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: &mut [f32]) {
-    let (k, n, steps) = (w.k, w.n, w.steps);
+    let (k, n) = (w.k, w.n);
     match w.precision {
         Precision::F32 => assert!(available(), "sgemm::matmul needs AVX-512F"),
         Precision::Bf16 => assert!(available_bf16(), "bf16 sgemm::matmul needs AVX512-BF16"),
@@ -351,17 +351,24 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
     let panels_per = panels.div_ceil(groups);
     let groups = panels.div_ceil(panels_per);
     let tasks = row_chunks * groups;
-    // x transposed to `[k, m]`, once for all tasks: the kernel reads a block's rows at one
-    // reduction index side by side.
-    let mut xt = vec![0.0f32; steps * m];
-    for k0 in (0..k).step_by(16) {
-        let k1 = (k0 + 16).min(k);
-        for (r, row) in x.chunks_exact(k).enumerate() {
-            for (i, &v) in row[k0..k1].iter().enumerate() {
-                xt[(k0 + i) * m + r] = v;
+    // Rows r0 .. r0 + rows of x transposed (`[k, rows]`): the kernel reads a block's rows at
+    // one reduction index side by side. Once for all tasks when they share the rows; per task
+    // when the rows are split, so that a block's rows at one index stay a few hundred bytes
+    // apart (a transpose of all of a large batch puts them kilobytes apart, a page each).
+    let transpose = |r0: usize, rows: usize| {
+        let mut xt = vec![0.0f32; k * rows];
+        for k0 in (0..k).step_by(16) {
+            let k1 = (k0 + 16).min(k);
+            for r in 0..rows {
+                let src = &x[(r0 + r) * k..][k0..k1];
+                for (i, &v) in src.iter().enumerate() {
+                    xt[(k0 + i) * rows + r] = v;
+                }
             }
         }
-    }
+        xt
+    };
+    let shared = (row_chunks == 1).then(|| transpose(0, m));
     let out_ptr = OutPtr(out.as_mut_ptr());
     let task = |t: usize| {
         let (chunk, group) = (t / groups, t % groups);
@@ -369,9 +376,20 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
         let rows = rows_per.min(m - r0);
         let p0 = group * panels_per;
         let p1 = (p0 + panels_per).min(panels);
+        let local;
+        let (xt, first, lda) = match &shared {
+            Some(xt) => (xt.as_slice(), r0, m),
+            None => {
+                local = transpose(r0, rows);
+                (local.as_slice(), 0, rows)
+            }
+        };
         // SAFETY: the tasks write disjoint blocks of `out` (rows r0.., columns of panels
         // p0..p1), which has m × n elements; the CPU's features were checked above.
-        unsafe { block(&xt, (r0, rows, m), w, bias, p0..p1, (out_ptr, n)) };
+        unsafe {
+            let c = out_ptr.offset((r0 - first) * n);
+            block(xt, (first, rows, lda), w, bias, p0..p1, (c, n))
+        };
     };
     if tasks == 1 {
         task(0);
@@ -384,6 +402,16 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
 /// The output pointer the tasks share; each writes its own block.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
+impl OutPtr {
+    /// The pointer `count` floats on.
+    ///
+    /// # Safety
+    /// As `pointer::add`.
+    unsafe fn offset(self, count: usize) -> OutPtr {
+        // SAFETY: the caller's contract.
+        OutPtr(unsafe { self.0.add(count) })
+    }
+}
 // SAFETY: see `matmul`: disjoint writes.
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
