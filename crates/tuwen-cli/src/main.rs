@@ -41,7 +41,7 @@ struct Cli {
     max_image_pixels: Option<u64>,
     /// Precision of the linear layers at inference on the CPU: fp32, or bf16 (weights and
     /// inputs rounded to bfloat16, products summed in fp32 on the AMX unit; needs a CPU with
-    /// AMX-BF16). Training stays fp32.
+    /// AMX-BF16). `train` refuses bf16: training runs in fp32.
     #[arg(long, global = true, default_value = "fp32")]
     precision: String,
     #[command(subcommand)]
@@ -158,7 +158,14 @@ fn run(cli: Cli) -> Result<()> {
     // The pool is made here even without --threads, so that its threads flush denormals.
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     tuwen::device::set_threads(cli.threads.unwrap_or(cores))?;
-    tuwen::device::set_precision(tuwen::device::parse_precision(&cli.precision)?)?;
+    let precision = tuwen::device::parse_precision(&cli.precision)?;
+    if precision != tuwen::device::Precision::F32 && matches!(cli.command, Command::Train(_)) {
+        bail!(
+            "--precision {} applies to inference; training runs in fp32",
+            cli.precision
+        );
+    }
+    tuwen::device::set_precision(precision)?;
     if let Some(n) = cli.max_image_pixels {
         tuwen::data::decode::set_max_image_pixels(n)?;
     }

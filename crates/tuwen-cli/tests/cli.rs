@@ -898,4 +898,18 @@ fn bf16_precision_embeds_within_cosine_0_999_of_fp32() {
         ]),
         "--precision",
     );
+    // Training runs in fp32: asking for bf16 there is refused, not ignored.
+    assert_one_line_error(
+        &tuwen(&[
+            "train",
+            "clip",
+            "--data",
+            "/nonexistent.csv",
+            "--out",
+            "/tmp/never",
+            "--precision",
+            "bf16",
+        ]),
+        "--precision",
+    );
 }

@@ -427,6 +427,11 @@ mod tests {
         for (b, n_q, n_k, heads, dh) in [(3, 7, 9, 4, 5), (2, 61, 50, 2, 64)] {
             attention_case(&dev, b, n_q, n_k, heads, dh);
         }
+        // No queries or no keys: left to burn's ops (no panic here).
+        let empty = Tensor::<3>::zeros([1, 0, 8], &dev);
+        let some = Tensor::<3>::ones([1, 3, 8], &dev);
+        assert!(attention(&empty, &some, &some, 2, None, 1.0).is_none());
+        assert!(attention(&some, &empty, &empty, 2, None, 1.0).is_none());
         // A view whose last dimension is strided is not taken.
         let qt = Tensor::<3>::zeros([1, 4, 4], &dev).swap_dims(1, 2);
         assert!(attention(&qt, &qt, &qt, 2, None, 1.0).is_none());
@@ -877,6 +882,10 @@ impl Views {
         let [b, n_q, d] = dims(&q);
         let [kb, n_k, kd] = dims(&k);
         if heads == 0 || d % heads != 0 || kd != d || dims(&v) != [kb, n_k, kd] || kb != b {
+            return None;
+        }
+        // Empty tensors go to burn's ops.
+        if b == 0 || n_q == 0 || n_k == 0 || d == 0 {
             return None;
         }
         if let Some(p) = &mask {

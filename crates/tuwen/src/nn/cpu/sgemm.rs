@@ -273,7 +273,7 @@ static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
 /// `w` (`[k, n]`, `f32`, any strides) packed in `precision`, from the cache when this tensor
 /// was packed so before. Entries whose weight nobody else holds any more are dropped on each
-/// miss.
+/// call.
 pub fn packed(w: &FlexTensor, precision: Precision) -> Option<Arc<PackedWeight>> {
     let layout = w.layout();
     let shape = layout.shape();
@@ -290,10 +290,11 @@ pub fn packed(w: &FlexTensor, precision: Precision) -> Option<Arc<PackedWeight>>
         precision,
     );
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    // Weights nobody else holds any more (a dropped model's) are let go at once.
+    cache.retain(|e| !e.keep.is_unique());
     if let Some(e) = cache.iter().find(|e| e.key == key) {
         return Some(e.packed.clone());
     }
-    cache.retain(|e| !e.keep.is_unique());
     let packed = Arc::new(PackedWeight::new(
         storage,
         (layout.start_offset(), strides[0], strides[1]),
