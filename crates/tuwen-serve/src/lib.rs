@@ -158,11 +158,7 @@ pub async fn serve(server: Arc<Server>, listener: tokio::net::TcpListener) -> st
 /// Binds `addr` and serves until Ctrl-C, on a runtime of its own; `on_ready` hears the bound
 /// address (port 0 picks a free one).
 pub fn run(server: Server, addr: SocketAddr, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::InvalidInput(format!("cannot start the server's runtime: {e}")))?;
-    rt.block_on(async {
+    runtime()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::InvalidInput(format!("cannot listen on {addr}: {e}")))?;
@@ -174,6 +170,16 @@ pub fn run(server: Server, addr: SocketAddr, on_ready: impl FnOnce(SocketAddr)) 
             .await
             .map_err(|e| Error::InvalidInput(format!("server on {bound} failed: {e}")))
     })
+}
+
+/// The server's runtime. Its threads (the blocking ones run the model) flush denormal floats
+/// to zero, as the CPU backend's pool does (`tuwen::device::flush_denormals`).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(tuwen::device::flush_denormals_here)
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("cannot start the server's runtime: {e}")))
 }
 
 /// A failed request: its status and one line.
@@ -432,4 +438,25 @@ async fn thumb(State(s): State<Arc<Server>>, Query(p): Query<PathParams>) -> Api
         jpeg,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Blocking work (the model) runs on threads that flush denormals to zero.
+    #[test]
+    fn runtime_threads_flush_denormals() {
+        let rt = super::runtime().unwrap();
+        let (blocking, worker) = rt.block_on(async {
+            let blocking = tokio::task::spawn_blocking(tuwen::device::flushes_denormals)
+                .await
+                .unwrap();
+            let worker = tokio::spawn(async { tuwen::device::flushes_denormals() })
+                .await
+                .unwrap();
+            (blocking, worker)
+        });
+        #[cfg(target_arch = "x86_64")]
+        assert!(blocking && worker);
+        let _ = (blocking, worker);
+    }
 }

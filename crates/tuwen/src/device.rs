@@ -111,8 +111,9 @@ pub fn flush_denormals() {
 }
 
 /// Sets the flush-to-zero and denormals-are-zero bits of this thread's MXCSR (x86-64; a no-op
-/// elsewhere).
-pub(crate) fn flush_denormals_here() {
+/// elsewhere): for threads the program makes itself (a server's blocking pool, say), where
+/// [`flush_denormals`] covers this thread and the CPU backend's pool.
+pub fn flush_denormals_here() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: setting FTZ (bit 15) and DAZ (bit 6) changes only how SSE/AVX arithmetic treats
     // subnormal numbers on this thread; every x86-64 CPU has both bits.
