@@ -250,11 +250,6 @@ impl PackedWeight {
             data,
         })
     }
-
-    /// Rows (the reduction) and columns.
-    pub fn shape(&self) -> (usize, usize) {
-        (self.k, self.n)
-    }
 }
 
 /// A weight tensor's identity: its storage, offset, shape and strides.
@@ -573,21 +568,48 @@ unsafe fn kernel_f32<const R: usize>(t: &Tile) {
     unsafe { store(t, &acc) }
 }
 
-/// The lane masks of the first `cols` (at most 32) floats of a row, in two vectors.
-fn masks(cols: usize) -> (u16, u16) {
+/// The lane masks of the first `cols` (at most 32) floats of an output row, in two vectors,
+/// and the bias (zero without one) loaded under them.
+///
+/// # Safety
+/// `bias` has at least `cols` floats; AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn row_edge(
+    cols: usize,
+    bias: Option<&[f32]>,
+) -> (
+    u16,
+    u16,
+    std::arch::x86_64::__m512,
+    std::arch::x86_64::__m512,
+) {
+    use std::arch::x86_64::*;
     let lo = if cols >= 16 {
         0xffff
     } else {
         (1u32 << cols) - 1
-    };
+    } as u16;
     let hi = if cols >= 32 {
         0xffff
     } else if cols > 16 {
         (1u32 << (cols - 16)) - 1
     } else {
         0
+    } as u16;
+    // SAFETY: masked-out lanes are not read (AVX-512 suppresses their faults); the second
+    // half's address is formed with wrapping arithmetic.
+    let (b0, b1) = match bias {
+        Some(bv) => unsafe {
+            (
+                _mm512_maskz_loadu_ps(lo, bv.as_ptr()),
+                _mm512_maskz_loadu_ps(hi, bv.as_ptr().wrapping_add(16)),
+            )
+        },
+        None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
     };
-    (lo as u16, hi as u16)
+    (lo, hi, b0, b1)
 }
 
 /// Writes the accumulators to `C` (see [`Tile`]).
@@ -599,18 +621,11 @@ fn masks(cols: usize) -> (u16, u16) {
 #[inline]
 unsafe fn store<const R: usize>(t: &Tile, acc: &[[std::arch::x86_64::__m512; 2]; R]) {
     use std::arch::x86_64::*;
-    let (lo, hi) = masks(t.cols);
     // SAFETY: masked loads and stores touch only the first `cols` floats of each row; the
     // masked-out lanes are neither read nor written (AVX-512 suppresses their faults), and
     // the second half's address is formed with wrapping arithmetic.
     unsafe {
-        let (base0, base1) = match t.bias {
-            Some(bv) => (
-                _mm512_maskz_loadu_ps(lo, bv.as_ptr()),
-                _mm512_maskz_loadu_ps(hi, bv.as_ptr().wrapping_add(16)),
-            ),
-            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-        };
+        let (lo, hi, base0, base1) = row_edge(t.cols, t.bias);
         for (i, acc) in acc.iter().enumerate() {
             let row = t.c.add(i * t.ldc);
             let row_hi = row.wrapping_add(16);
@@ -878,17 +893,10 @@ mod amx {
     ) {
         use std::arch::x86_64::*;
         let acc = acc.as_slice().as_ptr().cast::<f32>();
-        let (lo, hi) = super::masks(cols);
         // SAFETY: masked lanes are neither read nor written; the rest lie inside `acc`, the
         // bias and `c`'s rows.
         unsafe {
-            let (b0, b1) = match bias {
-                Some(bv) => (
-                    _mm512_maskz_loadu_ps(lo, bv.as_ptr()),
-                    _mm512_maskz_loadu_ps(hi, bv.as_ptr().wrapping_add(16)),
-                ),
-                None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
-            };
+            let (lo, hi, b0, b1) = super::row_edge(cols, bias);
             for r in 0..rows {
                 let src = acc.add(r * NR);
                 let row = c.add(r * ldc);
