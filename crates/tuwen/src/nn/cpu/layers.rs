@@ -283,15 +283,15 @@ impl Dense {
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
-    /// The output through [`super::sgemm`]'s kernel with the weight packed once (inference:
-    /// the weight's packing is cached), in the precision [`super::sgemm::set_precision`] set.
-    /// `None` (the general GEMM) in `f32` without AVX-512F or for more rows than
-    /// [`super::sgemm::MAX_ROWS`], where the general GEMM's own packing pays for itself.
-    fn compute_packed(&self) -> Option<FlexTensor> {
+    /// The output through [`super::sgemm`]'s kernels with the weight packed once (inference:
+    /// the weight's packing is cached), in the precision [`super::sgemm::set_precision`] set,
+    /// with `then` applied to the output (see [`super::sgemm::matmul_then`]). `None` (the
+    /// general GEMM) without AVX-512F.
+    fn compute_packed(&self, then: super::sgemm::Then) -> Option<FlexTensor> {
         use super::sgemm::{self, Precision};
         let precision = sgemm::precision();
         let usable = match precision {
-            Precision::F32 => sgemm::available() && self.rows <= sgemm::MAX_ROWS,
+            Precision::F32 => sgemm::available(),
             Precision::Bf16 => sgemm::available_bf16(),
         };
         if !usable {
@@ -300,7 +300,7 @@ impl Dense {
         let w = sgemm::packed(&self.w, precision)?;
         let bias = self.b.as_ref().map(slice);
         let mut out = vec![0.0f32; self.rows * self.d_out];
-        super::sgemm::matmul(self.x(), self.rows, &w, bias, &mut out);
+        super::sgemm::matmul_then(self.x(), self.rows, &w, bias, then, &mut out);
         let mut shape = self.x.layout().shape().clone();
         let last = shape.num_dims() - 1;
         shape[last] = self.d_out;
@@ -365,7 +365,7 @@ impl Dense {
 
 impl Fused3 for Dense {
     fn forward(&mut self, tracked: bool) -> FlexTensor {
-        if !tracked && let Some(out) = self.compute_packed() {
+        if !tracked && let Some(out) = self.compute_packed(None) {
             return out;
         }
         self.compute()

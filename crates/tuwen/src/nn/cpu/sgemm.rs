@@ -33,12 +33,25 @@ const PREFETCH: usize = 32;
 /// The reduction length of one AMX bfloat16 tile (64 bytes a row).
 const AMX_K: usize = 32;
 
-/// Above this many rows of `x` the general GEMM (`gemm` crate) measured faster: its packing
-/// of the weight is shared by enough rows, and its kernel reached more of the peak. Measured
-/// on the 48 linear layers of a ViT-B (350 MB of weights, streamed from memory), 2 threads:
-/// at 50 rows this kernel took 44-47 ms against 93-129, at 77 rows 66-107 against 118-147,
-/// at 128 rows 106-137 against 99-102.
+/// Up to this many rows of `x` the small-batch kernel runs (12 × 32 tiles, `x` transposed,
+/// the weight streamed from memory with prefetches); above it the large-batch one (6 × 64
+/// tiles, see [`wide`]). Measured on the 48 linear layers of a ViT-B (350 MB of weights),
+/// 2 threads: at 50 rows the small-batch kernel took 44-47 ms against the `gemm` crate's
+/// 93-129, at 128 rows 106-137 against 99-102, where the large-batch kernel is level with it.
 pub const MAX_ROWS: usize = 96;
+/// Rows of `x` per large-batch kernel call: 6 × 4 accumulators.
+const MW: usize = 6;
+/// Reduction steps per pass of the large-batch kernel.
+const KW: usize = 384;
+/// Columns per block of the large-batch kernel: a pass's block of the weight (KW × NW floats,
+/// 768 KiB) stays in L2 while the rows pass over it.
+const NW: usize = 512;
+/// How many steps ahead the large-batch kernel prefetches the weight (from L2).
+const PREFETCH_WIDE: usize = 16;
+
+/// A function applied to each finished stretch of an output row (an activation fused into
+/// the product's last pass, while the stretch is in L1).
+pub type Then<'a> = Option<&'a (dyn Fn(&mut [f32]) + Sync)>;
 
 /// Whether this CPU runs the kernel.
 pub fn available() -> bool {
@@ -312,6 +325,22 @@ pub fn packed(w: &FlexTensor, precision: Precision) -> Option<Arc<PackedWeight>>
 /// # Panics
 /// When the sizes do not fit or the CPU lacks the kernel's instructions.
 pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: &mut [f32]) {
+    matmul_then(x, m, w, bias, None, out)
+}
+
+/// [`matmul`], then `then` applied to every output row (in stretches, as each is finished):
+/// `out = then(x W + bias)`.
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_then(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    then: Then,
+    out: &mut [f32],
+) {
     let (k, n) = (w.k, w.n);
     match w.precision {
         Precision::F32 => assert!(available(), "sgemm::matmul needs AVX-512F"),
@@ -326,7 +355,16 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
         return;
     }
     if w.precision == Precision::Bf16 {
-        return amx::matmul(x, m, w, bias, out);
+        amx::matmul(x, m, w, bias, out);
+        if let Some(f) = then {
+            use rayon::prelude::*;
+            out.par_chunks_mut(n * 16)
+                .for_each(|c| c.chunks_mut(n).for_each(f));
+        }
+        return;
+    }
+    if m > MAX_ROWS {
+        return wide(x, m, w, bias, then, out);
     }
     let panels = n.div_ceil(NR);
     let threads = if m * k * n < 1 << 18 {
@@ -384,7 +422,7 @@ pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: 
         // p0..p1), which has m × n elements; the CPU's features were checked above.
         unsafe {
             let c = out_ptr.offset((r0 - first) * n);
-            block(xt, (first, rows, lda), w, bias, p0..p1, (c, n))
+            block(xt, (first, rows, lda), w, bias, then, p0..p1, (c, n))
         };
     };
     if tasks == 1 {
@@ -425,6 +463,7 @@ unsafe fn block(
     (r0, rows, lda): (usize, usize, usize),
     w: &PackedWeight,
     bias: Option<&[f32]>,
+    then: Then,
     panels: std::ops::Range<usize>,
     (out, ldc): (OutPtr, usize),
 ) {
@@ -468,9 +507,240 @@ unsafe fn block(
                 // of `b` and writes r rows of `cols` floats at stride ldc from `c`; the CPU's
                 // features per the caller.
                 unsafe { tile.run(r) };
+                if pass + 1 == passes
+                    && let Some(f) = then
+                {
+                    // SAFETY: as above: the tile's rows, which this thread alone writes.
+                    unsafe { finish(f, c, r, cols, ldc) };
+                }
             }
         }
     }
+}
+
+/// `then` applied to `rows` output rows of `cols` floats from `c`, `ldc` apart.
+///
+/// # Safety
+/// Those floats are initialised, inside one allocation, and written by no other thread.
+unsafe fn finish(
+    then: &(dyn Fn(&mut [f32]) + Sync),
+    c: *mut f32,
+    rows: usize,
+    cols: usize,
+    ldc: usize,
+) {
+    for i in 0..rows {
+        // SAFETY: the caller's contract.
+        then(unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), cols) });
+    }
+}
+
+/// The large-batch product (more than [`MAX_ROWS`] rows), in the layout of BLIS: the rows are
+/// split across threads in blocks; within a block, for each [`NW`] columns and each pass of
+/// [`KW`] reduction steps, the weight's slice (768 KiB) stays in L2 while kernels of
+/// [`MW`] rows × two panels (6 × 64, 24 accumulators: per step four vector loads, six
+/// broadcasts, 24 FMAs) pass over it. `x` is read in place: a kernel's six rows at one
+/// reduction index are `k` floats apart, six streams the prefetcher follows, so `x` is
+/// neither transposed nor packed.
+fn wide(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, then: Then, out: &mut [f32]) {
+    let (k, n) = (w.k, w.n);
+    let threads = rayon::current_num_threads().max(1);
+    // Blocks of about MC rows, whole kernels, as many as fill the threads in equal parts
+    // (several per thread, so that a thread slowed by the machine is made up for).
+    let blocks = m.div_ceil(MC).div_ceil(threads) * threads;
+    let rows_per = m.div_ceil(blocks).div_ceil(MW) * MW;
+    let blocks = m.div_ceil(rows_per);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let task = |t: usize| {
+        let r0 = t * rows_per;
+        let rows = rows_per.min(m - r0);
+        // SAFETY: the tasks write disjoint rows of `out` (m × n floats); the caller checked
+        // the CPU's features.
+        unsafe {
+            block_wide(
+                &x[r0 * k..(r0 + rows) * k],
+                rows,
+                w,
+                bias,
+                then,
+                (out_ptr.offset(r0 * n), n),
+            )
+        };
+    };
+    if blocks == 1 {
+        task(0);
+    } else {
+        use rayon::prelude::*;
+        (0..blocks).into_par_iter().for_each(task);
+    }
+}
+
+/// `rows` rows of `x` (row-major, `w.k` floats a row) against the whole (f32) weight, into
+/// `out`'s rows at stride `ldc`; see [`wide`].
+///
+/// # Safety
+/// `out` covers `rows` rows of `w.n` floats at stride `ldc`, which no other thread writes;
+/// AVX-512F.
+unsafe fn block_wide(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    then: Then,
+    (out, ldc): (OutPtr, usize),
+) {
+    let (n, k) = (w.n, w.steps);
+    debug_assert!(w.precision == Precision::F32 && x.len() == rows * k);
+    let panels = n.div_ceil(NR);
+    let passes = k.div_ceil(KW);
+    let kc_max = k.div_ceil(passes);
+    let wdata = w.data.as_slice();
+    for p0 in (0..panels).step_by(NW / NR) {
+        let p1 = (p0 + NW / NR).min(panels);
+        for pass in 0..passes {
+            let k0 = pass * kc_max;
+            let kc = kc_max.min(k - k0);
+            let first = pass == 0;
+            for b0 in (0..rows).step_by(MW) {
+                let r = MW.min(rows - b0);
+                // Rows b0 .. b0 + r at reduction index k0, k floats apart.
+                let a = &x[b0 * k + k0..(b0 + r - 1) * k + k0 + kc];
+                for p in (p0..p1).step_by(2) {
+                    let pair = p + 1 < p1;
+                    let j0 = p * NR;
+                    let cols = (if pair { 2 * NR } else { NR }).min(n - j0);
+                    let panel = |q: usize| wdata[(q * k + k0) * NR..][..kc * NR].as_ptr();
+                    let c = unsafe { out.0.add(b0 * ldc + j0) };
+                    let tile = Wide {
+                        steps: kc,
+                        a: a.as_ptr(),
+                        lda: k,
+                        b: [panel(p), if pair { panel(p + 1) } else { panel(p) }],
+                        c,
+                        ldc,
+                        cols,
+                        first,
+                        bias: if first {
+                            bias.map(|b| &b[j0..j0 + cols])
+                        } else {
+                            None
+                        },
+                    };
+                    // SAFETY: the kernel reads r rows of kc floats from `a` (k apart), kc × NR
+                    // of each panel, and writes r rows of `cols` floats at stride ldc from `c`,
+                    // inside this block's rows; the CPU's features per the caller.
+                    unsafe { tile.run(r, pair) };
+                    if pass + 1 == passes
+                        && let Some(f) = then
+                    {
+                        // SAFETY: as above.
+                        unsafe { finish(f, c, r, cols, ldc) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One large-batch kernel call: `C[R, cols] (+)= A B` over `steps` steps, `A`'s rows `lda`
+/// floats apart (one float a step), `B` one or two panels (`NR` words a step each, 64-byte
+/// aligned), `C` `R` rows of `cols` (at most `2 NR`) floats at stride `ldc`; `first` and
+/// `bias` as in [`Tile`].
+struct Wide<'a> {
+    steps: usize,
+    a: *const f32,
+    lda: usize,
+    b: [*const u32; 2],
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    first: bool,
+    bias: Option<&'a [f32]>,
+}
+
+impl Wide<'_> {
+    /// Runs the kernel for `r` (1 ..= MW) rows and two panels (`pair`) or one.
+    ///
+    /// # Safety
+    /// The pointers cover what [`Wide`] describes and the CPU has AVX-512F.
+    unsafe fn run(&self, r: usize, pair: bool) {
+        macro_rules! go {
+            ($($r:literal)*) => {
+                match (r, pair) {
+                    $(($r, true) => unsafe { kernel_wide::<$r, 2, 4>(self) },
+                      ($r, false) => unsafe { kernel_wide::<$r, 1, 2>(self) },)*
+                    _ => unreachable!("1 ..= MW rows"),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6)
+    }
+}
+
+/// The large-batch kernel: `R` rows against `P` panels (`V = 2P` vectors of the weight a
+/// step), `R · V` accumulators.
+///
+/// # Safety
+/// As [`Wide::run`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_wide<const R: usize, const P: usize, const V: usize>(t: &Wide) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    let mut a = t.a;
+    let mut b = t.b.map(|p| p.cast::<f32>());
+    for _ in 0..t.steps {
+        let mut bv = [_mm512_setzero_ps(); V];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            // SAFETY: each panel has NR aligned floats per step (the caller's contract).
+            *bv = unsafe { _mm512_load_ps(b[v / 2].add(16 * (v % 2))) };
+        }
+        for q in b.iter().take(P) {
+            // A pass's block of the weight is in L2: fetch it into L1 ahead (a prefetch
+            // never faults, so past the end is harmless).
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH_WIDE * NR).cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH_WIDE * NR + 16).cast::<i8>());
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: row i at this step lies in `a` (the caller's contract).
+            let av = _mm512_set1_ps(unsafe { *a.add(i * t.lda) });
+            for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                *acc = _mm512_fmadd_ps(av, bv, *acc);
+            }
+        }
+        a = a.wrapping_add(1);
+        for q in b.iter_mut().take(P) {
+            *q = q.wrapping_add(NR);
+        }
+    }
+    // SAFETY: masked loads and stores touch only the first `cols` floats of each row (see
+    // `store`).
+    unsafe {
+        for h in 0..P {
+            let cols = t.cols.saturating_sub(h * NR).min(NR);
+            let bias = t.bias.map(|b| &b[h * NR..h * NR + cols]);
+            let (lo, hi, base0, base1) = row_edge(cols, bias);
+            for (i, acc) in acc.iter().enumerate() {
+                let row = t.c.add(i * t.ldc + h * NR);
+                let row_hi = row.wrapping_add(16);
+                let (c0, c1) = if t.first {
+                    (base0, base1)
+                } else {
+                    (
+                        _mm512_maskz_loadu_ps(lo, row),
+                        _mm512_maskz_loadu_ps(hi, row_hi),
+                    )
+                };
+                _mm512_mask_storeu_ps(row, lo, _mm512_add_ps(acc[2 * h], c0));
+                _mm512_mask_storeu_ps(row_hi, hi, _mm512_add_ps(acc[2 * h + 1], c1));
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_wide<const R: usize, const P: usize, const V: usize>(_t: &Wide) {
+    unreachable!("matmul checks `available`")
 }
 
 /// `C = A W` on this thread, for `A` (`m × w.k`) given transposed: `at[i·lda + r]` is row `r`,
@@ -495,6 +765,7 @@ pub(crate) unsafe fn product_t(
             at,
             (0, m, lda),
             w,
+            None,
             None,
             0..w.n.div_ceil(NR),
             (OutPtr(c), ldc),
@@ -970,9 +1241,10 @@ mod tests {
             eprintln!("no AVX-512F on this CPU: the kernel is not used here");
             return;
         }
-        // Ragged rows (tails of every kernel height), columns (partial panels), reductions
-        // (several passes of unequal length), both weight layouts, with and without bias;
-        // large enough to be split across threads.
+        // Ragged rows (tails of every kernel height), columns (partial panels, an odd last
+        // panel, several column blocks of the large-batch kernel), reductions (several passes
+        // of unequal length), both weight layouts, with and without bias; both kernels (up to
+        // and above MAX_ROWS rows); large enough to be split across threads.
         let cases = [
             (1, 1, 1),
             (5, 7, 3),
@@ -980,6 +1252,7 @@ mod tests {
             (50, 768, 96),
             (151, 300, 65),
             (300, 520, 17),
+            (97, 800, 1100),
         ];
         // In bfloat16 the reference takes the inputs rounded as the kernel rounds them: what
         // is left is the f32 summation.
