@@ -16,7 +16,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::{self, ModelConfig};
-use crate::nn::encoder::{dense, linear, norm};
+use crate::nn::encoder::{dense, dense_act, linear, norm};
 use crate::nn::{Activation, pos_embed, scaled_dot_product_attention};
 use crate::{Error, Result};
 
@@ -437,7 +437,7 @@ impl ViTLayer {
             .forward(norm(&self.layernorm_before, self.eps, x.clone()));
         let x = x + self.dropout.forward(h);
         let h = norm(&self.layernorm_after, self.eps, x.clone());
-        let h = self.act.forward(dense(&self.intermediate.dense, h));
+        let h = dense_act(&self.intermediate.dense, h, self.act);
         let h = dense(&self.output.dense, h);
         x + self.dropout.forward(h)
     }

@@ -31,20 +31,24 @@ pub enum Activation {
 impl Activation {
     /// Applies the activation elementwise.
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        use super::cpu::{self, Kernel};
-        let kernel = match self {
+        match self.kernel() {
+            Some(k) => match super::cpu::apply(k, x) {
+                Ok(y) => y,
+                Err(x) => self.plain(*x),
+            },
+            None => self.plain(x),
+        }
+    }
+
+    /// The fused CPU kernel of this activation, where there is one.
+    pub fn kernel(self) -> Option<super::cpu::Kernel> {
+        use super::cpu::Kernel;
+        match self {
             Activation::Gelu => Some(Kernel::Gelu),
             Activation::GeluTanh => Some(Kernel::GeluTanh),
             Activation::QuickGelu => Some(Kernel::QuickGelu),
             Activation::Silu => Some(Kernel::Silu),
             Activation::Relu | Activation::Tanh => None,
-        };
-        match kernel {
-            Some(k) => match cpu::apply(k, x) {
-                Ok(y) => y,
-                Err(x) => self.plain(*x),
-            },
-            None => self.plain(x),
         }
     }
 

@@ -45,6 +45,19 @@ pub fn dense<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
     super::cpu::linear(&x, &w, b.as_ref()).unwrap_or_else(|| l.forward(x))
 }
 
+/// `act(l(x))`: at inference on the CPU in one pass ([`super::cpu::linear_then`]), otherwise
+/// [`dense`] then the activation.
+pub fn dense_act<const D: usize>(l: &Linear, x: Tensor<D>, act: Activation) -> Tensor<D> {
+    if let Some(kernel) = act.kernel() {
+        let w = l.weight.val();
+        let b = l.bias.as_ref().map(|b| b.val());
+        if let Some(y) = super::cpu::linear_then(&x, &w, b.as_ref(), kernel) {
+            return y;
+        }
+    }
+    act.forward(dense(l, x))
+}
+
 /// Multi-head self-attention with separate q, k, v and output projections.
 #[derive(Module, Debug)]
 pub struct SelfAttention {
@@ -101,7 +114,7 @@ impl Mlp {
 
     /// `[.., d]` to `[.., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        dense(&self.fc2, self.act.forward(dense(&self.fc1, x)))
+        dense(&self.fc2, dense_act(&self.fc1, x, self.act))
     }
 }
 

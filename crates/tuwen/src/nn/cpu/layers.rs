@@ -174,6 +174,29 @@ pub fn linear<const D: usize>(
     run(x, weight, bias, Dense::new)
 }
 
+/// `kernel(x W + b)` at inference in one pass: the activation is applied to each stretch of
+/// the output as the product finishes it, while it is in L1, instead of in a second pass over
+/// memory. Only for tensors of the CPU backend without autodiff, on a CPU with the packed
+/// kernels ([`super::sgemm::available`]); `None` otherwise (the caller runs the layer and the
+/// activation).
+pub fn linear_then<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    kernel: super::Kernel,
+) -> Option<Tensor<D>> {
+    let xp = x.clone().try_into_primitive::<Flex>().ok()?;
+    let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
+    let bp = match bias {
+        Some(b) => Some(b.clone().try_into_primitive::<Flex>().ok()?),
+        None => None,
+    };
+    let op = Dense::new(xp, wp, bp)?;
+    let then = move |s: &mut [f32]| super::map_in_place(kernel, s);
+    op.compute_packed(Some(&then))
+        .map(Tensor::from_primitive::<Flex>)
+}
+
 /// The operands of a linear layer, checked: `x` contiguous `[rows, d_in]` (any leading
 /// dimensions), `w` a `[d_in, d_out]` view, `b` contiguous `[d_out]`.
 #[derive(Debug)]
@@ -299,8 +322,19 @@ impl Dense {
         }
         let w = sgemm::packed(&self.w, precision)?;
         let bias = self.b.as_ref().map(slice);
-        let mut out = vec![0.0f32; self.rows * self.d_out];
-        super::sgemm::matmul_then(self.x(), self.rows, &w, bias, then, &mut out);
+        let len = self.rows * self.d_out;
+        let mut out = Vec::with_capacity(len);
+        sgemm::matmul_uninit(
+            self.x(),
+            self.rows,
+            &w,
+            bias,
+            then,
+            &mut out.spare_capacity_mut()[..len],
+        );
+        // SAFETY: `matmul_uninit` wrote all `len` elements (tested with outputs that start as
+        // NaN: none is left).
+        unsafe { out.set_len(len) };
         let mut shape = self.x.layout().shape().clone();
         let last = shape.num_dims() - 1;
         shape[last] = self.d_out;
@@ -981,6 +1015,50 @@ mod tests {
     /// The fused linear layer against burn's, at inference and on the autodiff backend
     /// (output and the gradients of x, W and b), with and without bias, for a 3-d input and
     /// for a weight that is a transposed view.
+    #[test]
+    fn linear_then_activation_matches_the_layer_then_the_activation() {
+        use crate::nn::Activation;
+        use burn::tensor::Distribution;
+        if !super::super::sgemm::available() {
+            // Without AVX-512F `linear_then` declines and the caller takes the two ops.
+            let dev = Device::flex();
+            let x = Tensor::<2>::zeros([2, 3], &dev);
+            let w = Tensor::<2>::zeros([3, 4], &dev);
+            assert!(linear_then(&x, &w, None, super::super::Kernel::Gelu).is_none());
+            return;
+        }
+        let dev = Device::flex();
+        dev.seed(21);
+        // Rows for both kernels (up to and above sgemm::MAX_ROWS), a ragged width.
+        for rows in [5, 230] {
+            let x = Tensor::<3>::random([1, rows, 72], Distribution::Normal(0.0, 1.0), &dev);
+            let w = Tensor::<2>::random([72, 150], Distribution::Normal(0.0, 0.3), &dev);
+            let b = Tensor::<1>::random([150], Distribution::Normal(0.0, 1.0), &dev);
+            for act in [
+                Activation::Gelu,
+                Activation::GeluTanh,
+                Activation::QuickGelu,
+                Activation::Silu,
+            ] {
+                let kernel = act.kernel().expect("a fused activation");
+                let got = linear_then(&x, &w, Some(&b), kernel).expect("CPU f32 tensors");
+                let want = act.plain(burn::tensor::module::linear(
+                    x.clone(),
+                    w.clone(),
+                    Some(b.clone()),
+                ));
+                let got = got.into_data().try_to_vec::<f32>().unwrap();
+                let want = want.into_data().try_to_vec::<f32>().unwrap();
+                let worst = super::super::worst_diff(&got, &want, true);
+                assert!(worst < 1e-5, "{act:?} rows {rows}: {worst}");
+                // The activation ran: it changed the outputs.
+                let linear = burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()));
+                let linear = linear.into_data().try_to_vec::<f32>().unwrap();
+                assert!(super::super::worst_diff(&got, &linear, false) > 0.1);
+            }
+        }
+    }
+
     #[test]
     fn fused_linear_matches_burns_layer() {
         use burn::tensor::Distribution;

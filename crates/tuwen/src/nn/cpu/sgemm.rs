@@ -15,6 +15,7 @@
 //! AVX-512F ([`available`]); tested against the plain product on ragged sizes and strided
 //! weights.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -239,6 +240,37 @@ impl PackedWeight {
         let panels = n.div_ceil(NR);
         let mut data = Aligned::zeroed(panels * steps * NR);
         let d = data.as_mut_slice();
+        // The two layouts the layers and the attention give, copied a row or a column at a
+        // time (the general loop below costs an index computation per element).
+        if precision == Precision::F32 && (cs == 1 && rs > 0 || rs == 1 && cs > 0) {
+            for p in 0..panels {
+                let j0 = p * NR;
+                let cols = NR.min(n - j0);
+                let panel = &mut d[p * steps * NR..][..steps * NR];
+                if cs == 1 {
+                    for (s, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        let src = &w[start + s * rs as usize + j0..][..cols];
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            *d = v.to_bits();
+                        }
+                    }
+                } else {
+                    for c in 0..cols {
+                        let src = &w[start + (j0 + c) * cs as usize..][..k];
+                        for (s, v) in src.iter().enumerate() {
+                            panel[s * NR + c] = v.to_bits();
+                        }
+                    }
+                }
+            }
+            return Some(PackedWeight {
+                k,
+                n,
+                steps,
+                precision,
+                data,
+            });
+        }
         for p in 0..panels {
             let j0 = p * NR;
             let cols = NR.min(n - j0);
@@ -341,6 +373,24 @@ pub fn matmul_then(
     then: Then,
     out: &mut [f32],
 ) {
+    // SAFETY: the same memory seen as possibly uninitialised; only floats are written to it.
+    let out = unsafe { &mut *(std::ptr::from_mut(out) as *mut [MaybeUninit<f32>]) };
+    matmul_uninit(x, m, w, bias, then, out)
+}
+
+/// [`matmul_then`] into memory that need not be initialised: every element of `out` is
+/// written (so a caller may skip zeroing a fresh output).
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_uninit(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    then: Then,
+    out: &mut [MaybeUninit<f32>],
+) {
     let (k, n) = (w.k, w.n);
     match w.precision {
         Precision::F32 => assert!(available(), "sgemm::matmul needs AVX-512F"),
@@ -358,6 +408,8 @@ pub fn matmul_then(
         amx::matmul(x, m, w, bias, out);
         if let Some(f) = then {
             use rayon::prelude::*;
+            // SAFETY: the product wrote every element.
+            let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), m * n) };
             out.par_chunks_mut(n * 16)
                 .for_each(|c| c.chunks_mut(n).for_each(f));
         }
@@ -403,7 +455,7 @@ pub fn matmul_then(
         xt
     };
     let shared = (row_chunks == 1).then(|| transpose(0, m));
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = OutPtr(out.as_mut_ptr().cast());
     let task = |t: usize| {
         let (chunk, group) = (t / groups, t % groups);
         let r0 = chunk * rows_per;
@@ -542,7 +594,14 @@ unsafe fn finish(
 /// broadcasts, 24 FMAs) pass over it. `x` is read in place: a kernel's six rows at one
 /// reduction index are `k` floats apart, six streams the prefetcher follows, so `x` is
 /// neither transposed nor packed.
-fn wide(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, then: Then, out: &mut [f32]) {
+fn wide(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    then: Then,
+    out: &mut [MaybeUninit<f32>],
+) {
     let (k, n) = (w.k, w.n);
     let threads = rayon::current_num_threads().max(1);
     // Blocks of about MC rows, whole kernels, as many as fill the threads in equal parts
@@ -550,7 +609,7 @@ fn wide(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, then: Then,
     let blocks = m.div_ceil(MC).div_ceil(threads) * threads;
     let rows_per = m.div_ceil(blocks).div_ceil(MW) * MW;
     let blocks = m.div_ceil(rows_per);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let out_ptr = OutPtr(out.as_mut_ptr().cast());
     let task = |t: usize| {
         let r0 = t * rows_per;
         let rows = rows_per.min(m - r0);
@@ -952,7 +1011,7 @@ mod amx {
         m: usize,
         w: &PackedWeight,
         bias: Option<&[f32]>,
-        out: &mut [f32],
+        out: &mut [std::mem::MaybeUninit<f32>],
     ) {
         let (k, n, steps) = (w.k, w.n, w.steps);
         let kp = 2 * steps;
@@ -979,7 +1038,7 @@ mod amx {
         let blocks_per = blocks.div_ceil(row_groups);
         let panels_per = panels.div_ceil(col_groups);
         let (row_groups, col_groups) = (blocks.div_ceil(blocks_per), panels.div_ceil(panels_per));
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        let out_ptr = OutPtr(out.as_mut_ptr().cast());
         let task = |t: usize| {
             let (rg, cg) = (t / col_groups, t % col_groups);
             let bs = rg * blocks_per..((rg + 1) * blocks_per).min(blocks);
@@ -1189,7 +1248,7 @@ mod amx {
         _m: usize,
         _w: &super::PackedWeight,
         _bias: Option<&[f32]>,
-        _out: &mut [f32],
+        _out: &mut [std::mem::MaybeUninit<f32>],
     ) {
         unreachable!("matmul checks `available_bf16`")
     }
@@ -1268,12 +1327,14 @@ mod tests {
             for (case, &(m, k, n)) in cases.iter().enumerate() {
                 let x = values(m * k, 1 + case as u64);
                 let bias = values(n, 100 + case as u64);
-                for transposed in [false, true] {
-                    // Row-major [k, n] or the transpose of a row-major [n, k] with an offset.
-                    let (w, layout) = if transposed {
-                        (values(n * k + 3, 200 + case as u64), (3, 1, k as isize))
-                    } else {
-                        (values(k * n, 300 + case as u64), (0, n as isize, 1))
+                for layout_kind in 0..3 {
+                    // Row-major [k, n], the transpose of a row-major [n, k] with an offset, or
+                    // every other element of a row-major [k, 2n] (the packing's general loop).
+                    let seed = 200 + 100 * layout_kind as u64 + case as u64;
+                    let (w, layout) = match layout_kind {
+                        0 => (values(k * n, seed), (0, n as isize, 1)),
+                        1 => (values(n * k + 3, seed), (3, 1, k as isize)),
+                        _ => (values(2 * k * n, seed), (1, 2 * n as isize, 2)),
                     };
                     let packed = PackedWeight::new(&w, layout, k, n, precision).unwrap();
                     let (xr, wr) = match precision {
@@ -1287,7 +1348,7 @@ mod tests {
                         let worst = crate::nn::cpu::worst_diff(&got, &want, false);
                         assert!(
                             worst < 1e-4 * (k as f32).sqrt(),
-                            "{precision:?} m {m} k {k} n {n} transposed {transposed} bias {}: \
+                            "{precision:?} m {m} k {k} n {n} layout {layout_kind} bias {}: \
                              {worst}",
                             b.is_some()
                         );
