@@ -68,6 +68,7 @@ type Ad = burn::backend::Autodiff<Flex>;
 
 pub mod layers;
 pub mod sgemm;
+mod vector;
 pub use layers::{conv2d, layer_norm, linear, linear_then};
 
 /// `t` as a contiguous `f32` tensor (a copy when it is strided, broadcast or of another type).
@@ -303,7 +304,8 @@ pub fn map_in_place(kernel: Kernel, buf: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
 unsafe fn map_avx512(kernel: Kernel, buf: &mut [f32]) {
-    map_generic(kernel, buf)
+    // SAFETY: the caller's contract (AVX-512F).
+    unsafe { vector::map_avx512(kernel, buf) }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -308,7 +308,7 @@ impl Dense {
 
     /// The output through [`super::sgemm`]'s kernels with the weight packed once (inference:
     /// the weight's packing is cached), in the precision [`super::sgemm::set_precision`] set,
-    /// with `then` applied to the output (see [`super::sgemm::matmul_then`]). `None` (the
+    /// with `then` applied to the output (see [`super::sgemm::matmul_uninit`]). `None` (the
     /// general GEMM) without AVX-512F.
     fn compute_packed(&self, then: super::sgemm::Then) -> Option<FlexTensor> {
         use super::sgemm::{self, Precision};

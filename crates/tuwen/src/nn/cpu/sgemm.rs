@@ -1,5 +1,4 @@
-//! The inference GEMM of linear layers at small batches, `x W + b`, with the weight packed once
-//! (AVX-512).
+//! The inference GEMM of linear layers, `x W + b`, with the weight packed once (AVX-512).
 //!
 //! The general GEMM (the `gemm` crate, which burn-flex uses too) packs both operands on every
 //! call. For a linear layer at inference the weight never changes, and at small batches
@@ -11,9 +10,9 @@
 //! rows stays in L1 while the blocks of rows pass over it. The panels (small batches) or the
 //! rows (large ones) are split across threads in equal parts.
 //!
-//! Used for untracked `f32` linear layers of at most [`MAX_ROWS`] rows when the CPU has
-//! AVX-512F ([`available`]); tested against the plain product on ragged sizes and strided
-//! weights.
+//! Above [`MAX_ROWS`] rows a second kernel reads `x` in place against the same packed weight
+//! (see [`wide`]). Used for untracked `f32` linear layers when the CPU has AVX-512F
+//! ([`available`]); tested against the plain product on ragged sizes and strided weights.
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -357,29 +356,14 @@ pub fn packed(w: &FlexTensor, precision: Precision) -> Option<Arc<PackedWeight>>
 /// # Panics
 /// When the sizes do not fit or the CPU lacks the kernel's instructions.
 pub fn matmul(x: &[f32], m: usize, w: &PackedWeight, bias: Option<&[f32]>, out: &mut [f32]) {
-    matmul_then(x, m, w, bias, None, out)
-}
-
-/// [`matmul`], then `then` applied to every output row (in stretches, as each is finished):
-/// `out = then(x W + bias)`.
-///
-/// # Panics
-/// As [`matmul`].
-pub fn matmul_then(
-    x: &[f32],
-    m: usize,
-    w: &PackedWeight,
-    bias: Option<&[f32]>,
-    then: Then,
-    out: &mut [f32],
-) {
     // SAFETY: the same memory seen as possibly uninitialised; only floats are written to it.
     let out = unsafe { &mut *(std::ptr::from_mut(out) as *mut [MaybeUninit<f32>]) };
-    matmul_uninit(x, m, w, bias, then, out)
+    matmul_uninit(x, m, w, bias, None, out)
 }
 
-/// [`matmul_then`] into memory that need not be initialised: every element of `out` is
-/// written (so a caller may skip zeroing a fresh output).
+/// [`matmul`] into memory that need not be initialised, then `then` applied to every output
+/// row (in stretches, as each is finished): `out = then(x W + bias)`. Every element of `out`
+/// is written (so a caller may skip zeroing a fresh output).
 ///
 /// # Panics
 /// As [`matmul`].
