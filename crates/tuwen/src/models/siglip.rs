@@ -202,9 +202,12 @@ pub struct SiglipVisionEmbeddings {
 impl SiglipVisionEmbeddings {
     /// `[b, c, h, w]` to `[b, patches, hidden]`.
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
-        let x = self.patch_embedding.forward(pixels);
-        let [b, d, gh, gw] = x.dims();
-        let patches = x.reshape([b, d, gh * gw]).swap_dims(1, 2);
+        let [_, _, h, w] = pixels.dims();
+        let [gh, gw] = [
+            h / self.patch_embedding.stride[0],
+            w / self.patch_embedding.stride[1],
+        ];
+        let patches = crate::nn::conv::patch_embed(&self.patch_embedding, pixels);
         let table = self.position_embedding.weight.val();
         let n = table.dims()[0];
         let side = (n as f64).sqrt().round() as usize;

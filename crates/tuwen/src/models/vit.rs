@@ -261,9 +261,7 @@ pub struct ViTPatchEmbeddings {
 impl ViTPatchEmbeddings {
     /// `[b, c, h, w]` pixels to `[b, (h/p)*(w/p), hidden]` patch tokens, row-major.
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
-        let x = self.projection.forward(pixels);
-        let [b, d, gh, gw] = x.dims();
-        x.reshape([b, d, gh * gw]).swap_dims(1, 2)
+        crate::nn::conv::patch_embed(&self.projection, pixels)
     }
 }
 

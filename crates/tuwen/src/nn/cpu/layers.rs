@@ -197,6 +197,48 @@ pub fn linear_then<const D: usize>(
         .map(Tensor::from_primitive::<Flex>)
 }
 
+/// A convolution whose kernel is its stride (`weight` `[d, c, p, q]`, no padding) on pixels
+/// `[b, c, h, w]` as a linear layer on the cut-out patches: tokens `[b, (h/p)·(w/q), d]`, each
+/// patch flattened in the weight's `(c, y, x)` order. Only for `f32` tensors of the CPU backend
+/// without autodiff (inference); `None` otherwise or when the sizes do not divide.
+pub fn patch_linear(
+    pixels: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<3>> {
+    let xp = pixels.clone().try_into_primitive::<Flex>().ok()?;
+    if xp.dtype() != DType::F32 || weight.dtype() != burn::tensor::DType::F32 {
+        return None;
+    }
+    let [b, c, h, w] = pixels.dims();
+    let [d, c2, p, q] = weight.dims();
+    if c2 != c || p == 0 || q == 0 || h % p != 0 || w % q != 0 || h == 0 || w == 0 {
+        return None;
+    }
+    let (gh, gw) = (h / p, w / q);
+    let (s, e) = xp.layout().contiguous_offsets()?;
+    let x = &xp.storage::<f32>()[s..e];
+    let k = c * p * q;
+    let mut patches = Vec::with_capacity(b * gh * gw * k);
+    for img in x.chunks_exact(c * h * w) {
+        for py in 0..gh {
+            for px in 0..gw {
+                for plane in img.chunks_exact(h * w) {
+                    for y in 0..p {
+                        let row = (py * p + y) * w + px * q;
+                        patches.extend_from_slice(&plane[row..row + q]);
+                    }
+                }
+            }
+        }
+    }
+    let patches =
+        Tensor::<3>::from_data(TensorData::new(patches, [b, gh * gw, k]), &pixels.device());
+    // The weight as [k, d]: a transposed view of its own storage, so the packing is cached.
+    let w2 = weight.clone().reshape([d, k]).transpose();
+    linear(&patches, &w2, bias)
+}
+
 /// The operands of a linear layer, checked: `x` contiguous `[rows, d_in]` (any leading
 /// dimensions), `w` a `[d_in, d_out]` view, `b` contiguous `[d_out]`.
 #[derive(Debug)]
@@ -1015,6 +1057,49 @@ mod tests {
     /// The fused linear layer against burn's, at inference and on the autodiff backend
     /// (output and the gradients of x, W and b), with and without bias, for a 3-d input and
     /// for a weight that is a transposed view.
+    /// The patch embedding as a linear layer on cut-out patches equals burn's convolution
+    /// (flattened to tokens), with and without bias, for non-square images and patches.
+    #[test]
+    fn patch_embedding_as_a_linear_layer_equals_the_convolution() {
+        use burn::nn::PaddingConfig2d;
+        use burn::nn::conv::Conv2dConfig;
+        use burn::tensor::Distribution;
+        let dev = Device::flex();
+        dev.seed(31);
+        for (bias, [h, w], [p, q]) in [(true, [12, 8], [4, 4]), (false, [15, 10], [5, 2])] {
+            let conv = Conv2dConfig::new([3, 70], [p, q])
+                .with_stride([p, q])
+                .with_padding(PaddingConfig2d::Valid)
+                .with_bias(bias)
+                .init(&dev);
+            // A bias large enough to matter.
+            let conv = match conv.bias.clone() {
+                Some(b) => burn::nn::conv::Conv2d {
+                    bias: Some(b.map(|t| t + 1.5)),
+                    ..conv
+                },
+                None => conv,
+            };
+            let x = Tensor::<4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &dev);
+            let wv = conv.weight.val();
+            let bv = conv.bias.as_ref().map(|b| b.val());
+            let got = patch_linear(&x, &wv, bv.as_ref()).expect("CPU f32 tensors");
+            let y = conv.forward(x.clone());
+            let [b, d, gh, gw] = y.dims();
+            let want = y.reshape([b, d, gh * gw]).swap_dims(1, 2);
+            assert_eq!(got.dims(), [2, (h / p) * (w / q), 70]);
+            let got = got.into_data().try_to_vec::<f32>().unwrap();
+            let want = want.into_data().try_to_vec::<f32>().unwrap();
+            let worst = super::super::worst_diff(&got, &want, true);
+            assert!(worst < 1e-5, "bias {bias} {h}x{w} patch {p}x{q}: {worst}");
+            assert!(want.iter().map(|v| v.abs()).sum::<f32>() > 1.0);
+        }
+        // Sizes that the patch does not divide take the convolution.
+        let x = Tensor::<4>::zeros([1, 3, 9, 8], &dev);
+        let w = Tensor::<4>::zeros([4, 3, 4, 4], &dev);
+        assert!(patch_linear(&x, &w, None).is_none());
+    }
+
     #[test]
     fn linear_then_activation_matches_the_layer_then_the_activation() {
         use crate::nn::Activation;
