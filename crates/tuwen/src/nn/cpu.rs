@@ -328,16 +328,32 @@ fn map_generic(kernel: Kernel, buf: &mut [f32]) {
     }
 }
 
+/// The constants of [`exp`] (shared with the vector kernels).
+mod exp_consts {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// `ln 2` in two parts, the first with enough trailing zeros that `n · LN2_HI` is exact.
+    pub const LN2_HI: f32 = 0.693_145_75;
+    pub const LN2_LO: f32 = 1.428_606_8e-6;
+    /// 1.5 · 2²³: adding it rounds to the nearest integer, which then sits in the low bits.
+    pub const SHIFTER: f32 = 12_582_912.0;
+}
+
+/// The constants of [`erf`] (Abramowitz and Stegun 7.1.26; shared with the vector kernels).
+const ERF_P: f32 = 0.327_591_1;
+const ERF_A: [f32; 5] = [
+    0.254_829_6,
+    -0.284_496_74,
+    1.421_413_7,
+    -1.453_152_1,
+    1.061_405_4,
+];
+
 /// `e^x` to about 2 ulp for `x` in [-87, 88] (clamped outside): `2^n · p(r)` with
 /// `x = n ln 2 + r`, `|r| ≤ ln 2 / 2`, `p` the degree-7 Taylor polynomial (error below 1e-8
 /// relative on that interval), `ln 2` split in two for an exact `n ln 2`.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // 1.5 · 2²³: adding it rounds to the nearest integer, which then sits in the low bits.
-    const SHIFTER: f32 = 12_582_912.0;
+    use exp_consts::*;
     let x = x.clamp(-87.0, 88.0);
     let t = x * LOG2E + SHIFTER;
     let n = t - SHIFTER;
@@ -364,14 +380,8 @@ pub fn sigmoid(x: f32) -> f32 {
 /// arithmetic; odd extension).
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152_1,
-        1.061_405_4,
-    ];
+    const P: f32 = ERF_P;
+    const A: [f32; 5] = ERF_A;
     let a = x.abs();
     let t = 1.0 / (1.0 + P * a);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));

@@ -57,10 +57,7 @@ fn recip(d: __m512) -> __m512 {
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn exp(x: __m512) -> __m512 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const SHIFTER: f32 = 12_582_912.0;
+    use super::exp_consts::*;
     let s = _mm512_set1_ps;
     let x = _mm512_min_ps(_mm512_max_ps(x, s(-87.0)), s(88.0));
     let t = _mm512_add_ps(_mm512_mul_ps(x, s(LOG2E)), s(SHIFTER));
@@ -105,14 +102,8 @@ fn sigmoid(x: __m512) -> __m512 {
 #[target_feature(enable = "avx512f,avx512dq")]
 #[inline]
 fn erf(x: __m512) -> __m512 {
-    const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152_1,
-        1.061_405_4,
-    ];
+    const P: f32 = super::ERF_P;
+    const A: [f32; 5] = super::ERF_A;
     let s = _mm512_set1_ps;
     let sign = _mm512_and_ps(x, s(-0.0));
     let a = _mm512_min_ps(_mm512_andnot_ps(s(-0.0), x), s(10.0));
