@@ -257,7 +257,7 @@ pub struct BlipVisionEmbeddings {
 impl BlipVisionEmbeddings {
     /// `[b, 3, h, w]` to `[b, 1 + patches, d]`.
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
-        let patches = crate::nn::conv::patch_embed(&self.patch_embedding, pixels);
+        let (patches, _) = crate::nn::conv::patch_embed(&self.patch_embedding, pixels);
         let [b, _, d] = patches.dims();
         let cls = self.class_embedding.val().expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, patches], 1);

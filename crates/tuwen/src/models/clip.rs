@@ -218,12 +218,7 @@ pub struct ClipVisionEmbeddings {
 impl ClipVisionEmbeddings {
     /// `[b, c, h, w]` to `[b, 1 + patches, hidden]`.
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
-        let [_, _, h, w] = pixels.dims();
-        let [gh, gw] = [
-            h / self.patch_embedding.stride[0],
-            w / self.patch_embedding.stride[1],
-        ];
-        let patches = crate::nn::conv::patch_embed(&self.patch_embedding, pixels);
+        let (patches, [gh, gw]) = crate::nn::conv::patch_embed(&self.patch_embedding, pixels);
         let [b, _, d] = patches.dims();
         let cls = self
             .class_embedding

@@ -202,12 +202,7 @@ pub struct SiglipVisionEmbeddings {
 impl SiglipVisionEmbeddings {
     /// `[b, c, h, w]` to `[b, patches, hidden]`.
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
-        let [_, _, h, w] = pixels.dims();
-        let [gh, gw] = [
-            h / self.patch_embedding.stride[0],
-            w / self.patch_embedding.stride[1],
-        ];
-        let patches = crate::nn::conv::patch_embed(&self.patch_embedding, pixels);
+        let (patches, [gh, gw]) = crate::nn::conv::patch_embed(&self.patch_embedding, pixels);
         let table = self.position_embedding.weight.val();
         let n = table.dims()[0];
         let side = (n as f64).sqrt().round() as usize;

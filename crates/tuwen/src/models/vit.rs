@@ -261,7 +261,7 @@ pub struct ViTPatchEmbeddings {
 impl ViTPatchEmbeddings {
     /// `[b, c, h, w]` pixels to `[b, (h/p)*(w/p), hidden]` patch tokens, row-major.
     pub fn forward(&self, pixels: Tensor<4>) -> Tensor<3> {
-        crate::nn::conv::patch_embed(&self.projection, pixels)
+        crate::nn::conv::patch_embed(&self.projection, pixels).0
     }
 }
 

@@ -28,11 +28,13 @@ pub fn apply(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 /// A patch embedding: `conv` (kernel = stride = the patch, no padding) applied to pixels
-/// `[b, c, h, w]`, as tokens `[b, (h/p)·(w/p), d]` in row-major patch order. At inference on
+/// `[b, c, h, w]`, as tokens `[b, gh·gw, d]` in row-major patch order, and the grid `[gh, gw]`. At inference on
 /// the CPU the patches are cut out and multiplied as a linear layer on the packed-weight
 /// kernels ([`super::cpu::patch_linear`]): burn's convolution goes through an image-to-column
 /// copy and a GEMM that repacks the weight on every call (4.6% of CLIP B/32 at batch 1).
-pub fn patch_embed(conv: &Conv2d, pixels: Tensor<4>) -> Tensor<3> {
+pub fn patch_embed(conv: &Conv2d, pixels: Tensor<4>) -> (Tensor<3>, [usize; 2]) {
+    let [_, _, h, w] = pixels.dims();
+    let grid = [h / conv.stride[0], w / conv.stride[1]];
     if conv.stride == conv.kernel_size
         && conv.dilation == [1, 1]
         && conv.groups == 1
@@ -41,12 +43,12 @@ pub fn patch_embed(conv: &Conv2d, pixels: Tensor<4>) -> Tensor<3> {
         let w = conv.weight.val();
         let b = conv.bias.as_ref().map(|b| b.val());
         if let Some(y) = super::cpu::patch_linear(&pixels, &w, b.as_ref()) {
-            return y;
+            return (y, grid);
         }
     }
     let x = conv.forward(pixels);
     let [b, d, gh, gw] = x.dims();
-    x.reshape([b, d, gh * gw]).swap_dims(1, 2)
+    (x.reshape([b, d, gh * gw]).swap_dims(1, 2), [gh, gw])
 }
 
 /// Pads `x` `[b, c, h, w]` with zeros: `(top, bottom, left, right)`.

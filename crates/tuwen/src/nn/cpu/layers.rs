@@ -207,7 +207,7 @@ pub fn patch_linear(
     bias: Option<&Tensor<1>>,
 ) -> Option<Tensor<3>> {
     let xp = pixels.clone().try_into_primitive::<Flex>().ok()?;
-    if xp.dtype() != DType::F32 || weight.dtype() != burn::tensor::DType::F32 {
+    if xp.dtype() != DType::F32 || weight.dtype() != DType::F32 {
         return None;
     }
     let [b, c, h, w] = pixels.dims();
