@@ -16,7 +16,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::{self, ModelConfig};
-use crate::nn::encoder::{dense, dense_act, linear, norm};
+use crate::nn::encoder::{dense, dense_act, dense_side_by_side, linear, norm};
 use crate::nn::{Activation, pos_embed, scaled_dot_product_attention};
 use crate::{Error, Result};
 
@@ -343,14 +343,8 @@ impl ViTAttention {
     /// `[b, t, d]` to `[b, t, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let a = &self.attention;
-        let ctx = scaled_dot_product_attention(
-            dense(&a.query, x.clone()),
-            dense(&a.key, x.clone()),
-            dense(&a.value, x),
-            a.num_heads,
-            None,
-            &a.dropout,
-        );
+        let [q, k, v] = dense_side_by_side([&a.query, &a.key, &a.value], x);
+        let ctx = scaled_dot_product_attention(q, k, v, a.num_heads, None, &a.dropout);
         dense(&self.output.dense, ctx)
     }
 }

@@ -45,6 +45,24 @@ pub fn dense<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
     super::cpu::linear(&x, &w, b.as_ref()).unwrap_or_else(|| l.forward(x))
 }
 
+/// Several layers of the same input, `[l_1(x), l_2(x), ..]`: at inference on the CPU as one
+/// product against their weights side by side ([`super::cpu::linear_side_by_side`]; the
+/// results are views of one output), otherwise [`dense`] layer by layer.
+pub fn dense_side_by_side<const D: usize, const N: usize>(
+    layers: [&Linear; N],
+    x: Tensor<D>,
+) -> [Tensor<D>; N] {
+    let ws = layers.map(|l| l.weight.val());
+    let bs = layers.map(|l| l.bias.as_ref().map(|b| b.val()));
+    let pairs: Vec<_> = ws.iter().zip(&bs).map(|(w, b)| (w, b.as_ref())).collect();
+    if let Some(ys) = super::cpu::linear_side_by_side(&x, &pairs)
+        && let Ok(ys) = <[Tensor<D>; N]>::try_from(ys)
+    {
+        return ys;
+    }
+    layers.map(|l| dense(l, x.clone()))
+}
+
 /// `act(l(x))`: at inference on the CPU in one pass ([`super::cpu::linear_then`]), otherwise
 /// [`dense`] then the activation.
 pub fn dense_act<const D: usize>(l: &Linear, x: Tensor<D>, act: Activation) -> Tensor<D> {
@@ -78,14 +96,8 @@ pub struct SelfAttention {
 impl SelfAttention {
     /// `[b, t, d]` to `[b, t, d]`; `mask` is added to the attention scores.
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
-        let ctx = scaled_dot_product_attention(
-            dense(&self.q_proj, x.clone()),
-            dense(&self.k_proj, x.clone()),
-            dense(&self.v_proj, x),
-            self.num_heads,
-            mask,
-            &self.dropout,
-        );
+        let [q, k, v] = dense_side_by_side([&self.q_proj, &self.k_proj, &self.v_proj], x);
+        let ctx = scaled_dot_product_attention(q, k, v, self.num_heads, mask, &self.dropout);
         dense(&self.out_proj, ctx)
     }
 }

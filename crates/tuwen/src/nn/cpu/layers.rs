@@ -197,6 +197,86 @@ pub fn linear_then<const D: usize>(
         .map(Tensor::from_primitive::<Flex>)
 }
 
+/// Several linear layers of the same input as one product at inference (a fused projection:
+/// attention's q, k and v): `x [W_1 | W_2 | ..] + [b_1 | b_2 | ..]` into one output
+/// `[.., Σ d_out]`, returned as views of it, one a layer, in order. The weights are packed side
+/// by side once ([`super::sgemm::packed_side_by_side`], cached); a layer without a bias adds
+/// zeros. Only for `f32` tensors of the CPU backend without autodiff, on a CPU with the packed
+/// kernels; `None` otherwise or when the shapes do not fit (the caller runs the layers one by
+/// one).
+pub fn linear_side_by_side<const D: usize>(
+    x: &Tensor<D>,
+    layers: &[(&Tensor<2>, Option<&Tensor<1>>)],
+) -> Option<Vec<Tensor<D>>> {
+    use super::sgemm::{self, Precision};
+    let precision = sgemm::precision();
+    let usable = match precision {
+        Precision::F32 => sgemm::available(),
+        Precision::Bf16 => sgemm::available_bf16(),
+    };
+    let xp = x.clone().try_into_primitive::<Flex>().ok()?;
+    if !usable || layers.is_empty() || xp.dtype() != DType::F32 {
+        return None;
+    }
+    let (s, e) = xp.layout().contiguous_offsets()?;
+    let d_in = *x.dims().last()?;
+    let rows = x.dims().iter().take(D - 1).product::<usize>();
+    if d_in == 0 || rows == 0 {
+        return None;
+    }
+    let mut ws = Vec::with_capacity(layers.len());
+    let mut widths = Vec::with_capacity(layers.len());
+    let mut bias: Option<Vec<f32>> = None;
+    for (w, b) in layers {
+        let [k, n] = w.dims();
+        if k != d_in || n == 0 {
+            return None;
+        }
+        if let Some(b) = b {
+            let bp = (*b).clone().try_into_primitive::<Flex>().ok()?;
+            let (bs, be) = bp.layout().contiguous_offsets()?;
+            if bp.dtype() != DType::F32 || b.dims() != [n] {
+                return None;
+            }
+            // Zeros for the layers before that had none.
+            let all = bias.get_or_insert_with(|| vec![0.0; widths.iter().sum()]);
+            all.extend_from_slice(&bp.storage::<f32>()[bs..be]);
+        } else if let Some(all) = &mut bias {
+            all.resize(all.len() + n, 0.0);
+        }
+        ws.push((*w).clone().try_into_primitive::<Flex>().ok()?);
+        widths.push(n);
+    }
+    let refs: Vec<&FlexTensor> = ws.iter().collect();
+    let packed = sgemm::packed_side_by_side(&refs, precision)?;
+    let n: usize = widths.iter().sum();
+    let mut out = Vec::with_capacity(rows * n);
+    sgemm::matmul_uninit(
+        &xp.storage::<f32>()[s..e],
+        rows,
+        &packed,
+        bias.as_deref(),
+        None,
+        &mut out.spare_capacity_mut()[..rows * n],
+    );
+    // SAFETY: `matmul_uninit` wrote all `rows · n` elements.
+    unsafe { out.set_len(rows * n) };
+    let mut shape = xp.layout().shape().clone();
+    shape[D - 1] = n;
+    let y = Tensor::<D>::from_primitive::<Flex>(tensor(out, shape));
+    let mut j0 = 0;
+    Some(
+        widths
+            .into_iter()
+            .map(|w| {
+                let view = y.clone().narrow(D - 1, j0, w);
+                j0 += w;
+                view
+            })
+            .collect(),
+    )
+}
+
 /// A convolution whose kernel is its stride (`weight` `[d, c, p, q]`, no padding) on pixels
 /// `[b, c, h, w]` as a linear layer on the cut-out patches: tokens `[b, (h/p)·(w/q), d]`, each
 /// patch flattened in the weight's `(c, y, x)` order. Only for `f32` tensors of the CPU backend
@@ -1142,6 +1222,57 @@ mod tests {
                 assert!(super::super::worst_diff(&got, &linear, false) > 0.1);
             }
         }
+    }
+
+    #[test]
+    fn side_by_side_layers_equal_the_layers_one_by_one() {
+        use burn::tensor::Distribution;
+        let dev = Device::flex();
+        if !super::super::sgemm::available() {
+            // Without AVX-512F it declines and the caller runs the layers one by one.
+            let x = Tensor::<2>::zeros([2, 3], &dev);
+            let w = Tensor::<2>::zeros([3, 4], &dev);
+            assert!(linear_side_by_side(&x, &[(&w, None), (&w, None)]).is_none());
+            return;
+        }
+        dev.seed(31);
+        // Widths that are not whole panels (so the layers' columns share one), a layer without
+        // a bias between two with, a transposed weight; rows for both kernels.
+        let w1 = Tensor::<2>::random([40, 40], Distribution::Normal(0.0, 0.3), &dev);
+        let w2 = Tensor::<2>::random([17, 40], Distribution::Normal(0.0, 0.3), &dev).transpose();
+        let w3 = Tensor::<2>::random([40, 33], Distribution::Normal(0.0, 0.3), &dev);
+        let b1 = Tensor::<1>::random([40], Distribution::Normal(0.0, 1.0), &dev);
+        let b3 = Tensor::<1>::random([33], Distribution::Normal(0.0, 1.0), &dev);
+        let layers = [(&w1, Some(&b1)), (&w2, None), (&w3, Some(&b3))];
+        for rows in [7, 150] {
+            let x = Tensor::<3>::random([2, rows, 40], Distribution::Normal(0.0, 1.0), &dev);
+            for round in 0..2 {
+                let got = linear_side_by_side(&x, &layers).expect("CPU f32 tensors");
+                assert_eq!(got.len(), 3);
+                for ((w, b), y) in layers.iter().zip(got) {
+                    let want = burn::tensor::module::linear(x.clone(), (*w).clone(), b.cloned());
+                    assert_eq!(y.dims(), want.dims());
+                    let y = y.into_data().try_to_vec::<f32>().unwrap();
+                    let want = want.into_data().try_to_vec::<f32>().unwrap();
+                    let worst = super::super::worst_diff(&y, &want, true);
+                    assert!(worst < 1e-5, "rows {rows} round {round}: {worst}");
+                }
+            }
+        }
+        // The packing is made once and then found in the cache.
+        let ws: Vec<FlexTensor> = [&w1, &w2, &w3]
+            .iter()
+            .map(|w| (*w).clone().try_into_primitive::<Flex>().unwrap())
+            .collect();
+        let refs: Vec<&FlexTensor> = ws.iter().collect();
+        let f32 = super::super::sgemm::Precision::F32;
+        let a = super::super::sgemm::packed_side_by_side(&refs, f32).unwrap();
+        let b = super::super::sgemm::packed_side_by_side(&refs, f32).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        // A weight of another reduction size does not fit beside them.
+        let other = Tensor::<2>::zeros([41, 8], &dev);
+        let x = Tensor::<2>::zeros([3, 40], &dev);
+        assert!(linear_side_by_side(&x, &[(&w1, None), (&other, None)]).is_none());
     }
 
     #[test]

@@ -297,14 +297,15 @@ impl PackedWeight {
 }
 
 /// A weight tensor's identity: its storage, offset, shape and strides.
-type Key = (usize, usize, [usize; 2], [isize; 2], Precision);
+type Key = (usize, usize, [usize; 2], [isize; 2]);
 
 struct Entry {
-    key: Key,
-    /// A clone of the weight: while the cache holds it, its storage can be neither freed (and
-    /// its address reused) nor written in place (burn-flex writes in place only into unshared
-    /// storage), so the key identifies the same values.
-    keep: FlexTensor,
+    /// The weights' identities (one, or several packed side by side) and the precision.
+    key: (Vec<Key>, Precision),
+    /// Clones of the weights: while the cache holds them, their storage can be neither freed
+    /// (and its address reused) nor written in place (burn-flex writes in place only into
+    /// unshared storage), so the keys identify the same values.
+    keep: Vec<FlexTensor>,
     packed: Arc<PackedWeight>,
 }
 
@@ -314,36 +315,70 @@ static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 /// was packed so before. Entries whose weight nobody else holds any more are dropped on each
 /// call.
 pub fn packed(w: &FlexTensor, precision: Precision) -> Option<Arc<PackedWeight>> {
-    let layout = w.layout();
-    let shape = layout.shape();
-    if w.dtype() != burn::tensor::DType::F32 || shape.num_dims() != 2 {
+    packed_side_by_side(&[w], precision)
+}
+
+/// The weights `ws` (each `[k, n_i]`, `f32`, any strides) side by side, `[k, Σ n_i]`, packed
+/// in `precision`: one product then computes all their layers (a fused projection). Cached as
+/// [`packed`] caches one weight; `None` when a weight is not a 2-d `f32` tensor, the `k`s
+/// differ or `ws` is empty.
+pub fn packed_side_by_side(ws: &[&FlexTensor], precision: Precision) -> Option<Arc<PackedWeight>> {
+    let mut keys = Vec::with_capacity(ws.len());
+    for w in ws {
+        let layout = w.layout();
+        let shape = layout.shape();
+        if w.dtype() != burn::tensor::DType::F32 || shape.num_dims() != 2 {
+            return None;
+        }
+        let strides = layout.strides();
+        keys.push((
+            w.storage::<f32>().as_ptr() as usize,
+            layout.start_offset(),
+            [shape[0], shape[1]],
+            [strides[0], strides[1]],
+        ));
+    }
+    let k = keys.first()?.2[0];
+    if keys.iter().any(|key| key.2[0] != k) {
         return None;
     }
-    let storage = w.storage::<f32>();
-    let strides = layout.strides();
-    let key: Key = (
-        storage.as_ptr() as usize,
-        layout.start_offset(),
-        [shape[0], shape[1]],
-        [strides[0], strides[1]],
-        precision,
-    );
+    let key = (keys, precision);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     // Weights nobody else holds any more (a dropped model's) are let go at once.
-    cache.retain(|e| !e.keep.is_unique());
+    cache.retain(|e| !e.keep.iter().any(|w| w.is_unique()));
     if let Some(e) = cache.iter().find(|e| e.key == key) {
         return Some(e.packed.clone());
     }
-    let packed = Arc::new(PackedWeight::new(
-        storage,
-        (layout.start_offset(), strides[0], strides[1]),
-        shape[0],
-        shape[1],
-        precision,
-    )?);
+    let packed = if let [w] = ws {
+        let (start, [rs, cs]) = (key.0[0].1, key.0[0].3);
+        PackedWeight::new(
+            w.storage::<f32>(),
+            (start, rs, cs),
+            k,
+            key.0[0].2[1],
+            precision,
+        )?
+    } else {
+        // Gathered into one row-major `[k, Σ n_i]` matrix first (once: the result is cached).
+        let n: usize = key.0.iter().map(|key| key.2[1]).sum();
+        let mut all = vec![0.0f32; k * n];
+        let mut j0 = 0;
+        for (w, &(_, start, [_, ni], [rs, cs])) in ws.iter().zip(&key.0) {
+            let src = w.storage::<f32>();
+            for i in 0..k {
+                for j in 0..ni {
+                    let at = start as isize + i as isize * rs + j as isize * cs;
+                    all[i * n + j0 + j] = *src.get(usize::try_from(at).ok()?)?;
+                }
+            }
+            j0 += ni;
+        }
+        PackedWeight::new(&all, (0, n as isize, 1), k, n, precision)?
+    };
+    let packed = Arc::new(packed);
     cache.push(Entry {
         key,
-        keep: w.clone(),
+        keep: ws.iter().map(|&w| w.clone()).collect(),
         packed: packed.clone(),
     });
     Some(packed)
