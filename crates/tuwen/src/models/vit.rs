@@ -16,7 +16,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::{self, ModelConfig};
-use crate::nn::encoder::{dense, dense_act, dense_side_by_side, linear, norm};
+use crate::nn::encoder::{dense, dense_act, dense_add, dense_side_by_side, linear, norm};
 use crate::nn::{Activation, pos_embed, scaled_dot_product_attention};
 use crate::{Error, Result};
 
@@ -342,10 +342,20 @@ pub struct ViTAttention {
 impl ViTAttention {
     /// `[b, t, d]` to `[b, t, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        dense(&self.output.dense, self.context(x))
+    }
+
+    /// `residual + forward(x)`, the sum made as the output projection writes its output
+    /// (inference: no dropout applies to it there).
+    pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        dense_add(&self.output.dense, self.context(x), residual)
+    }
+
+    /// The heads' outputs side by side, before the output projection.
+    fn context(&self, x: Tensor<3>) -> Tensor<3> {
         let a = &self.attention;
         let [q, k, v] = dense_side_by_side([&a.query, &a.key, &a.value], x);
-        let ctx = scaled_dot_product_attention(q, k, v, a.num_heads, None, &a.dropout);
-        dense(&self.output.dense, ctx)
+        scaled_dot_product_attention(q, k, v, a.num_heads, None, &a.dropout)
     }
 }
 
@@ -424,14 +434,20 @@ impl ViTLayer {
 
     /// `[b, t, d]` to `[b, t, d]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self
-            .attention
-            .forward(norm(&self.layernorm_before, self.eps, x.clone()));
-        let x = x + self.dropout.forward(h);
+        let h = norm(&self.layernorm_before, self.eps, x.clone());
+        // Dropout on the sublayers' outputs: the sums fused into the output layers only where
+        // it does nothing (dropout acts only on an autodiff device; the fused sums decline one).
+        let x = if self.dropout.prob == 0.0 || !x.device().is_autodiff() {
+            self.attention.forward_add(h, x)
+        } else {
+            x + self.dropout.forward(self.attention.forward(h))
+        };
         let h = norm(&self.layernorm_after, self.eps, x.clone());
         let h = dense_act(&self.intermediate.dense, h, self.act);
-        let h = dense(&self.output.dense, h);
-        x + self.dropout.forward(h)
+        if self.dropout.prob == 0.0 || !x.device().is_autodiff() {
+            return dense_add(&self.output.dense, h, x);
+        }
+        x + self.dropout.forward(dense(&self.output.dense, h))
     }
 }
 

@@ -45,6 +45,17 @@ pub fn dense<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
     super::cpu::linear(&x, &w, b.as_ref()).unwrap_or_else(|| l.forward(x))
 }
 
+/// `residual + l(x)`: at inference on the CPU in one pass ([`super::cpu::linear_add`]),
+/// otherwise [`dense`] then the sum.
+pub fn dense_add<const D: usize>(l: &Linear, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+    let w = l.weight.val();
+    let b = l.bias.as_ref().map(|b| b.val());
+    if let Some(y) = super::cpu::linear_add(&x, &w, b.as_ref(), &residual) {
+        return y;
+    }
+    residual + dense(l, x)
+}
+
 /// Several layers of the same input, `[l_1(x), l_2(x), ..]`: at inference on the CPU as one
 /// product against their weights side by side ([`super::cpu::linear_side_by_side`]; the
 /// results are views of one output), otherwise [`dense`] layer by layer.
@@ -96,9 +107,24 @@ pub struct SelfAttention {
 impl SelfAttention {
     /// `[b, t, d]` to `[b, t, d]`; `mask` is added to the attention scores.
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
+        dense(&self.out_proj, self.context(x, mask))
+    }
+
+    /// `residual + forward(x, mask)`, the sum made as the output projection writes its
+    /// output ([`dense_add`]).
+    pub fn forward_add(
+        &self,
+        x: Tensor<3>,
+        mask: Option<Tensor<4>>,
+        residual: Tensor<3>,
+    ) -> Tensor<3> {
+        dense_add(&self.out_proj, self.context(x, mask), residual)
+    }
+
+    /// The heads' outputs side by side, before the output projection.
+    fn context(&self, x: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
         let [q, k, v] = dense_side_by_side([&self.q_proj, &self.k_proj, &self.v_proj], x);
-        let ctx = scaled_dot_product_attention(q, k, v, self.num_heads, mask, &self.dropout);
-        dense(&self.out_proj, ctx)
+        scaled_dot_product_attention(q, k, v, self.num_heads, mask, &self.dropout)
     }
 }
 
@@ -128,6 +154,11 @@ impl Mlp {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         dense(&self.fc2, dense_act(&self.fc1, x, self.act))
     }
+
+    /// `residual + forward(x)`, the sum made as `fc2` writes its output ([`dense_add`]).
+    pub fn forward_add<const D: usize>(&self, x: Tensor<D>, residual: Tensor<D>) -> Tensor<D> {
+        dense_add(&self.fc2, dense_act(&self.fc1, x, self.act), residual)
+    }
 }
 
 /// `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
@@ -150,9 +181,9 @@ impl EncoderLayer {
     /// `[b, t, d]` to `[b, t, d]`.
     pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<4>>) -> Tensor<3> {
         let h = norm(&self.layer_norm1, self.eps, x.clone());
-        let x = x + self.self_attn.forward(h, mask);
+        let x = self.self_attn.forward_add(h, mask, x);
         let h = norm(&self.layer_norm2, self.eps, x.clone());
-        x + self.mlp.forward(h)
+        self.mlp.forward_add(h, x)
     }
 }
 

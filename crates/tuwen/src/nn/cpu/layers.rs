@@ -192,9 +192,47 @@ pub fn linear_then<const D: usize>(
         None => None,
     };
     let op = Dense::new(xp, wp, bp)?;
-    let then = move |s: &mut [f32]| super::map_in_place(kernel, s);
+    let then = move |_: usize, s: &mut [f32]| super::map_in_place(kernel, s);
     op.compute_packed(Some(&then))
         .map(Tensor::from_primitive::<Flex>)
+}
+
+/// What [`Dense::compute_packed`] applies to each finished stretch of output: its offset in
+/// the output and its values.
+type At<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
+
+/// `x W + b + residual` at inference in one pass: the residual (contiguous, of the output's
+/// shape) is added to each stretch of the output as the product finishes it, instead of in a
+/// second pass over three tensors (a transformer's residual connections). Under the same
+/// conditions as [`linear_then`]; `None` otherwise (the caller adds).
+pub fn linear_add<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    residual: &Tensor<D>,
+) -> Option<Tensor<D>> {
+    let xp = x.clone().try_into_primitive::<Flex>().ok()?;
+    let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
+    let bp = match bias {
+        Some(b) => Some(b.clone().try_into_primitive::<Flex>().ok()?),
+        None => None,
+    };
+    let rp = residual.clone().try_into_primitive::<Flex>().ok()?;
+    let mut want = x.dims();
+    want[D - 1] = weight.dims()[1];
+    if rp.dtype() != DType::F32 || residual.dims() != want {
+        return None;
+    }
+    let (s, e) = rp.layout().contiguous_offsets()?;
+    let r = &rp.storage::<f32>()[s..e];
+    let op = Dense::new(xp, wp, bp)?;
+    let then = move |at: usize, out: &mut [f32]| {
+        for (o, v) in out.iter_mut().zip(&r[at..]) {
+            *o += v;
+        }
+    };
+    let out = op.compute_packed(Some(&then));
+    out.map(Tensor::from_primitive::<Flex>)
 }
 
 /// Several linear layers of the same input as one product at inference (a fused projection:
@@ -430,9 +468,10 @@ impl Dense {
 
     /// The output through [`super::sgemm`]'s kernels with the weight packed once (inference:
     /// the weight's packing is cached), in the precision [`super::sgemm::set_precision`] set,
-    /// with `then` applied to the output (see [`super::sgemm::matmul_uninit`]). `None` (the
-    /// general GEMM) without AVX-512F.
-    fn compute_packed(&self, then: super::sgemm::Then) -> Option<FlexTensor> {
+    /// with `then(offset, stretch)` applied to each stretch of the output as it is finished
+    /// (see [`super::sgemm::matmul_uninit`]; `offset` is the stretch's first element's index
+    /// in the output). `None` (the general GEMM) without AVX-512F.
+    fn compute_packed(&self, then: Option<&At<'_>>) -> Option<FlexTensor> {
         use super::sgemm::{self, Precision};
         let precision = sgemm::precision();
         let usable = match precision {
@@ -445,13 +484,18 @@ impl Dense {
         let w = sgemm::packed(&self.w, precision)?;
         let bias = self.b.as_ref().map(slice);
         let len = self.rows * self.d_out;
-        let mut out = Vec::with_capacity(len);
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        // The stretches `matmul_uninit` hands over lie inside `out`: their offset is their
+        // distance from its start.
+        let base = out.as_ptr() as usize;
+        let located = then
+            .map(|f| move |s: &mut [f32]| f((s.as_ptr() as usize - base) / size_of::<f32>(), s));
         sgemm::matmul_uninit(
             self.x(),
             self.rows,
             &w,
             bias,
-            then,
+            located.as_ref().map(|f| f as &(dyn Fn(&mut [f32]) + Sync)),
             &mut out.spare_capacity_mut()[..len],
         );
         // SAFETY: `matmul_uninit` wrote all `len` elements (tested with outputs that start as
@@ -1221,6 +1265,45 @@ mod tests {
                 let linear = linear.into_data().try_to_vec::<f32>().unwrap();
                 assert!(super::super::worst_diff(&got, &linear, false) > 0.1);
             }
+        }
+    }
+
+    #[test]
+    fn linear_add_equals_the_layer_plus_the_residual() {
+        use burn::tensor::Distribution;
+        let dev = Device::flex();
+        if !super::super::sgemm::available() {
+            // Without AVX-512F it declines and the caller adds.
+            let x = Tensor::<2>::zeros([2, 3], &dev);
+            let w = Tensor::<2>::zeros([3, 4], &dev);
+            let r = Tensor::<2>::zeros([2, 4], &dev);
+            assert!(linear_add(&x, &w, None, &r).is_none());
+            return;
+        }
+        dev.seed(41);
+        // Rows for both kernels (up to and above sgemm::MAX_ROWS), a width that is not whole
+        // panels, with and without a bias.
+        for rows in [5, 230] {
+            let x = Tensor::<3>::random([2, rows, 72], Distribution::Normal(0.0, 1.0), &dev);
+            let w = Tensor::<2>::random([72, 150], Distribution::Normal(0.0, 0.3), &dev);
+            let b = Tensor::<1>::random([150], Distribution::Normal(0.0, 1.0), &dev);
+            let r = Tensor::<3>::random([2, rows, 150], Distribution::Normal(0.0, 1.0), &dev);
+            for bias in [Some(&b), None] {
+                let got = linear_add(&x, &w, bias, &r).expect("CPU f32 tensors");
+                let linear = burn::tensor::module::linear(x.clone(), w.clone(), bias.cloned());
+                let want = linear.clone() + r.clone();
+                assert_eq!(got.dims(), want.dims());
+                let got = got.into_data().try_to_vec::<f32>().unwrap();
+                let want = want.into_data().try_to_vec::<f32>().unwrap();
+                let worst = super::super::worst_diff(&got, &want, true);
+                assert!(worst < 1e-5, "rows {rows}: {worst}");
+                // The residual was added: the output is not the layer's alone.
+                let linear = linear.into_data().try_to_vec::<f32>().unwrap();
+                assert!(super::super::worst_diff(&got, &linear, false) > 0.5);
+            }
+            // A residual of another shape is refused.
+            let wrong = Tensor::<3>::zeros([2, rows, 149], &dev);
+            assert!(linear_add(&x, &w, None, &wrong).is_none());
         }
     }
 
