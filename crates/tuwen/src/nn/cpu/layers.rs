@@ -185,16 +185,37 @@ pub fn linear_then<const D: usize>(
     bias: Option<&Tensor<1>>,
     kernel: super::Kernel,
 ) -> Option<Tensor<D>> {
+    let (xp, wp, bp) = flex_operands(x, weight, bias)?;
+    let op = Dense::new(xp, wp, bp)?;
+    let then = move |_: usize, s: &mut [f32]| super::map_in_place(kernel, s);
+    op.compute_packed(Some(&then))
+        .map(Tensor::from_primitive::<Flex>)
+}
+
+/// A linear layer's operands as CPU-backend tensors without autodiff; `None` for others.
+fn flex_operands<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<(FlexTensor, FlexTensor, Option<FlexTensor>)> {
     let xp = x.clone().try_into_primitive::<Flex>().ok()?;
     let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
     let bp = match bias {
         Some(b) => Some(b.clone().try_into_primitive::<Flex>().ok()?),
         None => None,
     };
-    let op = Dense::new(xp, wp, bp)?;
-    let then = move |_: usize, s: &mut [f32]| super::map_in_place(kernel, s);
-    op.compute_packed(Some(&then))
-        .map(Tensor::from_primitive::<Flex>)
+    Some((xp, wp, bp))
+}
+
+/// The precision the packed kernels run in, when this CPU has them for it.
+fn packed_precision() -> Option<super::sgemm::Precision> {
+    use super::sgemm::{self, Precision};
+    let precision = sgemm::precision();
+    let usable = match precision {
+        Precision::F32 => sgemm::available(),
+        Precision::Bf16 => sgemm::available_bf16(),
+    };
+    usable.then_some(precision)
 }
 
 /// What [`Dense::compute_packed`] applies to each finished stretch of output: its offset in
@@ -211,12 +232,7 @@ pub fn linear_add<const D: usize>(
     bias: Option<&Tensor<1>>,
     residual: &Tensor<D>,
 ) -> Option<Tensor<D>> {
-    let xp = x.clone().try_into_primitive::<Flex>().ok()?;
-    let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
-    let bp = match bias {
-        Some(b) => Some(b.clone().try_into_primitive::<Flex>().ok()?),
-        None => None,
-    };
+    let (xp, wp, bp) = flex_operands(x, weight, bias)?;
     let rp = residual.clone().try_into_primitive::<Flex>().ok()?;
     let mut want = x.dims();
     want[D - 1] = weight.dims()[1];
@@ -246,14 +262,10 @@ pub fn linear_side_by_side<const D: usize>(
     x: &Tensor<D>,
     layers: &[(&Tensor<2>, Option<&Tensor<1>>)],
 ) -> Option<Vec<Tensor<D>>> {
-    use super::sgemm::{self, Precision};
-    let precision = sgemm::precision();
-    let usable = match precision {
-        Precision::F32 => sgemm::available(),
-        Precision::Bf16 => sgemm::available_bf16(),
-    };
+    use super::sgemm;
+    let precision = packed_precision()?;
     let xp = x.clone().try_into_primitive::<Flex>().ok()?;
-    if !usable || layers.is_empty() || xp.dtype() != DType::F32 {
+    if layers.is_empty() || xp.dtype() != DType::F32 {
         return None;
     }
     let (s, e) = xp.layout().contiguous_offsets()?;
@@ -475,15 +487,8 @@ impl Dense {
     /// (see [`super::sgemm::matmul_uninit`]; `offset` is the stretch's first element's index
     /// in the output). `None` (the general GEMM) without AVX-512F.
     fn compute_packed(&self, then: Option<&At<'_>>) -> Option<FlexTensor> {
-        use super::sgemm::{self, Precision};
-        let precision = sgemm::precision();
-        let usable = match precision {
-            Precision::F32 => sgemm::available(),
-            Precision::Bf16 => sgemm::available_bf16(),
-        };
-        if !usable {
-            return None;
-        }
+        use super::sgemm;
+        let precision = packed_precision()?;
         let w = sgemm::packed(&self.w, precision)?;
         let bias = self.b.as_ref().map(slice);
         let len = self.rows * self.d_out;
