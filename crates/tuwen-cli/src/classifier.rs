@@ -87,6 +87,11 @@ pub struct ClassifierArgs {
     /// Continue the run saved in OUT/checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Data-parallel training on these devices, e.g. cpu,cpu or cuda:0,cuda:1: each runs its
+    /// share of every batch and the gradients are summed. The model lives on the first
+    /// (--device is then not used). ViT only (EfficientNet's batch norm is per device).
+    #[arg(long, conflicts_with = "linear_probe")]
+    devices: Option<String>,
 }
 
 pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
@@ -105,7 +110,11 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
     {
         bail!("--mixup must be >= 0 and --label-smoothing in [0, 1)");
     }
-    let device = device.clone().autodiff();
+    let devices = match &args.devices {
+        Some(list) => tuwen::train::parallel::parse_devices(list)?,
+        None => Vec::new(),
+    };
+    let device = devices.first().unwrap_or(device).clone().autodiff();
     let ckpt_dir = args.out.join("checkpoint");
     let resume_from = if args.resume {
         Some(crate::train::resume_dir(&ckpt_dir)?)
@@ -152,6 +161,7 @@ pub fn run(args: ClassifierArgs, device: &Device) -> Result<()> {
         resume_from: resume_from.clone(),
         label_smoothing: args.label_smoothing,
         mixup: args.mixup,
+        devices,
         ..ClassifierTrainConfig::default()
     };
     match net {

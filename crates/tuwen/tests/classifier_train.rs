@@ -185,3 +185,124 @@ fn resumed_efficientnet_run_equals_uninterrupted_run() {
     assert_eq!(a, b, "the resumed weights differ");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Data-parallel training of a ViT on two CPU devices (`--devices cpu,cpu`) gives the losses
+/// and the model of training on one device with the combined batch, with crops, flips, mixup
+/// and label smoothing, and a batch that splits unevenly (7 and 8). EfficientNet, whose batch
+/// norm would normalise each device's shard by itself, is refused.
+#[test]
+fn two_device_vit_run_equals_one_device_run() {
+    use tuwen::models::vit::{ViTConfig, ViTForImageClassification};
+    use tuwen::train::classifier::VitClassifier;
+    let dir = std::env::temp_dir().join(format!("tuwen-vit-ddp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    tuwen::data::shapes::generate(&dir, 48, 32, 3).unwrap();
+    let spec = CsvSpec {
+        caption_column: "color".into(),
+        ..CsvSpec::default()
+    };
+    let train_set = read_csv(&dir.join("train.csv"), &spec).unwrap();
+    let mut labels: Vec<String> = train_set.iter().map(|s| s.caption.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    let config = ViTConfig {
+        hidden_size: 24,
+        num_hidden_layers: 2,
+        num_attention_heads: 3,
+        intermediate_size: 40,
+        image_size: 32,
+        patch_size: 8,
+        id2label: tuwen::train::classifier::id2label(&labels),
+        ..ViTConfig::default()
+    };
+    let device = Device::flex().autodiff();
+    let model = VitClassifier {
+        model: tuwen::train::engine::init_seeded(&device, 3, |d| {
+            ViTForImageClassification::new(&config, d)
+        }),
+        config: config.clone(),
+    };
+    let processor =
+        ImageProcessor::from_json(&tuwen::train::mae::preprocessor_json(32).to_string()).unwrap();
+    let run = |devices: Vec<Device>| ClassifierTrainConfig {
+        steps: 4,
+        batch_size: 15,
+        lr: 3e-3,
+        warmup: 1,
+        mixup: 0.4,
+        augment: tuwen::data::augment::Augment {
+            min_scale: 0.5,
+            hflip: true,
+        },
+        devices,
+        ..ClassifierTrainConfig::default()
+    };
+    let (one, one_losses) = train(
+        model.clone(),
+        &processor,
+        &train_set,
+        &labels,
+        &run(Vec::new()),
+        |_, _| true,
+    )
+    .unwrap();
+    let (two, two_losses) = train(
+        model,
+        &processor,
+        &train_set,
+        &labels,
+        &run(vec![device.clone(), device.clone()]),
+        |_, _| true,
+    )
+    .unwrap();
+    eprintln!("one device {one_losses:?}\ntwo devices {two_losses:?}");
+    assert_eq!(one_losses.len(), 4);
+    assert_eq!(two_losses.len(), 4);
+    for ((s1, l1), (s2, l2)) in one_losses.iter().zip(&two_losses) {
+        assert_eq!(s1, s2);
+        assert!((l1 - l2).abs() < 1e-5, "step {s1}: loss {l1} vs {l2}");
+    }
+    // The runs trained: the loss moved.
+    assert!((one_losses[0].1 - one_losses[3].1).abs() > 1e-3);
+    let items: Vec<_> = train_set[..6]
+        .iter()
+        .map(|s| processor.preprocess(&tuwen::data::open_rgb(&s.image).unwrap()))
+        .collect();
+    let px = tuwen::data::processor::batch_tensor(items, &device).unwrap();
+    let (a, b) = (
+        tuwen::pipeline::to_vec(one.logits(px.clone())).unwrap(),
+        tuwen::pipeline::to_vec(two.logits(px)).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(
+            0.0f32,
+            |m, d| {
+                if d.is_nan() { f32::INFINITY } else { m.max(d) }
+            },
+        );
+    assert!(worst < 1e-4, "logits differ by {worst}");
+
+    // EfficientNet is refused, with the reason.
+    let mut cfg = custom(0.25, 0.25, 32, 0.0, labels.len());
+    cfg.id2label = tuwen::train::classifier::id2label(&labels);
+    let effnet = EfficientNetClassifier {
+        model: EfficientNetForImageClassification::new(&cfg, &device),
+        config: cfg,
+    };
+    let err = train(
+        effnet,
+        &processor,
+        &train_set,
+        &labels,
+        &run(vec![device.clone(), device.clone()]),
+        |_, _| true,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("batch norm"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

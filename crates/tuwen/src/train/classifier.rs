@@ -54,6 +54,10 @@ pub struct ClassifierTrainConfig {
     pub metrics: Option<PathBuf>,
     /// Set to stop after the current step (with a checkpoint).
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Data-parallel devices (`--devices cpu,cpu`; the model on the first), or none: each
+    /// device runs its share of every batch and the gradients are summed. Not for networks
+    /// with batch norm ([`Classifier::DATA_PARALLEL`]).
+    pub devices: Vec<Device>,
 }
 
 impl Default for ClassifierTrainConfig {
@@ -74,6 +78,7 @@ impl Default for ClassifierTrainConfig {
             mixup: 0.0,
             metrics: None,
             stop: None,
+            devices: Vec::new(),
         }
     }
 }
@@ -373,6 +378,9 @@ pub trait Classifier: burn::module::Module + Sized {
     /// `f32` activations per image a training step keeps for the backward pass (a lower
     /// bound, see [`crate::memory`]).
     fn training_floats(&self) -> u128;
+    /// Whether a batch split across devices gives the whole batch's gradients. Not with batch
+    /// norm: each device would normalise by its own shard's statistics.
+    const DATA_PARALLEL: bool;
 }
 
 /// A ViT classifier with its config.
@@ -402,7 +410,7 @@ struct ClassifierFamily<'a, M> {
     labels: &'a [String],
     cfg: &'a ClassifierTrainConfig,
     loss: CrossEntropyLoss,
-    model: std::marker::PhantomData<M>,
+    model: std::marker::PhantomData<fn() -> M>,
 }
 
 impl<M: Classifier> TrainStep for ClassifierFamily<'_, M> {
@@ -439,6 +447,10 @@ impl<M: Classifier> TrainStep for ClassifierFamily<'_, M> {
         self.processor
     }
 
+    fn data_parallel(&self) -> bool {
+        M::DATA_PARALLEL
+    }
+
     fn step(&mut self, model: M, batch: Batch, ctx: &mut StepContext) -> Result<(M, StepOutput)> {
         let f = &*self;
         let n = batch.len();
@@ -449,19 +461,56 @@ impl<M: Classifier> TrainStep for ClassifierFamily<'_, M> {
             .collect::<Result<Vec<i64>>>()?;
         let pixels = batch_tensor(batch.images, ctx.device)?;
         let reversed: Vec<i64> = ys.iter().rev().copied().collect();
-        let y = Tensor::<1, Int>::from_data(TensorData::new(ys, [n]), ctx.device);
-        let loss = if f.cfg.mixup > 0.0 && n > 1 {
+        // Mixup blends the whole batch with itself reversed, before any split across devices.
+        let (pixels, lam) = if f.cfg.mixup > 0.0 && n > 1 {
             let mut rng = crate::data::shapes::SplitMix64::new(ctx.seed(999));
             let lam = crate::data::augment::beta_symmetric(f.cfg.mixup, &mut rng);
-            let mixed = pixels.clone() * lam + pixels.flip([0]) * (1.0 - lam);
-            let logits = model.logits(mixed);
-            let y2 = Tensor::<1, Int>::from_data(TensorData::new(reversed, [n]), ctx.device);
-            f.loss.forward(logits.clone(), y) * lam + f.loss.forward(logits, y2) * (1.0 - lam)
+            (pixels.clone() * lam + pixels.flip([0]) * (1.0 - lam), lam)
         } else {
-            f.loss.forward(model.logits(pixels), y)
+            (pixels, 1.0)
         };
-        let value: f32 = loss.clone().into_scalar();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        // The loss of samples a .. b of the batch, on `model`'s device, as their share of the
+        // batch's mean (so that the shares' gradients sum to the batch's).
+        let shard_loss = |model: &M, (a, b): (usize, usize), device: &Device| {
+            let px = pixels.clone().slice(a..b).to_device(device);
+            let label = |v: &[i64]| {
+                Tensor::<1, Int>::from_data(TensorData::new(v[a..b].to_vec(), [b - a]), device)
+            };
+            let logits = model.logits(px);
+            let loss = if lam < 1.0 {
+                f.loss.forward(logits.clone(), label(&ys)) * lam
+                    + f.loss.forward(logits, label(&reversed)) * (1.0 - lam)
+            } else {
+                f.loss.forward(logits, label(&ys))
+            };
+            loss * ((b - a) as f64 / n as f64)
+        };
+        let (value, grads) = if ctx.devices.len() > 1 {
+            use super::parallel::{run_replicas, shards, sum_grads};
+            let parts = shards(n, ctx.devices.len());
+            let inputs: Vec<_> = parts
+                .into_iter()
+                .zip(ctx.devices)
+                .map(|(part, device)| (model.clone().fork(device), part, device.clone()))
+                .collect();
+            let out = run_replicas(ctx.devices, inputs, |(replica, part, device), _| {
+                let loss = shard_loss(&replica, part, &device);
+                let value: f32 = loss.clone().into_scalar();
+                Ok((
+                    value,
+                    GradientsParams::from_grads(loss.backward(), &replica),
+                ))
+            })?;
+            let value = out.iter().map(|(v, _)| v).sum();
+            (
+                value,
+                sum_grads(&model, out.into_iter().map(|o| o.1).collect()),
+            )
+        } else {
+            let loss = shard_loss(&model, (0, n), ctx.device);
+            let value: f32 = loss.clone().into_scalar();
+            (value, GradientsParams::from_grads(loss.backward(), &model))
+        };
         let model = ctx.update("model", model, grads)?;
         Ok((model, StepOutput::loss(value)))
     }
@@ -493,6 +542,13 @@ pub fn train<'a, M: Classifier>(
         loss,
         model: std::marker::PhantomData,
     };
+    if cfg.devices.len() > 1 && !M::DATA_PARALLEL {
+        return Err(Error::InvalidInput(
+            "--devices: this network has batch norm, whose statistics tuwen does not share \
+             across devices (each would normalise by its own shard); train it on one device"
+                .into(),
+        ));
+    }
     let model = super::stable_param_ids(model);
     let (model, report) = engine::run(&mut family, model, data, &cfg.run(), &mut on_step)?;
     Ok((model, report.losses))
@@ -514,12 +570,15 @@ impl ClassifierTrainConfig {
             resume_from: self.resume_from.clone(),
             metrics: self.metrics.clone(),
             stop: self.stop.clone(),
+            devices: self.devices.clone(),
             ..RunConfig::default()
         }
     }
 }
 
 impl Classifier for VitClassifier {
+    const DATA_PARALLEL: bool = true;
+
     fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
         self.model.forward(pixels)
     }
@@ -548,6 +607,8 @@ impl Classifier for VitClassifier {
 }
 
 impl Classifier for EfficientNetClassifier {
+    const DATA_PARALLEL: bool = false;
+
     fn logits(&self, pixels: Tensor<4>) -> Tensor<2> {
         self.model.forward(pixels)
     }
