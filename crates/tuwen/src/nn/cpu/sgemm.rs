@@ -1,4 +1,5 @@
-//! The inference GEMM of linear layers, `x W + b`, with the weight packed once (AVX-512).
+//! The inference GEMM of linear layers, `x W + b`, with the weight packed once (AVX-512, or
+//! AVX2 with FMA).
 //!
 //! The general GEMM (the `gemm` crate, which burn-flex uses too) packs both operands on every
 //! call. For a linear layer at inference the weight never changes, and at small batches
@@ -11,8 +12,10 @@
 //! rows (large ones) are split across threads in equal parts.
 //!
 //! Above [`MAX_ROWS`] rows a second kernel reads `x` in place against the same packed weight
-//! (see [`wide`]). Used for untracked `f32` linear layers when the CPU has AVX-512F
-//! ([`available`]); tested against the plain product on ragged sizes and strided weights.
+//! (see [`wide`]). Used for untracked `f32` linear layers when the CPU has AVX-512F or AVX2
+//! and FMA ([`available`]); on AVX2 the same packed layout is multiplied by 6 × 16 kernels
+//! ([`kernel_avx2`]), two per 32-column panel. Both kernels are tested against the plain
+//! product on ragged sizes and strided weights (the AVX2 one on AVX-512 machines too).
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,16 +56,58 @@ const PREFETCH_WIDE: usize = 16;
 /// the product's last pass, while the stretch is in L1).
 pub type Then<'a> = Option<&'a (dyn Fn(&mut [f32]) + Sync)>;
 
-/// Whether this CPU runs the kernel.
-pub fn available() -> bool {
+/// The instruction set the f32 kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    /// AVX-512F: 16-lane vectors, 32 registers.
+    Avx512,
+    /// AVX2 and FMA: 8-lane vectors, 16 registers.
+    Avx2,
+}
+
+impl Isa {
+    /// Reduction steps per pass of the small-batch kernel: a panel's slice (KC × NR floats) is
+    /// 32 KiB (AVX-512) or 16 KiB (AVX2, whose two half-panel kernels read it twice from L1).
+    fn kc(self) -> usize {
+        match self {
+            Isa::Avx512 => KC,
+            Isa::Avx2 => 128,
+        }
+    }
+
+    /// Reduction steps and columns per block of the large-batch kernel: the block stays in L2
+    /// (768 KiB for AVX-512; 256 KiB for AVX2, the half of a Zen 3's 512 KiB L2).
+    fn wide_block(self) -> (usize, usize) {
+        match self {
+            Isa::Avx512 => (KW, NW),
+            Isa::Avx2 => (256, 256),
+        }
+    }
+}
+
+/// The best instruction set of this CPU for the f32 kernels, if any.
+fn isa() -> Option<Isa> {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            Some(Isa::Avx512)
+        } else if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            Some(Isa::Avx2)
+        } else {
+            None
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        None
     }
+}
+
+/// Whether this CPU runs the f32 kernel (AVX-512F, or AVX2 and FMA).
+pub fn available() -> bool {
+    isa().is_some()
 }
 
 /// The precision of the packed linear layers at inference.
@@ -113,7 +158,7 @@ pub fn available_bf16() -> bool {
             let c = std::arch::x86_64::__cpuid_count(7, 0);
             if c.edx >> 22 & 1 == 0
                 || c.edx >> 24 & 1 == 0
-                || !available()
+                || !std::arch::is_x86_feature_detected!("avx512f")
                 || !std::arch::is_x86_feature_detected!("avx512bf16")
             {
                 return false;
@@ -410,10 +455,23 @@ pub fn matmul_uninit(
     then: Then,
     out: &mut [MaybeUninit<f32>],
 ) {
+    let isa = isa().expect("sgemm::matmul needs AVX-512F or AVX2 and FMA");
+    matmul_isa(x, m, w, bias, then, out, isa)
+}
+
+/// [`matmul_uninit`] with the f32 kernels of `isa` (which the CPU must have).
+fn matmul_isa(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    then: Then,
+    out: &mut [MaybeUninit<f32>],
+    isa: Isa,
+) {
     let (k, n) = (w.k, w.n);
-    match w.precision {
-        Precision::F32 => assert!(available(), "sgemm::matmul needs AVX-512F"),
-        Precision::Bf16 => assert!(available_bf16(), "bf16 sgemm::matmul needs AVX512-BF16"),
+    if w.precision == Precision::Bf16 {
+        assert!(available_bf16(), "bf16 sgemm::matmul needs AVX512-BF16");
     }
     assert_eq!(x.len(), m * k, "x is not [m, k]");
     assert_eq!(out.len(), m * n, "out is not [m, n]");
@@ -435,7 +493,7 @@ pub fn matmul_uninit(
         return;
     }
     if m > MAX_ROWS {
-        return wide(x, m, w, bias, then, out);
+        return wide(x, m, w, bias, then, out, isa);
     }
     let panels = n.div_ceil(NR);
     let threads = if m * k * n < 1 << 18 {
@@ -493,7 +551,7 @@ pub fn matmul_uninit(
         // p0..p1), which has m × n elements; the CPU's features were checked above.
         unsafe {
             let c = out_ptr.offset((r0 - first) * n);
-            block(xt, (first, rows, lda), w, bias, then, p0..p1, (c, n))
+            block(xt, (first, rows, lda), w, bias, then, p0..p1, (c, n), isa)
         };
     };
     if tasks == 1 {
@@ -528,7 +586,8 @@ unsafe impl Sync for OutPtr {}
 ///
 /// # Safety
 /// `out` covers those rows (`ldc` apart) and the panels' columns, which no other thread
-/// writes; `xt` holds `w.k` rows of `lda` floats; AVX-512F.
+/// writes; `xt` holds `w.k` rows of `lda` floats; the CPU has `isa`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn block(
     xt: &[f32],
     (r0, rows, lda): (usize, usize, usize),
@@ -537,10 +596,11 @@ unsafe fn block(
     then: Then,
     panels: std::ops::Range<usize>,
     (out, ldc): (OutPtr, usize),
+    isa: Isa,
 ) {
     let (n, steps) = (w.n, w.steps);
     debug_assert!(w.precision == Precision::F32 && r0 + rows <= lda && xt.len() >= steps * lda);
-    let passes = steps.div_ceil(KC);
+    let passes = steps.div_ceil(isa.kc());
     let kc_max = steps.div_ceil(passes);
     let wdata = w.data.as_slice();
     for pass in 0..passes {
@@ -608,7 +668,7 @@ unsafe fn block(
                 // SAFETY: the kernel reads r floats at each of kc steps of lda in `a`, kc × NR
                 // of `b` and writes r rows of `cols` floats at stride ldc from `c`; the CPU's
                 // features per the caller.
-                unsafe { tile.run(r) };
+                unsafe { tile.run(r, isa) };
                 if pass + 1 == passes
                     && let Some(f) = then
                 {
@@ -651,6 +711,7 @@ fn wide(
     bias: Option<&[f32]>,
     then: Then,
     out: &mut [MaybeUninit<f32>],
+    isa: Isa,
 ) {
     let (k, n) = (w.k, w.n);
     let threads = rayon::current_num_threads().max(1);
@@ -673,6 +734,7 @@ fn wide(
                 bias,
                 then,
                 (out_ptr.offset(r0 * n), n),
+                isa,
             )
         };
     };
@@ -689,7 +751,7 @@ fn wide(
 ///
 /// # Safety
 /// `out` covers `rows` rows of `w.n` floats at stride `ldc`, which no other thread writes;
-/// AVX-512F.
+/// the CPU has `isa`.
 unsafe fn block_wide(
     x: &[f32],
     rows: usize,
@@ -697,15 +759,17 @@ unsafe fn block_wide(
     bias: Option<&[f32]>,
     then: Then,
     (out, ldc): (OutPtr, usize),
+    isa: Isa,
 ) {
     let (n, k) = (w.n, w.steps);
     debug_assert!(w.precision == Precision::F32 && x.len() == rows * k);
+    let (kw, nw) = isa.wide_block();
     let panels = n.div_ceil(NR);
-    let passes = k.div_ceil(KW);
+    let passes = k.div_ceil(kw);
     let kc_max = k.div_ceil(passes);
     let wdata = w.data.as_slice();
-    for p0 in (0..panels).step_by(NW / NR) {
-        let p1 = (p0 + NW / NR).min(panels);
+    for p0 in (0..panels).step_by(nw / NR) {
+        let p1 = (p0 + nw / NR).min(panels);
         for pass in 0..passes {
             let k0 = pass * kc_max;
             let kc = kc_max.min(k - k0);
@@ -738,7 +802,7 @@ unsafe fn block_wide(
                     // SAFETY: the kernel reads r rows of kc floats from `a` (k apart), kc × NR
                     // of each panel, and writes r rows of `cols` floats at stride ldc from `c`,
                     // inside this block's rows; the CPU's features per the caller.
-                    unsafe { tile.run(r, pair) };
+                    unsafe { tile.run(r, pair, isa) };
                     if pass + 1 == passes
                         && let Some(f) = then
                     {
@@ -771,8 +835,39 @@ impl Wide<'_> {
     /// Runs the kernel for `r` (1 ..= MW) rows and two panels (`pair`) or one.
     ///
     /// # Safety
-    /// The pointers cover what [`Wide`] describes and the CPU has AVX-512F.
-    unsafe fn run(&self, r: usize, pair: bool) {
+    /// The pointers cover what [`Wide`] describes and the CPU has `isa`.
+    unsafe fn run(&self, r: usize, pair: bool, isa: Isa) {
+        if isa == Isa::Avx2 {
+            // Each panel in two halves of 16 columns, a 6 × 16 kernel each; the half reads its
+            // own cache line of each step and fetches it PREFETCH_WIDE steps ahead from L2.
+            for q in 0..if pair { 4 } else { 2 } {
+                let cols = self.cols.saturating_sub(16 * q).min(16);
+                if cols == 0 {
+                    break;
+                }
+                let b = self.b[q / 2].cast::<f32>().wrapping_add(16 * (q % 2));
+                let call = Avx2Call {
+                    steps: self.steps,
+                    a: self.a,
+                    lda: self.lda,
+                    b,
+                    c: self.c.wrapping_add(16 * q),
+                    ldc: self.ldc,
+                    cols,
+                    first: self.first,
+                    bias: self.bias.map(|b| &b[16 * q..16 * q + cols]),
+                    near: b.wrapping_add(PREFETCH_WIDE * NR),
+                    near_lines: 1,
+                    switch: usize::MAX,
+                    next: b,
+                    far_from: b,
+                    far: 0,
+                };
+                // SAFETY: the half's rows, steps and columns lie inside what `self` covers.
+                unsafe { call.run::<false>(r) };
+            }
+            return;
+        }
         macro_rules! go {
             ($($r:literal)*) => {
                 match (r, pair) {
@@ -878,6 +973,7 @@ pub(crate) unsafe fn product_t(
             None,
             0..w.n.div_ceil(NR),
             (OutPtr(c), ldc),
+            isa().expect("the caller checked `available`"),
         )
     };
 }
@@ -908,8 +1004,45 @@ impl Tile<'_> {
     /// Runs the kernel for `r` (1 ..= MR) rows.
     ///
     /// # Safety
-    /// The pointers cover what [`Tile`] describes and the CPU has the kernel's features.
-    unsafe fn run(&self, r: usize) {
+    /// The pointers cover what [`Tile`] describes and the CPU has `isa`.
+    unsafe fn run(&self, r: usize, isa: Isa) {
+        if isa == Isa::Avx2 {
+            // Rows in groups of six, the panel in two halves of 16 columns: four 6 × 16
+            // kernels. The first (rows 0 .., columns 0 .. 16) streams the slice from memory
+            // and does the prefetching the AVX-512 kernel does (both lines of a step); the
+            // others find the slice in L1.
+            for g in (0..r).step_by(6) {
+                let rg = 6.min(r - g);
+                for h in 0..2 {
+                    let cols = self.cols.saturating_sub(16 * h).min(16);
+                    if cols == 0 {
+                        break;
+                    }
+                    let lead = g == 0 && h == 0;
+                    let b = self.b.cast::<f32>().wrapping_add(16 * h);
+                    let call = Avx2Call {
+                        steps: self.steps,
+                        a: self.a.cast::<f32>().wrapping_add(g),
+                        lda: self.lda,
+                        b,
+                        c: self.c.wrapping_add(g * self.ldc + 16 * h),
+                        ldc: self.ldc,
+                        cols,
+                        first: self.first,
+                        bias: self.bias.map(|b| &b[16 * h..16 * h + cols]),
+                        near: b.wrapping_add(PREFETCH * NR),
+                        near_lines: if lead && self.far == 0 { 2 } else { 0 },
+                        switch: self.steps.saturating_sub(PREFETCH),
+                        next: self.next.cast(),
+                        far_from: self.far_from.cast(),
+                        far: if lead { self.far } else { 0 },
+                    };
+                    // SAFETY: the group's rows and the half's columns lie inside the tile.
+                    unsafe { call.run::<true>(rg) };
+                }
+            }
+            return;
+        }
         macro_rules! go {
             ($($r:literal)*) => {
                 match r {
@@ -1052,6 +1185,162 @@ unsafe fn store<const R: usize>(t: &Tile, acc: &[[std::arch::x86_64::__m512; 2];
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn kernel_f32<const R: usize>(_t: &Tile) {
+    unreachable!("matmul checks `available`")
+}
+
+/// One AVX2 kernel call: `C[R, cols] (+)= A B` for up to 6 rows and one half panel (16
+/// columns). `A`'s element (row `i`, step `s`) is `a[s·lda + i]` when transposed (the
+/// small-batch layout) and `a[i·lda + s]` otherwise (the large-batch one); `b` is the half's
+/// first float, `NR` floats a step (32-byte aligned); `c`, `cols` (1 ..= 16), `first` and
+/// `bias` (the half's) as in [`Tile`].
+struct Avx2Call<'a> {
+    steps: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    first: bool,
+    bias: Option<&'a [f32]>,
+    /// Prefetched into L1, `near_lines` (0, 1 or 2) lines a step from `near`, `NR` floats a
+    /// step; from step `switch` on, from `next` instead.
+    near: *const f32,
+    near_lines: usize,
+    switch: usize,
+    next: *const f32,
+    /// `far` steps from `far_from` prefetched into L2, spread over the call (see
+    /// [`kernel_f32`]).
+    far_from: *const f32,
+    far: usize,
+}
+
+impl Avx2Call<'_> {
+    /// Runs the kernel for `r` (1 ..= 6) rows, `A` transposed or not (`T`).
+    ///
+    /// # Safety
+    /// The pointers cover what [`Avx2Call`] describes and the CPU has AVX2 and FMA.
+    unsafe fn run<const T: bool>(&self, r: usize) {
+        // The prefetching chosen once per call, so that the loop carries no tests for it.
+        let mode = match (self.near_lines, self.far) {
+            (0, 0) => PF_NONE,
+            (0, _) => PF_FAR,
+            (1, _) => PF_NEAR1,
+            _ => PF_NEAR2,
+        };
+        macro_rules! go {
+            ($($r:literal)*) => {
+                match (r, mode) {
+                    $(($r, PF_NONE) => unsafe { kernel_avx2::<$r, T, PF_NONE>(self) },
+                      ($r, PF_FAR) => unsafe { kernel_avx2::<$r, T, PF_FAR>(self) },
+                      ($r, PF_NEAR1) => unsafe { kernel_avx2::<$r, T, PF_NEAR1>(self) },
+                      ($r, _) => unsafe { kernel_avx2::<$r, T, PF_NEAR2>(self) },)*
+                    _ => unreachable!("1 ..= 6 rows"),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6)
+    }
+}
+
+/// The AVX2 kernel's prefetching: none, `far` into L2, or `near` (one or two lines a step)
+/// into L1.
+const PF_NONE: u8 = 0;
+const PF_FAR: u8 = 1;
+const PF_NEAR1: u8 = 2;
+const PF_NEAR2: u8 = 3;
+
+/// The AVX2 kernel: per step two vectors of `b`, `R` broadcasts of `a`, `2R` FMAs into
+/// `2R` (at most 12) of the 16 registers; prefetching as `PF` says.
+///
+/// # Safety
+/// As [`Avx2Call::run`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_avx2<const R: usize, const T: bool, const PF: u8>(t: &Avx2Call) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let (mut a, mut b) = (t.a, t.b);
+    let (ri, rs) = if T { (1, t.lda) } else { (t.lda, 1) };
+    let mut pf = t.near;
+    let mut fp = t.far_from;
+    let mut ctr = 0;
+    for s in 0..t.steps {
+        // SAFETY: `b` has NR aligned floats per step, `a` R rows (the caller's contract).
+        let (b0, b1) = unsafe { (_mm256_load_ps(b), _mm256_load_ps(b.add(8))) };
+        if PF == PF_NEAR1 || PF == PF_NEAR2 {
+            if s == t.switch {
+                pf = t.next;
+            }
+            _mm_prefetch::<_MM_HINT_T0>(pf.cast::<i8>());
+            if PF == PF_NEAR2 {
+                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(16).cast::<i8>());
+            }
+            pf = pf.wrapping_add(NR);
+        }
+        if PF == PF_FAR {
+            ctr += t.far;
+            if ctr >= t.steps {
+                ctr -= t.steps;
+                _mm_prefetch::<_MM_HINT_T1>(fp.cast::<i8>());
+                _mm_prefetch::<_MM_HINT_T1>(fp.wrapping_add(16).cast::<i8>());
+                fp = fp.wrapping_add(NR);
+            }
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let av = _mm256_set1_ps(unsafe { *a.add(i * ri) });
+            acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+        }
+        a = a.wrapping_add(rs);
+        b = b.wrapping_add(NR);
+    }
+    // SAFETY: whole rows are stored unmasked; a partial one only under the lane masks, which
+    // touch just its first `cols` floats (the bias's too).
+    unsafe {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let cols = t.cols as i32;
+        let lo = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols), lanes);
+        let hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(cols - 8), lanes);
+        let full = t.cols == 16;
+        let (base0, base1) = match t.bias {
+            Some(bv) if full => (
+                _mm256_loadu_ps(bv.as_ptr()),
+                _mm256_loadu_ps(bv.as_ptr().add(8)),
+            ),
+            Some(bv) => (
+                _mm256_maskload_ps(bv.as_ptr(), lo),
+                _mm256_maskload_ps(bv.as_ptr().wrapping_add(8), hi),
+            ),
+            None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+        };
+        for (i, acc) in acc.iter().enumerate() {
+            let row = t.c.add(i * t.ldc);
+            let row_hi = row.wrapping_add(8);
+            if full {
+                let (c0, c1) = if t.first {
+                    (base0, base1)
+                } else {
+                    (_mm256_loadu_ps(row), _mm256_loadu_ps(row_hi))
+                };
+                _mm256_storeu_ps(row, _mm256_add_ps(acc[0], c0));
+                _mm256_storeu_ps(row_hi, _mm256_add_ps(acc[1], c1));
+            } else {
+                let (c0, c1) = if t.first {
+                    (base0, base1)
+                } else {
+                    (_mm256_maskload_ps(row, lo), _mm256_maskload_ps(row_hi, hi))
+                };
+                _mm256_maskstore_ps(row, lo, _mm256_add_ps(acc[0], c0));
+                _mm256_maskstore_ps(row_hi, hi, _mm256_add_ps(acc[1], c1));
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn kernel_avx2<const R: usize, const T: bool, const PF: u8>(_t: &Avx2Call) {
     unreachable!("matmul checks `available`")
 }
 
@@ -1371,10 +1660,23 @@ mod tests {
             .collect()
     }
 
+    /// The f32 kernels this CPU runs: AVX2's on an AVX-512 machine too.
+    fn isas() -> Vec<Isa> {
+        let mut isas = Vec::new();
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            isas.push(Isa::Avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            isas.push(Isa::Avx2);
+        }
+        isas
+    }
+
     #[test]
     fn packed_product_equals_the_plain_one() {
         if !available() {
-            eprintln!("no AVX-512F on this CPU: the kernel is not used here");
+            eprintln!("neither AVX-512F nor AVX2 with FMA on this CPU: the kernel is not used");
             return;
         }
         // Ragged rows (tails of every kernel height), columns (partial panels, an odd last
@@ -1389,6 +1691,7 @@ mod tests {
             (151, 300, 65),
             (300, 520, 17),
             (97, 800, 1100),
+            (400, 300, 600),
         ];
         // In bfloat16 the reference takes the inputs rounded as the kernel rounds them: what
         // is left is the f32 summation.
@@ -1418,15 +1721,27 @@ mod tests {
                         Precision::F32 => (x.clone(), w.clone()),
                         Precision::Bf16 => (rounded(&x), rounded(&w)),
                     };
-                    for b in [None, Some(&bias[..])] {
+                    // The bf16 product has one kernel; the f32 one each ISA's.
+                    let isas = match precision {
+                        Precision::F32 => isas(),
+                        Precision::Bf16 => vec![isa().unwrap()],
+                    };
+                    for (b, isa) in [None, Some(&bias[..])]
+                        .into_iter()
+                        .flat_map(|b| isas.iter().map(move |&isa| (b, isa)))
+                    {
                         let want = reference(&xr, m, &wr, layout, k, n, b);
                         let mut got = vec![f32::NAN; m * n];
-                        matmul(&x, m, &packed, b, &mut got);
+                        // SAFETY: the same memory seen as possibly uninitialised.
+                        let out = unsafe {
+                            &mut *(std::ptr::from_mut(&mut got[..]) as *mut [MaybeUninit<f32>])
+                        };
+                        matmul_isa(&x, m, &packed, b, None, out, isa);
                         let worst = crate::nn::cpu::worst_diff(&got, &want, false);
                         assert!(
                             worst < 1e-4 * (k as f32).sqrt(),
-                            "{precision:?} m {m} k {k} n {n} layout {layout_kind} bias {}: \
-                             {worst}",
+                            "{precision:?} {isa:?} m {m} k {k} n {n} layout {layout_kind} \
+                             bias {}: {worst}",
                             b.is_some()
                         );
                     }
