@@ -161,6 +161,46 @@ unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// A computation whose [`SimdBody::run`] is marked `#[inline(always)]`, for [`simd_apply`].
+pub(super) trait SimdBody {
+    type Out;
+    fn run(self) -> Self::Out;
+}
+
+/// `body.run()` compiled for AVX-512 or AVX2 + FMA when this CPU has them, plainly otherwise.
+/// For large bodies: a closure passed to [`simd`] that LLVM does not inline stays a function
+/// of its own, compiled for the baseline (SSE; seen in the depthwise convolution's profile),
+/// and so does a function item's `FnOnce` shim; a trait method marked `#[inline(always)]` is
+/// inlined into each ISA's copy.
+#[inline(always)]
+pub(super) fn simd_apply<B: SimdBody>(body: B) -> B::Out {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { apply_avx512(body) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, checked just above.
+            return unsafe { apply_avx2(body) };
+        }
+    }
+    body.run()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+unsafe fn apply_avx512<B: SimdBody>(body: B) -> B::Out {
+    body.run()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn apply_avx2<B: SimdBody>(body: B) -> B::Out {
+    body.run()
+}
+
 /// A linear layer `x W + b` (`W`: `[d_in, d_out]`, burn's layout) on the CPU backend: one
 /// GEMM into a buffer that starts as the bias. `x` is `[.., d_in]` and contiguous (its leading
 /// dimensions are the GEMM's rows). `None` when a tensor is not a contiguous `f32` CPU tensor
@@ -951,43 +991,74 @@ impl Conv {
             });
     }
 
+    /// Where kernel column `j` reads in the phased plane (see [`Conv::phased`]): output column
+    /// `q` reads input column `q·s + j - p = (q + off)·s + ph`, i.e. element `q + off` of a
+    /// row of phase `ph`.
+    #[inline(always)]
+    fn tap(&self, j: usize) -> (usize, isize) {
+        let (s, p) = (self.stride[1] as isize, self.pad[1] as isize);
+        let d = j as isize - p;
+        (d.rem_euclid(s) as usize, d.div_euclid(s))
+    }
+
+    /// The width of a phased row: the input columns of one phase.
+    fn phase_width(&self) -> usize {
+        self.wd.div_ceil(self.stride[1])
+    }
+
+    /// The plane `x` (`h × wd`) with each row split by column phase for the stride `s`: input
+    /// column `t·s + ph` of row `r` at `[(ph·h + r)·tw + t]` (`tw` = [`Conv::phase_width`]),
+    /// so that a kernel column's reads along an output row are contiguous at any stride
+    /// (and vectorise). At stride 1 the plane itself.
+    fn phased<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let s = self.stride[1];
+        if s == 1 {
+            return x;
+        }
+        let (h, wd, tw) = (self.h, self.wd, self.phase_width());
+        buf.clear();
+        buf.resize(s * h * tw, 0.0);
+        for r in 0..h {
+            for (col, &v) in x[r * wd..(r + 1) * wd].iter().enumerate() {
+                buf[((col % s) * h + r) * tw + col / s] = v;
+            }
+        }
+        buf
+    }
+
+    /// For each kernel column `j`: the output columns that read inside the image and where
+    /// the first of them reads in the phased plane's row 0 (row `r` is `r · tw` further).
+    /// Computed once per call: the divisions cost more than a short row's products.
+    fn taps(&self) -> Vec<(std::ops::Range<usize>, usize)> {
+        let tw = self.phase_width() as isize;
+        (0..self.kw)
+            .map(|j| {
+                let cols = self.columns(j);
+                let (ph, off) = self.tap(j);
+                let base = (ph * self.h) as isize * tw + cols.start as isize + off;
+                // An empty range reads nothing; its base is then 0 (row r's start, inside).
+                if cols.is_empty() {
+                    (0..0, 0)
+                } else {
+                    (cols, base as usize)
+                }
+            })
+            .collect()
+    }
+
     fn depthwise_forward(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
         use rayon::prelude::*;
         let (h, wd, oh, ow, k) = (self.h, self.wd, self.oh, self.ow, self.kh * self.kw);
-        let (s, p) = (self.stride[1], self.pad[1]);
+        let (taps, tw) = (self.taps(), self.phase_width());
         out.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * wd))
             .enumerate()
-            .for_each(|(plane, (out, x))| {
-                simd(|| {
-                    let c = plane % self.c_in;
-                    let w = &w[c * k..(c + 1) * k];
-                    for o in 0..oh {
-                        let out_row = &mut out[o * ow..(o + 1) * ow];
-                        for i in 0..self.kh {
-                            let Some(r) = self.row(o, i) else { continue };
-                            let x_row = &x[r * wd..(r + 1) * wd];
-                            for j in 0..self.kw {
-                                let wij = w[i * self.kw + j];
-                                let cols = self.columns(j);
-                                if cols.is_empty() {
-                                    continue;
-                                }
-                                if s == 1 {
-                                    let start = cols.start + j - p;
-                                    let src = &x_row[start..start + cols.len()];
-                                    for (y, &v) in out_row[cols].iter_mut().zip(src) {
-                                        *y += wij * v;
-                                    }
-                                } else {
-                                    for q in cols {
-                                        out_row[q] += wij * x_row[q * s + j - p];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                })
+            .for_each_init(Vec::new, |buf, (plane, (out, x))| {
+                let c = plane % self.c_in;
+                let w = &w[c * k..(c + 1) * k];
+                let xp = self.phased(x, buf);
+                // Compiled for the CPU's vector width (see `simd_apply`).
+                simd_apply(Depthwise::<0>((self, xp, w, (&taps, tw), out)));
             });
     }
 
@@ -1076,82 +1147,143 @@ impl Conv {
     fn depthwise_grads(&self, dy: &[f32], need: [bool; 2]) -> [Option<Vec<f32>>; 2] {
         use rayon::prelude::*;
         let (h, wd, oh, ow) = (self.h, self.wd, self.oh, self.ow);
-        let (kh, kw, c) = (self.kh, self.kw, self.c_in);
-        let (s, p) = (self.stride[1], self.pad[1]);
+        let (kh, kw, c, s) = (self.kh, self.kw, self.c_in, self.stride[1]);
+        let (taps, tw) = (self.taps(), self.phase_width());
         let (x, w) = (slice(&self.x), slice(&self.w));
         let dx = need[0].then(|| {
             let mut dx = vec![0.0f32; self.n * c * h * wd];
             dx.par_chunks_mut(h * wd)
                 .zip(dy.par_chunks(oh * ow))
                 .enumerate()
-                .for_each(|(plane, (dx, dy))| {
-                    simd(|| {
-                        let ch = plane % c;
-                        let w = &w[ch * kh * kw..(ch + 1) * kh * kw];
-                        for o in 0..oh {
-                            let dy_row = &dy[o * ow..(o + 1) * ow];
-                            for i in 0..kh {
-                                let Some(r) = self.row(o, i) else { continue };
-                                let dx_row = &mut dx[r * wd..(r + 1) * wd];
-                                for j in 0..kw {
-                                    let wij = w[i * kw + j];
-                                    let cols = self.columns(j);
-                                    if cols.is_empty() {
-                                        continue;
-                                    }
-                                    if s == 1 {
-                                        let start = cols.start + j - p;
-                                        let dst = &mut dx_row[start..start + cols.len()];
-                                        for (d, &g) in dst.iter_mut().zip(&dy_row[cols]) {
-                                            *d += wij * g;
-                                        }
-                                    } else {
-                                        for q in cols {
-                                            dx_row[q * s + j - p] += wij * dy_row[q];
-                                        }
-                                    }
-                                }
+                .for_each_init(Vec::new, |buf, (plane, (dx, dy))| {
+                    let ch = plane % c;
+                    let w = &w[ch * kh * kw..(ch + 1) * kh * kw];
+                    // The gradient of the phased plane (the plane itself at stride 1),
+                    // contiguous writes at any stride; interleaved back at the end.
+                    let dxp: &mut [f32] = if s == 1 {
+                        dx
+                    } else {
+                        buf.clear();
+                        buf.resize(s * h * tw, 0.0);
+                        buf
+                    };
+                    simd_apply(Depthwise::<1>((self, dy, w, (&taps, tw), dxp)));
+                    if s > 1 {
+                        for r in 0..h {
+                            for (col, d) in dx[r * wd..(r + 1) * wd].iter_mut().enumerate() {
+                                *d = buf[((col % s) * h + r) * tw + col / s];
                             }
                         }
-                    })
+                    }
                 });
             dx
         });
         let dw = need[1].then(|| {
             let mut dw = vec![0.0f32; c * kh * kw];
-            dw.par_chunks_mut(kh * kw).enumerate().for_each(|(ch, dw)| {
-                simd(|| {
+            dw.par_chunks_mut(kh * kw).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(buf, acc), (ch, dw)| {
+                    // Per kernel tap, the products summed along the output row in ow lanes
+                    // (vectorised), over all rows and images; the lanes are added up once at
+                    // the end.
+                    acc.clear();
+                    acc.resize(kh * kw * ow, 0.0f32);
                     for img in 0..self.n {
                         let plane = img * c + ch;
-                        let x = &x[plane * h * wd..(plane + 1) * h * wd];
+                        let xp = self.phased(&x[plane * h * wd..(plane + 1) * h * wd], buf);
                         let dy = &dy[plane * oh * ow..(plane + 1) * oh * ow];
-                        for o in 0..oh {
-                            let dy_row = &dy[o * ow..(o + 1) * ow];
-                            for i in 0..kh {
-                                let Some(r) = self.row(o, i) else { continue };
-                                let x_row = &x[r * wd..(r + 1) * wd];
-                                for j in 0..kw {
-                                    let cols = self.columns(j);
-                                    if cols.is_empty() {
-                                        continue;
-                                    }
-                                    let sum: f32 = if s == 1 {
-                                        let start = cols.start + j - p;
-                                        let src = &x_row[start..start + cols.len()];
-                                        dy_row[cols].iter().zip(src).map(|(g, v)| g * v).sum()
-                                    } else {
-                                        cols.map(|q| dy_row[q] * x_row[q * s + j - p]).sum()
-                                    };
-                                    dw[i * kw + j] += sum;
-                                }
-                            }
-                        }
+                        simd_apply(Depthwise::<2>((self, xp, dy, (&taps, tw), acc)));
                     }
-                })
-            });
+                    for (d, lanes) in dw.iter_mut().zip(acc.chunks_exact(ow)) {
+                        *d = lanes.iter().sum();
+                    }
+                },
+            );
             dw
         });
         [dx, dw]
+    }
+}
+
+/// A kernel column's output columns and where the first reads (see [`Conv::taps`]).
+type Taps<'a> = (&'a [(std::ops::Range<usize>, usize)], usize);
+
+/// One plane's depthwise kernel `K` for [`simd_apply`]: 0 [`depthwise_plane`], 1
+/// [`depthwise_plane_dx`], 2 [`depthwise_plane_dw`], on their arguments.
+struct Depthwise<'a, const K: u8>((&'a Conv, &'a [f32], &'a [f32], Taps<'a>, &'a mut [f32]));
+
+impl<const K: u8> SimdBody for Depthwise<'_, K> {
+    type Out = ();
+    #[inline(always)]
+    fn run(self) {
+        match K {
+            0 => depthwise_plane(self.0),
+            1 => depthwise_plane_dx(self.0),
+            _ => depthwise_plane_dw(self.0),
+        }
+    }
+}
+
+/// `y += a x` (LLVM vectorises it).
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// One plane's depthwise convolution, `out += w * x` (`xp` phased).
+#[inline(always)]
+fn depthwise_plane((conv, xp, w, (taps, tw), out): (&Conv, &[f32], &[f32], Taps, &mut [f32])) {
+    let ow = conv.ow;
+    for o in 0..conv.oh {
+        let out_row = &mut out[o * ow..(o + 1) * ow];
+        for i in 0..conv.kh {
+            let Some(r) = conv.row(o, i) else { continue };
+            for (j, (cols, base)) in taps.iter().enumerate() {
+                let wij = w[i * conv.kw + j];
+                let src = &xp[base + r * tw..][..cols.len()];
+                axpy(&mut out_row[cols.clone()], wij, src);
+            }
+        }
+    }
+}
+
+/// One plane's input gradient, `dxp += w ⋆ dy` (`dxp` phased).
+#[inline(always)]
+fn depthwise_plane_dx((conv, dy, w, (taps, tw), dxp): (&Conv, &[f32], &[f32], Taps, &mut [f32])) {
+    let (ow, kw) = (conv.ow, conv.kw);
+    for o in 0..conv.oh {
+        let dy_row = &dy[o * ow..(o + 1) * ow];
+        for i in 0..conv.kh {
+            let Some(r) = conv.row(o, i) else { continue };
+            for (j, (cols, base)) in taps.iter().enumerate() {
+                let wij = w[i * kw + j];
+                let dst = &mut dxp[base + r * tw..][..cols.len()];
+                axpy(dst, wij, &dy_row[cols.clone()]);
+            }
+        }
+    }
+}
+
+/// One plane's products for the weight gradient: `acc[tap][q] += dy[o][q] · x[tap, o, q]`
+/// (`xp` phased).
+#[inline(always)]
+fn depthwise_plane_dw((conv, xp, dy, (taps, tw), acc): (&Conv, &[f32], &[f32], Taps, &mut [f32])) {
+    let (ow, kw) = (conv.ow, conv.kw);
+    for o in 0..conv.oh {
+        let dy_row = &dy[o * ow..(o + 1) * ow];
+        for i in 0..conv.kh {
+            let Some(r) = conv.row(o, i) else { continue };
+            for (j, (cols, base)) in taps.iter().enumerate() {
+                let src = &xp[base + r * tw..][..cols.len()];
+                let lanes = &mut acc[(i * kw + j) * ow..][cols.clone()];
+                let g = &dy_row[cols.clone()];
+                for ((l, &g), &v) in lanes.iter_mut().zip(g).zip(src) {
+                    *l += g * v;
+                }
+            }
+        }
     }
 }
 
@@ -1565,7 +1697,7 @@ mod tests {
             };
             dev.seed(21);
             // Odd sizes, and images smaller than the kernel (the last MBConv stages).
-            let sizes = [(11, 9), (2, 3), (1, 1)];
+            let sizes = [(11, 9), (2, 3), (1, 1), (13, 38)];
             let all = cases
                 .iter()
                 .flat_map(|&c| sizes.iter().map(move |&hw| (c, hw)))
