@@ -130,7 +130,8 @@ static BF16: AtomicBool = AtomicBool::new(false);
 pub fn set_precision(p: Precision) -> Result<(), String> {
     if p == Precision::Bf16 && !available_bf16() {
         return Err(
-            "bf16 inference needs a CPU with AVX512-BF16 (this one has not); use fp32".into(),
+            "bf16 inference needs a CPU with AMX-BF16 and AVX512-BF16 (this one has not); use fp32"
+                .into(),
         );
     }
     BF16.store(p == Precision::Bf16, Ordering::Relaxed);
