@@ -1087,13 +1087,7 @@ unsafe fn kernel_f32<const R: usize>(t: &Tile) {
             _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(16).cast::<i8>());
             pf = pf.wrapping_add(NR);
         } else {
-            ctr += t.far;
-            if ctr >= t.steps {
-                ctr -= t.steps;
-                _mm_prefetch::<_MM_HINT_T1>(fp.cast::<i8>());
-                _mm_prefetch::<_MM_HINT_T1>(fp.wrapping_add(16).cast::<i8>());
-                fp = fp.wrapping_add(NR);
-            }
+            far_prefetch(&mut ctr, &mut fp, t.far, t.steps);
         }
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: as above.
@@ -1107,6 +1101,25 @@ unsafe fn kernel_f32<const R: usize>(t: &Tile) {
     }
     // SAFETY: the caller's contract.
     unsafe { store(t, &acc) }
+}
+
+/// One step of spreading `far` steps of the next slice (from `*fp`) evenly over a call's
+/// `steps` steps: fetches both lines of a step into L2 whenever the counter passes `steps`.
+/// A prefetch never faults, so addresses past the end are harmless.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn far_prefetch(ctr: &mut usize, fp: &mut *const f32, far: usize, steps: usize) {
+    use std::arch::x86_64::*;
+    *ctr += far;
+    if *ctr >= steps {
+        *ctr -= steps;
+        // SAFETY: prefetching has no architectural effect and never faults.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T1>(fp.cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T1>(fp.wrapping_add(16).cast::<i8>());
+        }
+        *fp = fp.wrapping_add(NR);
+    }
 }
 
 /// The lane masks of the first `cols` (at most 32) floats of an output row, in two vectors,
@@ -1280,13 +1293,7 @@ unsafe fn kernel_avx2<const R: usize, const T: bool, const PF: u8>(t: &Avx2Call)
             pf = pf.wrapping_add(NR);
         }
         if PF == PF_FAR {
-            ctr += t.far;
-            if ctr >= t.steps {
-                ctr -= t.steps;
-                _mm_prefetch::<_MM_HINT_T1>(fp.cast::<i8>());
-                _mm_prefetch::<_MM_HINT_T1>(fp.wrapping_add(16).cast::<i8>());
-                fp = fp.wrapping_add(NR);
-            }
+            far_prefetch(&mut ctr, &mut fp, t.far, t.steps);
         }
         for (i, acc) in acc.iter_mut().enumerate() {
             // SAFETY: as above.
