@@ -68,11 +68,6 @@ fn run(family: Family, tag: &str, steps: usize, lr: f64) -> (f64, f64, f32, f32)
     let r = zero_shot_eval(&model, &test_set, "label", &["a {}".to_string()], 64).unwrap();
     let ret = retrieval_eval(&model, &test_set, 64).unwrap();
     eprintln!("{tag}: retrieval {ret}");
-    // 300 pairs: chance R@10 is 3.3%; CLIP must do far better, SigLIP (slower here) better.
-    let bar = if family == Family::Clip { 0.15 } else { 0.05 };
-    for dir in ["image_to_text", "text_to_image"] {
-        assert!(ret[dir]["R@10"].as_f64().unwrap() > bar, "{tag}: {ret}");
-    }
     let first = report.losses[..10].iter().map(|l| l.1).sum::<f32>() / 10.0;
     let last = report.losses[report.losses.len() - 10..]
         .iter()
@@ -80,6 +75,11 @@ fn run(family: Family, tag: &str, steps: usize, lr: f64) -> (f64, f64, f32, f32)
         .sum::<f32>()
         / 10.0;
     eprintln!("{tag}: loss {first:.3} -> {last:.3}, zero-shot {r}");
+    // 300 pairs: chance R@10 is 3.3%; CLIP must do far better, SigLIP (slower here) better.
+    let bar = if family == Family::Clip { 0.25 } else { 0.05 };
+    for dir in ["image_to_text", "text_to_image"] {
+        assert!(ret[dir]["R@10"].as_f64().unwrap() > bar, "{tag}: {ret}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
     (
         r["top1"].as_f64().unwrap(),
@@ -92,12 +92,15 @@ fn run(family: Family, tag: &str, steps: usize, lr: f64) -> (f64, f64, f32, f32)
 // 24 labels: chance is 1/24 = 4% top-1 and 21% top-5. Half the test images show colour-shape
 // pairings that never occur in training.
 
+// CLIP trains 800 steps: at 500 the outcome hung on the run's float rounding (top-1 0.15 to 0.33
+// over four seeds, and 0.15 against 0.24 for one seed on an AVX2 and an AVX-512 CPU); at 800,
+// seeds 1 to 4 gave top-1 0.28 to 0.38 and top-5 0.97 to 1.0.
 #[test]
 fn clip_learns_shapes() {
-    let (top1, top5, first, last) = run(Family::Clip, "clip", 500, 2e-3);
+    let (top1, top5, first, last) = run(Family::Clip, "clip", 800, 2e-3);
     assert!(last < first * 0.7, "loss {first} -> {last}");
     assert!(
-        top1 > 0.15 && top5 > 0.7,
+        top1 > 0.2 && top5 > 0.85,
         "zero-shot top-1 {top1}, top-5 {top5}"
     );
 }
