@@ -161,10 +161,266 @@ unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// A computation whose [`SimdBody::run`] is marked `#[inline(always)]`, for [`simd_apply`].
+/// A computation whose [`SimdBody::run`] is marked `#[inline(always)]`, for [`simd_apply`];
+/// `L` is the instruction set it is compiled for, whose [`Lanes`] it may call.
 pub(super) trait SimdBody {
     type Out;
-    fn run(self) -> Self::Out;
+    fn run<L: Lanes>(self) -> Self::Out;
+}
+
+/// Loops over slices in one instruction set, full vectors and then one masked vector for
+/// the rest (short rows, such as a 7 × 7 feature map's, never fall into scalar tails).
+/// Only called inside [`simd_apply`], whose function has the set's features enabled.
+pub(super) trait Lanes {
+    /// `y += a x` over `y`'s length (`x` at least as long).
+    fn axpy(y: &mut [f32], a: f32, x: &[f32]);
+    /// `l += g v` elementwise over `g`'s length (`v` at least as long); `l` has room for
+    /// whole vectors past it ([`LANE_PAD`]) and is read and written in whole vectors, so
+    /// the next call's loads are forwarded from these stores (a masked store is not).
+    fn fma(l: &mut [f32], g: &[f32], v: &[f32]);
+    /// `out[q] += Σ_t w[t] · src[offs[t] + q]` for `q` below `out.len()`: the taps summed in
+    /// a register, `out` read and written once.
+    fn taps_row(out: &mut [f32], src: &[f32], offs: &[usize], w: &[f32]);
+}
+
+/// What [`Lanes::fma`]'s accumulators are rounded up to: the widest vector's lanes.
+const LANE_PAD: usize = 16;
+
+/// `n` rounded up to whole [`LANE_PAD`]s.
+fn lane_padded(n: usize) -> usize {
+    n.div_ceil(LANE_PAD) * LANE_PAD
+}
+
+/// Checks [`Lanes::taps_row`]'s reads fit: every `offs[t] + n` within `src`, a weight per tap.
+#[inline(always)]
+fn check_taps(n: usize, src: &[f32], offs: &[usize], w: &[f32]) {
+    let last = offs.iter().copied().max().unwrap_or(0);
+    assert!(w.len() >= offs.len() && (offs.is_empty() || last + n <= src.len()));
+}
+
+/// Plain loops (LLVM vectorises them for the baseline).
+pub(super) struct Plain;
+
+impl Lanes for Plain {
+    #[inline(always)]
+    fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        let x = &x[..y.len()];
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y += a * x;
+        }
+    }
+
+    #[inline(always)]
+    fn fma(l: &mut [f32], g: &[f32], v: &[f32]) {
+        let (l, v) = (&mut l[..g.len()], &v[..g.len()]);
+        for ((l, &g), &v) in l.iter_mut().zip(g).zip(v) {
+            *l += g * v;
+        }
+    }
+
+    #[inline(always)]
+    fn taps_row(out: &mut [f32], src: &[f32], offs: &[usize], w: &[f32]) {
+        check_taps(out.len(), src, offs, w);
+        for (&o, &wt) in offs.iter().zip(w) {
+            Self::axpy(out, wt, &src[o..]);
+        }
+    }
+}
+
+/// AVX-512F: 16 lanes, the rest under a mask register.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx512 {
+    #[inline(always)]
+    fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        use std::arch::x86_64::*;
+        let n = y.len();
+        let x = &x[..n];
+        // SAFETY: only inlined into `apply_avx512` (AVX-512F enabled, checked by
+        // `simd_apply`); every access is below `n`, the length of both slices (the masked
+        // ones touch only the lanes below `n`).
+        unsafe {
+            let (yp, xp, av) = (y.as_mut_ptr(), x.as_ptr(), _mm512_set1_ps(a));
+            let mut i = 0;
+            while i + 16 <= n {
+                let v = _mm512_fmadd_ps(av, _mm512_loadu_ps(xp.add(i)), _mm512_loadu_ps(yp.add(i)));
+                _mm512_storeu_ps(yp.add(i), v);
+                i += 16;
+            }
+            if i < n {
+                let m = ((1u32 << (n - i)) - 1) as __mmask16;
+                let v = _mm512_fmadd_ps(
+                    av,
+                    _mm512_maskz_loadu_ps(m, xp.add(i)),
+                    _mm512_maskz_loadu_ps(m, yp.add(i)),
+                );
+                _mm512_mask_storeu_ps(yp.add(i), m, v);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn fma(l: &mut [f32], g: &[f32], v: &[f32]) {
+        use std::arch::x86_64::*;
+        let n = g.len();
+        let (l, v) = (&mut l[..lane_padded(n)], &v[..n]);
+        // SAFETY: as in `axpy`; `l` holds whole vectors up to `lane_padded(n)`.
+        unsafe {
+            let (lp, gp, vp) = (l.as_mut_ptr(), g.as_ptr(), v.as_ptr());
+            let mut i = 0;
+            while i < n {
+                let m = if n - i >= 16 {
+                    !0
+                } else {
+                    ((1u32 << (n - i)) - 1) as __mmask16
+                };
+                let r = _mm512_fmadd_ps(
+                    _mm512_maskz_loadu_ps(m, gp.add(i)),
+                    _mm512_maskz_loadu_ps(m, vp.add(i)),
+                    _mm512_loadu_ps(lp.add(i)),
+                );
+                _mm512_storeu_ps(lp.add(i), r);
+                i += 16;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn taps_row(out: &mut [f32], src: &[f32], offs: &[usize], w: &[f32]) {
+        use std::arch::x86_64::*;
+        let n = out.len();
+        check_taps(n, src, offs, w);
+        // SAFETY: as in `axpy`; every read `offs[t] + q` is below `src.len()` (`check_taps`).
+        unsafe {
+            let (op, sp) = (out.as_mut_ptr(), src.as_ptr());
+            let mut q = 0;
+            while q < n {
+                let m = if n - q >= 16 {
+                    !0
+                } else {
+                    ((1u32 << (n - q)) - 1) as __mmask16
+                };
+                let mut acc = _mm512_maskz_loadu_ps(m, op.add(q));
+                for (&o, &wt) in offs.iter().zip(w) {
+                    let v = _mm512_maskz_loadu_ps(m, sp.add(o + q));
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(wt), v, acc);
+                }
+                _mm512_mask_storeu_ps(op.add(q), m, acc);
+                q += 16;
+            }
+        }
+    }
+}
+
+/// AVX2 and FMA: 8 lanes, the rest under a lane mask (`vmaskmovps`).
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2 {
+    /// The mask of the first `r` (< 8) lanes.
+    #[inline(always)]
+    fn first(r: usize) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 is enabled where this is inlined (`apply_avx2`, `apply_avx512`).
+        unsafe {
+            _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(r as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            )
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx2 {
+    #[inline(always)]
+    fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        use std::arch::x86_64::*;
+        let n = y.len();
+        let x = &x[..n];
+        // SAFETY: only inlined into `apply_avx2` (AVX2 and FMA enabled, checked by
+        // `simd_apply`); every access is below `n` (the masked ones touch only lanes below it).
+        unsafe {
+            let (yp, xp, av) = (y.as_mut_ptr(), x.as_ptr(), _mm256_set1_ps(a));
+            let mut i = 0;
+            while i + 8 <= n {
+                let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)));
+                _mm256_storeu_ps(yp.add(i), v);
+                i += 8;
+            }
+            if i < n {
+                let m = Self::first(n - i);
+                let v = _mm256_fmadd_ps(
+                    av,
+                    _mm256_maskload_ps(xp.add(i), m),
+                    _mm256_maskload_ps(yp.add(i), m),
+                );
+                _mm256_maskstore_ps(yp.add(i), m, v);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn fma(l: &mut [f32], g: &[f32], v: &[f32]) {
+        use std::arch::x86_64::*;
+        let n = g.len();
+        let (l, v) = (&mut l[..lane_padded(n)], &v[..n]);
+        // SAFETY: as in `axpy`; `l` holds whole vectors up to `lane_padded(n)`.
+        unsafe {
+            let (lp, gp, vp) = (l.as_mut_ptr(), g.as_ptr(), v.as_ptr());
+            let mut i = 0;
+            while i + 8 <= n {
+                let r = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(gp.add(i)),
+                    _mm256_loadu_ps(vp.add(i)),
+                    _mm256_loadu_ps(lp.add(i)),
+                );
+                _mm256_storeu_ps(lp.add(i), r);
+                i += 8;
+            }
+            if i < n {
+                let m = Self::first(n - i);
+                let r = _mm256_fmadd_ps(
+                    _mm256_maskload_ps(gp.add(i), m),
+                    _mm256_maskload_ps(vp.add(i), m),
+                    _mm256_loadu_ps(lp.add(i)),
+                );
+                _mm256_storeu_ps(lp.add(i), r);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn taps_row(out: &mut [f32], src: &[f32], offs: &[usize], w: &[f32]) {
+        use std::arch::x86_64::*;
+        let n = out.len();
+        check_taps(n, src, offs, w);
+        // SAFETY: as in `axpy`; every read `offs[t] + q` is below `src.len()` (`check_taps`).
+        unsafe {
+            let (op, sp) = (out.as_mut_ptr(), src.as_ptr());
+            let mut q = 0;
+            while q + 8 <= n {
+                let mut acc = _mm256_loadu_ps(op.add(q));
+                for (&o, &wt) in offs.iter().zip(w) {
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(wt), _mm256_loadu_ps(sp.add(o + q)), acc);
+                }
+                _mm256_storeu_ps(op.add(q), acc);
+                q += 8;
+            }
+            if q < n {
+                let m = Self::first(n - q);
+                let mut acc = _mm256_maskload_ps(op.add(q), m);
+                for (&o, &wt) in offs.iter().zip(w) {
+                    let v = _mm256_maskload_ps(sp.add(o + q), m);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(wt), v, acc);
+                }
+                _mm256_maskstore_ps(op.add(q), m, acc);
+            }
+        }
+    }
 }
 
 /// `body.run()` compiled for AVX-512 or AVX2 + FMA when this CPU has them, plainly otherwise.
@@ -186,19 +442,19 @@ pub(super) fn simd_apply<B: SimdBody>(body: B) -> B::Out {
             return unsafe { apply_avx2(body) };
         }
     }
-    body.run()
+    body.run::<Plain>()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
 unsafe fn apply_avx512<B: SimdBody>(body: B) -> B::Out {
-    body.run()
+    body.run::<Avx512>()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn apply_avx2<B: SimdBody>(body: B) -> B::Out {
-    body.run()
+    body.run::<Avx2>()
 }
 
 /// A linear layer `x W + b` (`W`: `[d_in, d_out]`, burn's layout) on the CPU backend: one
@@ -991,7 +1247,7 @@ impl Conv {
             });
     }
 
-    /// Where kernel column `j` reads in the phased plane (see [`Conv::phased`]): output column
+    /// Where kernel column `j` reads in the phased plane (see [`Conv::depthwise_grads`]): output column
     /// `q` reads input column `q·s + j - p = (q + off)·s + ph`, i.e. element `q + off` of a
     /// row of phase `ph`.
     #[inline(always)]
@@ -1004,26 +1260,6 @@ impl Conv {
     /// The width of a phased row: the input columns of one phase.
     fn phase_width(&self) -> usize {
         self.wd.div_ceil(self.stride[1])
-    }
-
-    /// The plane `x` (`h × wd`) with each row split by column phase for the stride `s`: input
-    /// column `t·s + ph` of row `r` at `[(ph·h + r)·tw + t]` (`tw` = [`Conv::phase_width`]),
-    /// so that a kernel column's reads along an output row are contiguous at any stride
-    /// (and vectorise). At stride 1 the plane itself.
-    fn phased<'a>(&self, x: &'a [f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
-        let s = self.stride[1];
-        if s == 1 {
-            return x;
-        }
-        let (h, wd, tw) = (self.h, self.wd, self.phase_width());
-        buf.clear();
-        buf.resize(s * h * tw, 0.0);
-        for r in 0..h {
-            for (col, &v) in x[r * wd..(r + 1) * wd].iter().enumerate() {
-                buf[((col % s) * h + r) * tw + col / s] = v;
-            }
-        }
-        buf
     }
 
     /// For each kernel column `j`: the output columns that read inside the image and where
@@ -1046,19 +1282,36 @@ impl Conv {
             .collect()
     }
 
+    /// The forward pass as a [`Gather`] over the input.
+    fn forward_gather(&self) -> Gather {
+        Gather {
+            h: self.h,
+            wd: self.wd,
+            top: self.pad[0],
+            left: self.pad[1],
+            sr: self.stride[0],
+            s: self.stride[1],
+            kh: self.kh,
+            kw: self.kw,
+            oh: self.oh,
+            ow: self.ow,
+        }
+    }
+
     fn depthwise_forward(&self, x: &[f32], w: &[f32], out: &mut [f32]) {
         use rayon::prelude::*;
         let (h, wd, oh, ow, k) = (self.h, self.wd, self.oh, self.ow, self.kh * self.kw);
-        let (taps, tw) = (self.taps(), self.phase_width());
+        let g = self.forward_gather();
+        let offs = g.offsets();
         out.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * wd))
             .enumerate()
             .for_each_init(Vec::new, |buf, (plane, (out, x))| {
                 let c = plane % self.c_in;
                 let w = &w[c * k..(c + 1) * k];
-                let xp = self.phased(x, buf);
+                let xp = g.fill(x, buf);
                 // Compiled for the CPU's vector width (see `simd_apply`).
-                simd_apply(Depthwise::<0>((self, xp, w, (&taps, tw), out)));
+                simd_apply(GatherPlane(&g, xp, &offs, w, out));
             });
     }
 
@@ -1150,8 +1403,40 @@ impl Conv {
         let (kh, kw, c, s) = (self.kh, self.kw, self.c_in, self.stride[1]);
         let (taps, tw) = (self.taps(), self.phase_width());
         let (x, w) = (slice(&self.x), slice(&self.w));
+        // At stride 1 the input gradient is the forward's gather over `dy` with the kernel
+        // turned by 180°: dx[r][c] = Σ w[i][j] dy[r + p - i][c + p - j].
+        let stride_1 = self.stride == [1, 1] && self.pad[0] < kh && self.pad[1] < kw;
+        let dx_gather = Gather {
+            h: oh,
+            wd: ow,
+            top: kh - 1 - self.pad[0].min(kh - 1),
+            left: kw - 1 - self.pad[1].min(kw - 1),
+            sr: 1,
+            s: 1,
+            kh,
+            kw,
+            oh: h,
+            ow: wd,
+        };
         let dx = need[0].then(|| {
             let mut dx = vec![0.0f32; self.n * c * h * wd];
+            if stride_1 {
+                let offs = dx_gather.offsets();
+                dx.par_chunks_mut(h * wd)
+                    .zip(dy.par_chunks(oh * ow))
+                    .enumerate()
+                    .for_each_init(
+                        || (Vec::new(), Vec::new()),
+                        |(buf, turned), (plane, (dx, dy))| {
+                            let ch = plane % c;
+                            turned.clear();
+                            turned.extend(w[ch * kh * kw..(ch + 1) * kh * kw].iter().rev());
+                            let dyp = dx_gather.fill(dy, buf);
+                            simd_apply(GatherPlane(&dx_gather, dyp, &offs, turned, dx));
+                        },
+                    );
+                return dx;
+            }
             dx.par_chunks_mut(h * wd)
                 .zip(dy.par_chunks(oh * ow))
                 .enumerate()
@@ -1167,7 +1452,7 @@ impl Conv {
                         buf.resize(s * h * tw, 0.0);
                         buf
                     };
-                    simd_apply(Depthwise::<1>((self, dy, w, (&taps, tw), dxp)));
+                    simd_apply(ScatterDx((self, dy, w, (&taps, tw), dxp)));
                     if s > 1 {
                         for r in 0..h {
                             for (col, d) in dx[r * wd..(r + 1) * wd].iter_mut().enumerate() {
@@ -1180,6 +1465,8 @@ impl Conv {
         });
         let dw = need[1].then(|| {
             let mut dw = vec![0.0f32; c * kh * kw];
+            let g = self.forward_gather();
+            let (offs, owp) = (g.offsets(), lane_padded(ow));
             dw.par_chunks_mut(kh * kw).enumerate().for_each_init(
                 || (Vec::new(), Vec::new()),
                 |(buf, acc), (ch, dw)| {
@@ -1187,15 +1474,15 @@ impl Conv {
                     // (vectorised), over all rows and images; the lanes are added up once at
                     // the end.
                     acc.clear();
-                    acc.resize(kh * kw * ow, 0.0f32);
+                    acc.resize(kh * kw * owp, 0.0f32);
                     for img in 0..self.n {
                         let plane = img * c + ch;
-                        let xp = self.phased(&x[plane * h * wd..(plane + 1) * h * wd], buf);
+                        let xp = g.fill(&x[plane * h * wd..(plane + 1) * h * wd], buf);
                         let dy = &dy[plane * oh * ow..(plane + 1) * oh * ow];
-                        simd_apply(Depthwise::<2>((self, xp, dy, (&taps, tw), acc)));
+                        simd_apply(TapSums(&g, xp, &offs, dy, acc));
                     }
-                    for (d, lanes) in dw.iter_mut().zip(acc.chunks_exact(ow)) {
-                        *d = lanes.iter().sum();
+                    for (d, lanes) in dw.iter_mut().zip(acc.chunks_exact(owp)) {
+                        *d = lanes[..ow].iter().sum();
                     }
                 },
             );
@@ -1208,42 +1495,123 @@ impl Conv {
 /// A kernel column's output columns and where the first reads (see [`Conv::taps`]).
 type Taps<'a> = (&'a [(std::ops::Range<usize>, usize)], usize);
 
-/// One plane's depthwise kernel `K` for [`simd_apply`]: 0 [`depthwise_plane`], 1
-/// [`depthwise_plane_dx`], 2 [`depthwise_plane_dw`], on their arguments.
-struct Depthwise<'a, const K: u8>((&'a Conv, &'a [f32], &'a [f32], Taps<'a>, &'a mut [f32]));
+/// One plane's input gradient by scatters, [`depthwise_plane_dx`] (strides above 1), for
+/// [`simd_apply`].
+struct ScatterDx<'a>((&'a Conv, &'a [f32], &'a [f32], Taps<'a>, &'a mut [f32]));
 
-impl<const K: u8> SimdBody for Depthwise<'_, K> {
+impl SimdBody for ScatterDx<'_> {
     type Out = ();
     #[inline(always)]
-    fn run(self) {
-        match K {
-            0 => depthwise_plane(self.0),
-            1 => depthwise_plane_dx(self.0),
-            _ => depthwise_plane_dw(self.0),
+    fn run<L: Lanes>(self) {
+        depthwise_plane_dx::<L>(self.0);
+    }
+}
+
+/// A depthwise pass written as gathers, `out[o][q] += Σ_{i,j} w[i·kw + j] ·
+/// src[o·sr + i − top][q·s + j − left]` with `src` (`h × wd`) zero outside: the forward
+/// (over `x`), and at stride 1 the input gradient (over `dy`, the kernel turned). The source
+/// is first copied into a zero-padded plane split by column phase (see [`Gather::fill`]), so
+/// that each tap reads one contiguous, in-bounds stretch per output row, at an offset that
+/// is the same for every row; the taps are then summed in registers ([`Lanes::taps_row`])
+/// instead of each adding into the output in memory.
+struct Gather {
+    h: usize,
+    wd: usize,
+    top: usize,
+    left: usize,
+    sr: usize,
+    s: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Gather {
+    /// Rows of the padded plane: every row an output row reads, and the source.
+    fn hp(&self) -> usize {
+        ((self.oh - 1) * self.sr + self.kh).max(self.top + self.h)
+    }
+
+    /// Elements of a padded row of one phase.
+    fn tw(&self) -> usize {
+        ((self.ow - 1) * self.s + self.kw)
+            .max(self.left + self.wd)
+            .div_ceil(self.s)
+    }
+
+    /// Per tap `(i, j)` (`i·kw + j`), where output row 0 reads in the padded plane; row `o`
+    /// reads [`Gather::row_step`] `· o` further.
+    fn offsets(&self) -> Vec<usize> {
+        let (hp, tw, s, kw) = (self.hp(), self.tw(), self.s, self.kw);
+        (0..self.kh * kw)
+            .map(|t| {
+                let (i, j) = (t / kw, t % kw);
+                ((j % s) * hp + i) * tw + j / s
+            })
+            .collect()
+    }
+
+    fn row_step(&self) -> usize {
+        self.sr * self.tw()
+    }
+
+    /// `src` zero-padded (`top` rows above, `left` columns before) into `buf`, each row split
+    /// by column phase: padded column `t·s + ph` of padded row `r` at `[(ph·hp + r)·tw + t]`.
+    fn fill<'a>(&self, src: &[f32], buf: &'a mut Vec<f32>) -> &'a [f32] {
+        let (s, hp, tw, wd) = (self.s, self.hp(), self.tw(), self.wd);
+        buf.clear();
+        buf.resize(s * hp * tw, 0.0);
+        for (r, row) in src[..self.h * wd].chunks_exact(wd).enumerate() {
+            let pr = r + self.top;
+            if s == 1 {
+                buf[pr * tw + self.left..][..wd].copy_from_slice(row);
+            } else {
+                // Phase by phase: padded column `t·s + ph` is source column `t·s + ph - left`.
+                for ph in 0..s {
+                    let dst = &mut buf[(ph * hp + pr) * tw..][..tw];
+                    let first = (self.left + s - 1 - ph) / s;
+                    let src = row.iter().skip(first * s + ph - self.left).step_by(s);
+                    for (d, &v) in dst[first..].iter_mut().zip(src) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+        buf
+    }
+}
+
+/// One plane of a [`Gather`] for [`simd_apply`]: (geometry, padded source, tap offsets,
+/// weights, output plane).
+struct GatherPlane<'a>(&'a Gather, &'a [f32], &'a [usize], &'a [f32], &'a mut [f32]);
+
+impl SimdBody for GatherPlane<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<L: Lanes>(self) {
+        let GatherPlane(g, src, offs, w, out) = self;
+        let (ow, step) = (g.ow, g.row_step());
+        for (o, row) in out[..g.oh * ow].chunks_exact_mut(ow).enumerate() {
+            L::taps_row(row, &src[o * step..], offs, w);
         }
     }
 }
 
-/// `y += a x` (LLVM vectorises it).
-#[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
+/// One plane's products for the weight gradient, for [`simd_apply`]: per tap `t`,
+/// `acc[t][q] += dy[o][q] · src[offs[t] + o·step + q]` over the output rows `o` (the
+/// forward's [`Gather`] over `x`); `acc` has [`lane_padded`]`(ow)` lanes per tap.
+struct TapSums<'a>(&'a Gather, &'a [f32], &'a [usize], &'a [f32], &'a mut [f32]);
 
-/// One plane's depthwise convolution, `out += w * x` (`xp` phased).
-#[inline(always)]
-fn depthwise_plane((conv, xp, w, (taps, tw), out): (&Conv, &[f32], &[f32], Taps, &mut [f32])) {
-    let ow = conv.ow;
-    for o in 0..conv.oh {
-        let out_row = &mut out[o * ow..(o + 1) * ow];
-        for i in 0..conv.kh {
-            let Some(r) = conv.row(o, i) else { continue };
-            for (j, (cols, base)) in taps.iter().enumerate() {
-                let wij = w[i * conv.kw + j];
-                let src = &xp[base + r * tw..][..cols.len()];
-                axpy(&mut out_row[cols.clone()], wij, src);
+impl SimdBody for TapSums<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<L: Lanes>(self) {
+        let TapSums(g, src, offs, dy, acc) = self;
+        let (ow, step, owp) = (g.ow, g.row_step(), lane_padded(g.ow));
+        for (o, dy_row) in dy[..g.oh * ow].chunks_exact(ow).enumerate() {
+            for (&off, lanes) in offs.iter().zip(acc.chunks_exact_mut(owp)) {
+                L::fma(lanes, dy_row, &src[o * step + off..]);
             }
         }
     }
@@ -1251,7 +1619,9 @@ fn depthwise_plane((conv, xp, w, (taps, tw), out): (&Conv, &[f32], &[f32], Taps,
 
 /// One plane's input gradient, `dxp += w ⋆ dy` (`dxp` phased).
 #[inline(always)]
-fn depthwise_plane_dx((conv, dy, w, (taps, tw), dxp): (&Conv, &[f32], &[f32], Taps, &mut [f32])) {
+fn depthwise_plane_dx<L: Lanes>(
+    (conv, dy, w, (taps, tw), dxp): (&Conv, &[f32], &[f32], Taps, &mut [f32]),
+) {
     let (ow, kw) = (conv.ow, conv.kw);
     for o in 0..conv.oh {
         let dy_row = &dy[o * ow..(o + 1) * ow];
@@ -1260,28 +1630,7 @@ fn depthwise_plane_dx((conv, dy, w, (taps, tw), dxp): (&Conv, &[f32], &[f32], Ta
             for (j, (cols, base)) in taps.iter().enumerate() {
                 let wij = w[i * kw + j];
                 let dst = &mut dxp[base + r * tw..][..cols.len()];
-                axpy(dst, wij, &dy_row[cols.clone()]);
-            }
-        }
-    }
-}
-
-/// One plane's products for the weight gradient: `acc[tap][q] += dy[o][q] · x[tap, o, q]`
-/// (`xp` phased).
-#[inline(always)]
-fn depthwise_plane_dw((conv, xp, dy, (taps, tw), acc): (&Conv, &[f32], &[f32], Taps, &mut [f32])) {
-    let (ow, kw) = (conv.ow, conv.kw);
-    for o in 0..conv.oh {
-        let dy_row = &dy[o * ow..(o + 1) * ow];
-        for i in 0..conv.kh {
-            let Some(r) = conv.row(o, i) else { continue };
-            for (j, (cols, base)) in taps.iter().enumerate() {
-                let src = &xp[base + r * tw..][..cols.len()];
-                let lanes = &mut acc[(i * kw + j) * ow..][cols.clone()];
-                let g = &dy_row[cols.clone()];
-                for ((l, &g), &v) in lanes.iter_mut().zip(g).zip(src) {
-                    *l += g * v;
-                }
+                L::axpy(dst, wij, &dy_row[cols.clone()]);
             }
         }
     }
@@ -1317,6 +1666,67 @@ impl Fused3 for Conv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every instruction set's [`Lanes`] this CPU has against the plain loops, on lengths
+    /// around the vector widths (full vectors, a masked rest, both, none), with the slices
+    /// cut out of longer ones so that a masked access past the end would change what is seen.
+    struct LanesCheck;
+
+    impl SimdBody for LanesCheck {
+        type Out = ();
+        fn run<L: Lanes>(self) {
+            for n in [0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 56, 112] {
+                let x: Vec<f32> = (0..n + 20).map(|i| (i as f32 * 0.37).sin()).collect();
+                let g: Vec<f32> = (0..n + 20).map(|i| (i as f32 * 0.11).cos()).collect();
+                let y0: Vec<f32> = (0..n + 20).map(|i| i as f32 * 0.5 - 3.0).collect();
+                let (mut y, mut want) = (y0.clone(), y0.clone());
+                L::axpy(&mut y[2..2 + n], 1.5, &x[5..]);
+                Plain::axpy(&mut want[2..2 + n], 1.5, &x[5..]);
+                assert_eq!(y.len(), want.len());
+                for (a, b) in y.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5, "axpy n={n}: {a} against {b}");
+                }
+                // The accumulators have whole vectors of room past `n`: lanes from `n` on
+                // may be rewritten, but not changed.
+                let (mut l, mut want) = (y0.clone(), y0.clone());
+                L::fma(&mut l[1..], &g[3..3 + n], &x[4..]);
+                Plain::fma(&mut want[1..], &g[3..3 + n], &x[4..]);
+                for (a, b) in l.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5, "fma n={n}: {a} against {b}");
+                }
+                // Three taps at offsets 0, 2, 7 of `x[5..]`.
+                let (mut o, mut want) = (y0.clone(), y0.clone());
+                let (offs, w) = ([0, 2, 7], [0.5, -1.25, 2.0]);
+                L::taps_row(&mut o[2..2 + n], &x[5..5 + n + 7], &offs, &w);
+                for (q, v) in want[2..2 + n].iter_mut().enumerate() {
+                    *v += 0.5 * x[5 + q] - 1.25 * x[7 + q] + 2.0 * x[12 + q];
+                }
+                for (a, b) in o.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5, "taps_row n={n}: {a} against {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_lanes_equal_the_plain_loops() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                unsafe { apply_avx512(LanesCheck) };
+            } else {
+                eprintln!("no AVX-512F here: its lanes are not tested on this CPU");
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU has AVX2 and FMA.
+                unsafe { apply_avx2(LanesCheck) };
+            }
+        }
+        LanesCheck.run::<Plain>();
+    }
 
     /// The fused linear layer against burn's, at inference and on the autodiff backend
     /// (output and the gradients of x, W and b), with and without bias, for a 3-d input and
@@ -1688,6 +2098,7 @@ mod tests {
             (5, 5, 5, 2, 0, 5, false),
             (5, 5, 5, 1, 2, 5, false),
             (4, 4, 3, 2, 0, 4, false),
+            (4, 4, 3, 1, 0, 4, true),
         ];
         for autodiff in [false, true] {
             let dev = if autodiff {
