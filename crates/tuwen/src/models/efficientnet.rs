@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hub::{self, ModelConfig};
 use crate::nn::Activation;
-use crate::nn::conv::{apply as conv2d, batch_norm, conv, pad, stochastic_depth};
+use crate::nn::conv::{apply as conv2d, batch_norm, conv, norm, pad, stochastic_depth};
 use crate::nn::encoder::linear;
 use crate::{Error, Result};
 
@@ -582,7 +582,7 @@ impl EfficientNetBlock {
         if let Some(e) = &self.expansion {
             h = self
                 .act
-                .forward(e.expand_bn.forward(conv2d(&e.expand_conv, h)));
+                .forward(norm(&e.expand_bn, conv2d(&e.expand_conv, h)));
         }
         let d = &self.depthwise_conv;
         if d.stride == 2 {
@@ -591,7 +591,7 @@ impl EfficientNetBlock {
         }
         h = self
             .act
-            .forward(d.depthwise_norm.forward(conv2d(&d.depthwise_conv, h)));
+            .forward(norm(&d.depthwise_norm, conv2d(&d.depthwise_conv, h)));
         let se = &self.squeeze_excite;
         let [bsz, c, _, _] = h.dims();
         let pooled = h.clone().mean_dim(3).mean_dim(2).reshape([bsz, c, 1, 1]);
@@ -601,7 +601,7 @@ impl EfficientNetBlock {
         ));
         h = h * w;
         let p = &self.projection;
-        h = p.project_bn.forward(conv2d(&p.project_conv, h));
+        h = norm(&p.project_bn, conv2d(&p.project_conv, h));
         if !p.residual {
             return h;
         }
@@ -675,16 +675,12 @@ impl EfficientNetModel {
     pub fn forward(&self, pixels: Tensor<4>) -> (Tensor<4>, Tensor<2>) {
         let e = &self.embeddings;
         let x = pad(pixels, (0, 1, 0, 1));
-        let mut x = e
-            .act
-            .forward(e.batchnorm.forward(conv2d(&e.convolution, x)));
+        let mut x = e.act.forward(norm(&e.batchnorm, conv2d(&e.convolution, x)));
         for b in &self.encoder.blocks {
             x = b.forward(x);
         }
         let enc = &self.encoder;
-        let x = enc
-            .act
-            .forward(enc.top_bn.forward(conv2d(&enc.top_conv, x)));
+        let x = enc.act.forward(norm(&enc.top_bn, conv2d(&enc.top_conv, x)));
         let [b, c, h, w] = x.dims();
         let flat = x.clone().reshape([b, c, h * w]);
         let pooled = if self.max_pool {

@@ -69,6 +69,33 @@ pub fn batch_norm(c: usize, eps: f64, device: &Device) -> BatchNorm {
         .init(device)
 }
 
+/// `bn` applied to `x`: in training (an autodiff device and the layer not frozen) the fused
+/// CPU batch norm ([`super::cpu::batch_norm_train`]), the running statistics moved as burn's
+/// `BatchNorm` moves them; burn's `BatchNorm::forward` otherwise.
+pub fn norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    if x.device().is_autodiff() && bn.training.is_enabled() {
+        let fused = super::cpu::batch_norm_train(&x, &bn.gamma.val(), &bn.beta.val(), bn.epsilon);
+        if let Some((y, mean, var)) = fused {
+            let device = x.device();
+            let m = bn.momentum;
+            let stat = |v: Vec<f32>| {
+                let c = v.len();
+                Tensor::<1>::from_data(TensorData::new(v, [c]), &device)
+            };
+            let running_mean = bn.running_mean.value_sync().to_device(&device);
+            let running_var = bn.running_var.value_sync().to_device(&device);
+            let running_mean = running_mean
+                .mul_scalar(1.0 - m)
+                .add(stat(mean).mul_scalar(m));
+            let running_var = running_var.mul_scalar(1.0 - m).add(stat(var).mul_scalar(m));
+            bn.running_mean.update(running_mean.detach());
+            bn.running_var.update(running_var.detach());
+            return y;
+        }
+    }
+    bn.forward(x)
+}
+
 /// A `k`×`k` convolution `(in, out)` channels: "same" padding at stride 1, none at stride 2
 /// (the caller pads, TensorFlow's way); weights drawn from N(0, std²).
 pub fn conv(

@@ -70,7 +70,8 @@ pub mod layers;
 pub mod sgemm;
 mod vector;
 pub use layers::{
-    conv2d, layer_norm, linear, linear_add, linear_side_by_side, linear_then, patch_linear,
+    batch_norm_train, conv2d, layer_norm, linear, linear_add, linear_side_by_side, linear_then,
+    patch_linear,
 };
 
 /// `t` as a contiguous `f32` tensor (a copy when it is strided, broadcast or of another type).
