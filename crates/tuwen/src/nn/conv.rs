@@ -5,7 +5,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, PaddingConfig2d};
 use burn::prelude::*;
 
-/// `conv` applied to `x`: in training, the fused CPU convolution ([`super::cpu::conv2d`]:
+/// `conv` applied to `x`: the fused CPU convolution ([`super::cpu::conv2d`]:
 /// pointwise and depthwise, symmetric padding) where it applies; burn's `Conv2d::forward`
 /// otherwise.
 pub fn apply(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
