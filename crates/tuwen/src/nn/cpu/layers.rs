@@ -227,69 +227,76 @@ impl Lanes for Plain {
     }
 }
 
-/// AVX-512F: 16 lanes, the rest under a mask register.
-#[cfg(target_arch = "x86_64")]
-pub(super) struct Avx512;
+/// One instruction set's vector of `f32` lanes, for the [`Lanes`] loops written once over it.
+/// Only used inside [`simd_apply`]'s function for that set (its features enabled).
+pub(super) trait Vector: Copy {
+    /// Lanes per vector.
+    const W: usize;
+    /// Lanes `..k` (`1 ≤ k ≤ W`) from `p`, zeros above.
+    ///
+    /// # Safety
+    /// The set's features are enabled; `p..p + k` is readable.
+    unsafe fn load(p: *const f32, k: usize) -> Self;
+    /// Stores lanes `..k` (`1 ≤ k ≤ W`) of `v` to `p`.
+    ///
+    /// # Safety
+    /// The set's features are enabled; `p..p + k` is writable.
+    unsafe fn store(p: *mut f32, k: usize, v: Self);
+    /// `a` in every lane.
+    ///
+    /// # Safety
+    /// The set's features are enabled.
+    unsafe fn splat(a: f32) -> Self;
+    /// `a b + c` lane by lane.
+    ///
+    /// # Safety
+    /// The set's features are enabled.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+}
 
-#[cfg(target_arch = "x86_64")]
-impl Lanes for Avx512 {
+impl<V: Vector> Lanes for V {
     #[inline(always)]
     fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-        use std::arch::x86_64::*;
         let n = y.len();
         let x = &x[..n];
-        // SAFETY: only inlined into `apply_avx512` (AVX-512F enabled, checked by
-        // `simd_apply`); every access is below `n`, the length of both slices (the masked
-        // ones touch only the lanes below `n`).
+        // SAFETY: only inlined into `simd_apply`'s function for `V` (its features checked
+        // there); every access is below `n`, the length of both slices.
         unsafe {
-            let (yp, xp, av) = (y.as_mut_ptr(), x.as_ptr(), _mm512_set1_ps(a));
+            let (yp, xp, av) = (y.as_mut_ptr(), x.as_ptr(), V::splat(a));
             let mut i = 0;
-            while i + 16 <= n {
-                let v = _mm512_fmadd_ps(av, _mm512_loadu_ps(xp.add(i)), _mm512_loadu_ps(yp.add(i)));
-                _mm512_storeu_ps(yp.add(i), v);
-                i += 16;
-            }
-            if i < n {
-                let m = ((1u32 << (n - i)) - 1) as __mmask16;
-                let v = _mm512_fmadd_ps(
-                    av,
-                    _mm512_maskz_loadu_ps(m, xp.add(i)),
-                    _mm512_maskz_loadu_ps(m, yp.add(i)),
-                );
-                _mm512_mask_storeu_ps(yp.add(i), m, v);
+            while i < n {
+                let k = (n - i).min(V::W);
+                let v = V::fma(av, V::load(xp.add(i), k), V::load(yp.add(i), k));
+                V::store(yp.add(i), k, v);
+                i += V::W;
             }
         }
     }
 
     #[inline(always)]
     fn fma(l: &mut [f32], g: &[f32], v: &[f32]) {
-        use std::arch::x86_64::*;
         let n = g.len();
         let (l, v) = (&mut l[..lane_padded(n)], &v[..n]);
-        // SAFETY: as in `axpy`; `l` holds whole vectors up to `lane_padded(n)`.
+        // SAFETY: as in `axpy`; `l` holds whole vectors up to `lane_padded(n)` (a multiple of
+        // every `V::W`).
         unsafe {
             let (lp, gp, vp) = (l.as_mut_ptr(), g.as_ptr(), v.as_ptr());
             let mut i = 0;
             while i < n {
-                let m = if n - i >= 16 {
-                    !0
-                } else {
-                    ((1u32 << (n - i)) - 1) as __mmask16
-                };
-                let r = _mm512_fmadd_ps(
-                    _mm512_maskz_loadu_ps(m, gp.add(i)),
-                    _mm512_maskz_loadu_ps(m, vp.add(i)),
-                    _mm512_loadu_ps(lp.add(i)),
+                let k = (n - i).min(V::W);
+                let r = V::fma(
+                    V::load(gp.add(i), k),
+                    V::load(vp.add(i), k),
+                    V::load(lp.add(i), V::W),
                 );
-                _mm512_storeu_ps(lp.add(i), r);
-                i += 16;
+                V::store(lp.add(i), V::W, r);
+                i += V::W;
             }
         }
     }
 
     #[inline(always)]
     fn taps_row(out: &mut [f32], src: &[f32], offs: &[usize], w: &[f32]) {
-        use std::arch::x86_64::*;
         let n = out.len();
         check_taps(n, src, offs, w);
         // SAFETY: as in `axpy`; every read `offs[t] + q` is below `src.len()` (`check_taps`).
@@ -297,37 +304,83 @@ impl Lanes for Avx512 {
             let (op, sp) = (out.as_mut_ptr(), src.as_ptr());
             let mut q = 0;
             while q < n {
-                let m = if n - q >= 16 {
-                    !0
-                } else {
-                    ((1u32 << (n - q)) - 1) as __mmask16
-                };
-                let mut acc = _mm512_maskz_loadu_ps(m, op.add(q));
+                let k = (n - q).min(V::W);
+                let mut acc = V::load(op.add(q), k);
                 for (&o, &wt) in offs.iter().zip(w) {
-                    let v = _mm512_maskz_loadu_ps(m, sp.add(o + q));
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(wt), v, acc);
+                    acc = V::fma(V::splat(wt), V::load(sp.add(o + q), k), acc);
                 }
-                _mm512_mask_storeu_ps(op.add(q), m, acc);
-                q += 16;
+                V::store(op.add(q), k, acc);
+                q += V::W;
             }
         }
     }
 }
 
-/// AVX2 and FMA: 8 lanes, the rest under a lane mask (`vmaskmovps`).
+/// AVX-512F: 16 lanes, a partial vector under a mask register.
 #[cfg(target_arch = "x86_64")]
-pub(super) struct Avx2;
+#[derive(Clone, Copy)]
+pub(super) struct Avx512(std::arch::x86_64::__m512);
+
+#[cfg(target_arch = "x86_64")]
+impl Avx512 {
+    #[inline(always)]
+    fn mask(k: usize) -> std::arch::x86_64::__mmask16 {
+        ((1u32 << k) - 1) as u16
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Vector for Avx512 {
+    const W: usize = 16;
+
+    #[inline(always)]
+    unsafe fn load(p: *const f32, k: usize) -> Self {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's (features enabled, `p..p + k` readable; masked lanes untouched).
+        unsafe { Avx512(_mm512_maskz_loadu_ps(Self::mask(k), p)) }
+    }
+
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, k: usize, v: Self) {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's (features enabled, `p..p + k` writable).
+        unsafe {
+            if k == 16 {
+                _mm512_storeu_ps(p, v.0);
+            } else {
+                _mm512_mask_storeu_ps(p, Self::mask(k), v.0);
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn splat(a: f32) -> Self {
+        // SAFETY: the caller's (features enabled).
+        unsafe { Avx512(std::arch::x86_64::_mm512_set1_ps(a)) }
+    }
+
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's (features enabled).
+        unsafe { Avx512(std::arch::x86_64::_mm512_fmadd_ps(a.0, b.0, c.0)) }
+    }
+}
+
+/// AVX2 and FMA: 8 lanes, a partial vector under a lane mask (`vmaskmovps`).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct Avx2(std::arch::x86_64::__m256);
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2 {
-    /// The mask of the first `r` (< 8) lanes.
+    /// The mask of the first `k` (< 8) lanes.
     #[inline(always)]
-    fn first(r: usize) -> std::arch::x86_64::__m256i {
+    unsafe fn first(k: usize) -> std::arch::x86_64::__m256i {
         use std::arch::x86_64::*;
-        // SAFETY: AVX2 is enabled where this is inlined (`apply_avx2`, `apply_avx512`).
+        // SAFETY: the caller's (AVX2 enabled).
         unsafe {
             _mm256_cmpgt_epi32(
-                _mm256_set1_epi32(r as i32),
+                _mm256_set1_epi32(k as i32),
                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
             )
         }
@@ -335,91 +388,45 @@ impl Avx2 {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl Lanes for Avx2 {
+impl Vector for Avx2 {
+    const W: usize = 8;
+
     #[inline(always)]
-    fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    unsafe fn load(p: *const f32, k: usize) -> Self {
         use std::arch::x86_64::*;
-        let n = y.len();
-        let x = &x[..n];
-        // SAFETY: only inlined into `apply_avx2` (AVX2 and FMA enabled, checked by
-        // `simd_apply`); every access is below `n` (the masked ones touch only lanes below it).
+        // SAFETY: the caller's (features enabled, `p..p + k` readable; masked lanes untouched).
         unsafe {
-            let (yp, xp, av) = (y.as_mut_ptr(), x.as_ptr(), _mm256_set1_ps(a));
-            let mut i = 0;
-            while i + 8 <= n {
-                let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)));
-                _mm256_storeu_ps(yp.add(i), v);
-                i += 8;
-            }
-            if i < n {
-                let m = Self::first(n - i);
-                let v = _mm256_fmadd_ps(
-                    av,
-                    _mm256_maskload_ps(xp.add(i), m),
-                    _mm256_maskload_ps(yp.add(i), m),
-                );
-                _mm256_maskstore_ps(yp.add(i), m, v);
+            if k == 8 {
+                Avx2(_mm256_loadu_ps(p))
+            } else {
+                Avx2(_mm256_maskload_ps(p, Self::first(k)))
             }
         }
     }
 
     #[inline(always)]
-    fn fma(l: &mut [f32], g: &[f32], v: &[f32]) {
+    unsafe fn store(p: *mut f32, k: usize, v: Self) {
         use std::arch::x86_64::*;
-        let n = g.len();
-        let (l, v) = (&mut l[..lane_padded(n)], &v[..n]);
-        // SAFETY: as in `axpy`; `l` holds whole vectors up to `lane_padded(n)`.
+        // SAFETY: the caller's (features enabled, `p..p + k` writable).
         unsafe {
-            let (lp, gp, vp) = (l.as_mut_ptr(), g.as_ptr(), v.as_ptr());
-            let mut i = 0;
-            while i + 8 <= n {
-                let r = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(gp.add(i)),
-                    _mm256_loadu_ps(vp.add(i)),
-                    _mm256_loadu_ps(lp.add(i)),
-                );
-                _mm256_storeu_ps(lp.add(i), r);
-                i += 8;
-            }
-            if i < n {
-                let m = Self::first(n - i);
-                let r = _mm256_fmadd_ps(
-                    _mm256_maskload_ps(gp.add(i), m),
-                    _mm256_maskload_ps(vp.add(i), m),
-                    _mm256_loadu_ps(lp.add(i)),
-                );
-                _mm256_storeu_ps(lp.add(i), r);
+            if k == 8 {
+                _mm256_storeu_ps(p, v.0);
+            } else {
+                _mm256_maskstore_ps(p, Self::first(k), v.0);
             }
         }
     }
 
     #[inline(always)]
-    fn taps_row(out: &mut [f32], src: &[f32], offs: &[usize], w: &[f32]) {
-        use std::arch::x86_64::*;
-        let n = out.len();
-        check_taps(n, src, offs, w);
-        // SAFETY: as in `axpy`; every read `offs[t] + q` is below `src.len()` (`check_taps`).
-        unsafe {
-            let (op, sp) = (out.as_mut_ptr(), src.as_ptr());
-            let mut q = 0;
-            while q + 8 <= n {
-                let mut acc = _mm256_loadu_ps(op.add(q));
-                for (&o, &wt) in offs.iter().zip(w) {
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(wt), _mm256_loadu_ps(sp.add(o + q)), acc);
-                }
-                _mm256_storeu_ps(op.add(q), acc);
-                q += 8;
-            }
-            if q < n {
-                let m = Self::first(n - q);
-                let mut acc = _mm256_maskload_ps(op.add(q), m);
-                for (&o, &wt) in offs.iter().zip(w) {
-                    let v = _mm256_maskload_ps(sp.add(o + q), m);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(wt), v, acc);
-                }
-                _mm256_maskstore_ps(op.add(q), m, acc);
-            }
-        }
+    unsafe fn splat(a: f32) -> Self {
+        // SAFETY: the caller's (features enabled).
+        unsafe { Avx2(std::arch::x86_64::_mm256_set1_ps(a)) }
+    }
+
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's (features enabled).
+        unsafe { Avx2(std::arch::x86_64::_mm256_fmadd_ps(a.0, b.0, c.0)) }
     }
 }
 
