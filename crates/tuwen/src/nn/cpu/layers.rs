@@ -1584,26 +1584,24 @@ impl Conv {
         use rayon::prelude::*;
         let (h, wd, oh, ow) = (self.h, self.wd, self.oh, self.ow);
         let (kh, kw, c, s) = (self.kh, self.kw, self.c_in, self.stride[1]);
-        let (taps, tw) = (self.taps(), self.phase_width());
         let (x, w) = (slice(&self.x), slice(&self.w));
-        // At stride 1 the input gradient is the forward's gather over `dy` with the kernel
-        // turned by 180°: dx[r][c] = Σ w[i][j] dy[r + p - i][c + p - j].
-        let stride_1 = self.stride == [1, 1] && self.pad[0] < kh && self.pad[1] < kw;
-        let dx_gather = Gather {
-            h: oh,
-            wd: ow,
-            top: kh - 1 - self.pad[0].min(kh - 1),
-            left: kw - 1 - self.pad[1].min(kw - 1),
-            sr: 1,
-            s: 1,
-            kh,
-            kw,
-            oh: h,
-            ow: wd,
-        };
         let dx = need[0].then(|| {
             let mut dx = vec![0.0f32; self.n * c * h * wd];
-            if stride_1 {
+            // At stride 1 the input gradient is the forward's gather over `dy` with the
+            // kernel turned by 180°: dx[r][c] = Σ w[i][j] dy[r + p - i][c + p - j].
+            if self.stride == [1, 1] && self.pad[0] < kh && self.pad[1] < kw {
+                let dx_gather = Gather {
+                    h: oh,
+                    wd: ow,
+                    top: kh - 1 - self.pad[0],
+                    left: kw - 1 - self.pad[1],
+                    sr: 1,
+                    s: 1,
+                    kh,
+                    kw,
+                    oh: h,
+                    ow: wd,
+                };
                 let offs = dx_gather.offsets();
                 dx.par_chunks_mut(h * wd)
                     .zip(dy.par_chunks(oh * ow))
@@ -1620,6 +1618,7 @@ impl Conv {
                     );
                 return dx;
             }
+            let (taps, tw) = (self.taps(), self.phase_width());
             dx.par_chunks_mut(h * wd)
                 .zip(dy.par_chunks(oh * ow))
                 .enumerate()
